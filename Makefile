@@ -1,0 +1,103 @@
+# Reproduction suite for "Growing Efficient Deep Networks by Structured Continuous Sparsification".
+# `make help` lists every target. Every target builds the virtual environment it needs on first use.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+PROFILE ?= smoke
+DATA_DIR ?= $(CURDIR)/data
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+OPTUNA_STORAGE ?= sqlite:///$(CURDIR)/optuna.db
+FORCE ?= 0
+MODEL ?= resnet20
+SEARCH ?= search-resnet20-budget
+TRIALS ?=
+PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+PYTEST_ARGS ?=
+
+export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE
+export PYTHONUNBUFFERED := 1
+
+RUN := $(PY) -m reproduce
+
+FIGURES := 7 9
+TABLES :=
+
+.PHONY: help setup demo test test-fast figures tables run flops list-runs mlflow-ui \
+        optuna-dashboard data-cifar10 data-cifar100 lock clean-figures bench
+
+help: ## Show this help
+	@echo "Usage: make <target> [PROFILE=smoke|paper] [FORCE=1] [DATA_DIR=...]"
+	@echo
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: PROFILE=$(PROFILE)  DATA_DIR=$(DATA_DIR)"
+	@echo "           MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)"
+	@echo "           OPTUNA_STORAGE=$(OPTUNA_STORAGE)"
+
+$(STAMP): requirements.lock pyproject.toml
+	@echo "Setting up $(VENV) from requirements.lock (first time: a few minutes)..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+setup: $(STAMP) ## Create the virtual environment from the pinned lock
+
+demo: $(STAMP) ## The main job: grow ResNet-20 on embedded digits (CPU), track it, draw figures 7 and 9
+	@$(RUN) demo
+
+test: $(STAMP) ## Run the whole test suite (what CI runs)
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Unit tests only (skips end-to-end runs)
+	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+figure-%: $(STAMP) ## Train what figure N needs (PROFILE), then draw figures/figure-N.{png,pdf}
+	@$(RUN) figure $* --profile $(PROFILE)
+
+table-%: $(STAMP) ## Train what a table needs, then write figures/table-NAME.{md,csv,tex}
+	@$(RUN) table $* --profile $(PROFILE)
+
+figures: $(STAMP) ## Every figure for PROFILE
+	@$(RUN) figure $(FIGURES) --profile $(PROFILE)
+
+tables: $(STAMP) ## Every table for PROFILE
+	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE),echo "no tables yet")
+
+run: $(STAMP) ## Train one experiment file: make run EXP=figure-7 [SET="budget.target=0.3"]
+	@$(RUN) run $(EXP) --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+
+flops: $(STAMP) ## Params and MACs of a dense model: make flops MODEL=vgg16
+	@$(RUN) flops --model $(MODEL)
+
+list-runs: $(STAMP) ## List tracked runs of PROFILE
+	@$(RUN) list runs --profile $(PROFILE)
+
+mlflow-ui: $(STAMP) ## Browse every tracked run at http://127.0.0.1:$(PORT)
+	@$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
+
+optuna-dashboard: $(STAMP) ## Browse Optuna studies at http://127.0.0.1:$(DASHBOARD_PORT)
+	@$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
+
+data-cifar10: $(STAMP) ## Download CIFAR-10 into DATA_DIR
+	@$(RUN) data cifar10 --root "$(DATA_DIR)"
+
+data-cifar100: $(STAMP) ## Download CIFAR-100 into DATA_DIR
+	@$(RUN) data cifar100 --root "$(DATA_DIR)"
+
+lock: $(STAMP) ## Rewrite requirements.lock from the current environment
+	@{ echo "# Exact versions of every package (pip freeze of a working environment)."; \
+	   echo "# Regenerate with: make lock"; \
+	   $(PY) -m pip freeze --all --exclude-editable | grep -v -E '^(pip|reproduce)=='; } > requirements.lock.new
+	@mv requirements.lock.new requirements.lock
+
+clean-figures: ## Delete generated figures and tables (tracked runs are kept)
+	@find figures -type f ! -name README.md -delete

@@ -1,0 +1,38 @@
+"""Shared look of every figure, and saving as PNG + PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+STAGE_PALETTES = ["Blues", "Oranges", "Greens", "Purples", "Reds"]
+
+
+def setup() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
+
+
+def stage_colors(stage: int, n: int) -> list:
+    """n shades of the stage's colour family (darker = deeper in the stage)."""
+    return sns.color_palette(STAGE_PALETTES[(stage - 1) % len(STAGE_PALETTES)], n + 2)[2:]
+
+
+def subtitle(runs) -> str:
+    r = runs.iloc[0]
+    seeds = sorted(runs["seed"].unique())
+    seed_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
+    return f"{r['model']} on {r['dataset']} ({r['profile']} profile, {seed_txt})"
+
+
+def save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=160, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths

@@ -1,0 +1,269 @@
+"""The experiment schema: every knob of a run, its default, and why.
+
+A run is fully described by one `RunConfig`. Experiment files (experiments/*.yaml) only override
+fields of it; the resolved config is what gets hashed, tracked and shown to the user, so nothing
+that changes a result hides in code. Unknown keys and invalid values stop with a message naming
+the key, the file and the accepted values.
+
+Defaults marked [ours] are this suite's choices where the paper's value is unknown (see PAPER.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or override; the message names the key and the fix."""
+
+
+def choice(*options: str) -> dict:
+    return {"choices": options}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="digits", metadata=choice(
+        "digits", "cifar10", "cifar100", "synthetic", "imagefolder"))
+    root: str = ""                  # "" means $DATA_DIR, else ./data
+    download: bool = False          # fetch CIFAR when missing (make data-cifar10 sets it)
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: bool = True            # random crop + horizontal flip (CIFAR), small shifts (digits)
+    val_fraction: float = 0.2       # digits/synthetic only: held-out share of the data
+    num_workers: int = 0            # imagefolder only; tensor datasets live on the device
+    synthetic_train: int = 512      # synthetic only
+    synthetic_val: int = 128
+    image_size: int = 0             # synthetic/imagefolder only; 0 = the dataset's own
+    num_classes: int = 0            # synthetic/imagefolder only; 0 = the dataset's own
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"          # see `python -m reproduce list models`
+    width_multiplier: float = 1.0   # uniform width scaling of every gated layer
+    gate_channels: bool = True      # channel gates on every prunable conv output
+    gate_blocks: bool = False       # block gates on residual blocks (layer growing)
+
+
+@dataclass
+class GateConfig:
+    sampling: str = field(default="bernoulli", metadata=choice(
+        "bernoulli", "straight_through", "deterministic"))
+    # Seed architecture [ours]: a fraction of each channel group and one block per stage start on.
+    seed_fraction: float = 0.25     # 1.0 with seed_blocks=all is "prune from the full network"
+    seed_blocks: str = field(default="one_per_stage", metadata=choice("one_per_stage", "all"))
+    seed_selection: str = field(default="first", metadata=choice("first", "random"))
+    s_on: float = 0.5               # initial logit of seed structures
+    s_off: float = -0.1             # initial logit of the rest; near 0 lets sampling explore early
+    mask_lr: float = 0.1            # mask logits: own SGD, no weight decay, same LR schedule
+    mask_momentum: float = 0.9
+
+
+@dataclass
+class TemperatureConfig:
+    schedule: str = field(default="global", metadata=choice(
+        "global", "separate", "separate_decayed"))
+    beta_0: float = 1.0             # [ancestor] β starts at 1 ...
+    beta_final: float = 200.0       # [ancestor] ... and reaches 200 in the last epoch
+    decay: float = 0.9              # separate_decayed: β_i ← max(β_0, δ·β_i) while inactive [ours]
+
+
+@dataclass
+class BudgetConfig:
+    metric: str = field(default="macs", metadata=choice("macs", "params", "none"))
+    target: float = 0.5             # τ: fraction of the dense model's MACs (or params)
+    lambda_base: float = 0.05       # [ours] effective range 0.03-0.1 with mean-normalised costs
+    usage: str = field(default="hard", metadata=choice("hard", "expected"))
+    cost: str = field(default="macs", metadata=choice("macs", "params", "uniform"))
+    normalize: str = field(default="mean", metadata=choice("mean", "total"))
+    # Under budget (λ < 0) a cost-weighted push grows the most expensive channels first; a
+    # uniform one lets the task loss decide what grows. Over budget pruning is always cost-weighted.
+    growth_push: str = field(default="uniform", metadata=choice("uniform", "cost"))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4      # [ancestor]
+    lr_schedule: str = field(default="cosine", metadata=choice("cosine", "step", "constant"))
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    device: str = "auto"            # auto = cuda when available, else cpu
+    threads: int = 0                # CPU threads for torch; 0 = torch's default
+    channels_last: bool = False
+    amp: bool = False               # bf16 autocast on CUDA
+
+
+@dataclass
+class RunConfig:
+    variant: str = "grow"           # a name for this run inside its experiment
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Fields that do not change a run's result: left out of its identity hash.
+NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_batch_size",
+                "train.device", "train.threads"}
+
+
+def _check_value(path: str, f: dataclasses.Field, value: Any, typ: Any) -> Any:
+    origin = get_origin(typ)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = get_args(typ)
+        return [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
+    value = _coerce(path, value, typ)
+    options = f.metadata.get("choices")
+    if options and value not in options:
+        raise ConfigError(f"{path}: unknown value {value!r}; choose one of {', '.join(options)}")
+    return value
+
+
+def _coerce(path: str, value: Any, typ: Any) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _merge(obj: Any, overrides: dict, prefix: str = "") -> None:
+    """Apply a nested dict of overrides onto a dataclass in place, validating every key."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {overrides!r}")
+    hints = get_type_hints(type(obj))
+    by_name = {f.name: f for f in fields(obj)}
+    for key, value in overrides.items():
+        path = prefix + str(key)
+        if key not in by_name:
+            raise ConfigError(f"unknown key {path!r}; valid keys here: {', '.join(by_name)}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            _merge(current, value, path + ".")
+        else:
+            setattr(obj, key, _check_value(path, by_name[key], value, hints[key]))
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    rules = [
+        ("gates.seed_fraction", 0.0 < cfg.gates.seed_fraction <= 1.0, "in (0, 1]"),
+        ("budget.target", 0.0 < cfg.budget.target <= 1.0, "in (0, 1]"),
+        ("temperature.beta_0", cfg.temperature.beta_0 > 0, "positive"),
+        ("temperature.beta_final", cfg.temperature.beta_final >= cfg.temperature.beta_0,
+         ">= temperature.beta_0"),
+        ("temperature.decay", 0.0 < cfg.temperature.decay <= 1.0, "in (0, 1]"),
+        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr > 0, "positive"),
+        ("data.batch_size", cfg.data.batch_size >= 1, ">= 1"),
+        ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
+        ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
+        ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),
+    ]
+    for path, ok, expected in rules:
+        if not ok:
+            section, key = path.split(".")
+            raise ConfigError(f"{path} = {getattr(getattr(cfg, section), key)!r}: must be {expected}")
+
+
+def resolve(*layers: dict, source: str = "config") -> RunConfig:
+    """Defaults, then each layer of overrides in order; validated. `source` names the origin."""
+    cfg = RunConfig()
+    for layer in layers:
+        try:
+            _merge(cfg, layer or {})
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    try:
+        _check_ranges(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    from .models import available_models, model_exists
+    if not model_exists(cfg.model.name):
+        raise ConfigError(f"{source}: model.name: unknown model {cfg.model.name!r}; "
+                          f"choose one of {', '.join(available_models())}")
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Identity of a run: everything that can change its result, canonically serialised."""
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in NON_IDENTITY}
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key.sub=value` strings (CLI --set) into a nested dict; values parsed as YAML scalars."""
+    import yaml
+    flat = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. budget.target=0.3")
+        key, value = item.split("=", 1)
+        flat[key.strip()] = yaml.safe_load(value)
+    return unflatten(flat)
+
+
+def data_root(cfg: DataConfig) -> str:
+    return cfg.root or os.environ.get("DATA_DIR") or "data"

@@ -1,0 +1,293 @@
+"""Datasets as re-iterable streams of batches that are already on the training device.
+
+Small datasets (digits, CIFAR, synthetic) live whole on the device as tensors, as in KellerJordan's
+airbench: no DataLoader, no per-sample Python, augmentation runs batched on the device. That keeps
+CPU smoke runs and GPU CIFAR runs from being input-bound. ImageNet-style folders go through
+torchvision's ImageFolder + DataLoader with the reference transforms.
+
+Reproducibility: a train stream's epoch e is shuffled and augmented from (seed, e) alone, drawn on
+the CPU, so the same seed gives the same batches on every device. Data splits (digits) and the
+synthetic data use a fixed seed, so changing the run seed never changes which data a run sees.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import DataConfig, data_root
+
+SPLIT_SEED = 0          # digits split and synthetic data: the same for every run seed
+SYNTHETIC_NOISE = 1.0   # per-pixel noise std; templates have unit std, so classes overlap little
+
+CIFAR = {
+    "cifar10": dict(title="CIFAR-10", folder="cifar-10-batches-py", label_key="labels",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
+                    num_classes=10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(title="CIFAR-100", folder="cifar-100-python", label_key="fine_labels",
+                     train=["train"], test=["test"],
+                     num_classes=100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DatasetMissing(FileNotFoundError):
+    """The data is not on disk; the message names the path looked at and how to fetch it."""
+
+
+@dataclass
+class DataBundle:
+    train: Iterable[tuple[Tensor, Tensor]]  # each `for x, y in train` is one epoch, reshuffled
+    val: Iterable[tuple[Tensor, Tensor]]    # fixed order, no augmentation
+    num_classes: int
+    in_channels: int
+    image_size: int                         # spatial side of the model input
+    num_train: int
+    num_val: int
+    name: str
+
+
+def num_batches(n: int, batch_size: int, drop_small: bool) -> int:
+    """Batches per epoch. With drop_small, a last partial batch under half a batch is dropped:
+    tiny batches give noisy BatchNorm statistics (and a batch of one breaks BN). The only batch
+    of a dataset smaller than one batch is always kept."""
+    full, rest = divmod(n, batch_size)
+    keep_rest = rest > 0 and (not drop_small or full == 0 or 2 * rest >= batch_size)
+    return full + int(keep_rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# batched augmentation on the device
+
+def draw_crop_flip(n: int, pad: int, flip: bool, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Random crop offsets in [0, 2*pad] and flip decisions for n images, drawn on the CPU."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return dy, dx, flips
+
+
+def crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flips: Tensor, pad: int) -> Tensor:
+    """Crop each image of x (N,C,H,W) at (dy, dx) from its zero-padded version, mirroring those
+    with flips set. Two gathers, no per-sample loop. Call on raw pixels so the border is black,
+    as with torchvision's RandomCrop(padding=pad)."""
+    n, c, h, w = x.shape
+    if pad:
+        x = F.pad(x, (pad, pad, pad, pad))
+    rows = dy.to(x.device)[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = dx.to(x.device)[:, None] + torch.arange(w, device=x.device)  # (N, W)
+    cols = torch.where(flips.to(x.device)[:, None], cols.flip(1), cols)  # a flip reverses columns
+    x = x.gather(2, rows[:, None, :, None].expand(n, c, h, x.shape[3]))
+    return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) so nearby seeds/epochs give unrelated streams
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class TensorLoader:
+    """Batches from device-resident raw tensors, normalised on the fly. Each iter() is one epoch;
+    with shuffle, epoch e is shuffled (and augmented, if pad or flip) from (seed, e). `epoch`
+    counts epochs started; set it to resume a run mid-way with the same data order."""
+
+    def __init__(self, x: Tensor, y: Tensor, mean: Tensor, std: Tensor, batch_size: int, *,
+                 shuffle: bool = False, pad: int = 0, flip: bool = False, seed: int = 0):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.mean = mean.to(x.device, torch.float32).view(1, -1, 1, 1)
+        self.std = std.to(x.device, torch.float32).view(1, -1, 1, 1)
+        self.shuffle, self.pad, self.flip, self.seed = shuffle, pad, flip, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return num_batches(len(self.x), self.batch_size, drop_small=self.shuffle)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n, bs, dev = len(self.x), self.batch_size, self.x.device
+        order = aug = None
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch))
+            self.epoch += 1
+            order = torch.randperm(n, generator=gen).to(dev)  # drawn first: same order with or without aug
+            if self.pad or self.flip:  # one transfer per epoch, not per batch (each one syncs CUDA)
+                aug = [t.to(dev) for t in draw_crop_flip(n, self.pad, self.flip, gen)]
+        for i in range(len(self)):
+            sl = slice(i * bs, (i + 1) * bs)
+            idx = order[sl] if order is not None else sl
+            xb, yb = self.x[idx], self.y[idx]
+            if aug is not None:
+                xb = crop_flip(xb, *(t[sl] for t in aug), pad=self.pad)
+            yield (xb.float() - self.mean) / self.std, yb
+
+
+class DeviceLoader:
+    """A DataLoader whose batches are moved to `device`."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets: each returns raw train/val tensors (uint8 pixels, or float for synthetic)
+
+def digits_split(val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/val indices into sklearn's digits, fixed across run seeds."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    y = load_digits().target
+    return train_test_split(np.arange(len(y)), test_size=val_fraction, stratify=y,
+                            random_state=SPLIT_SEED)
+
+
+def _digits(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1)  # (1797, 1, 8, 8), values 0..16
+    y = torch.from_numpy(d.target).long()
+    tr, va = (torch.from_numpy(i) for i in digits_split(cfg.val_fraction))
+    return x[tr], y[tr], x[va], y[va]
+
+
+def _synthetic(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    size, k = cfg.image_size or 8, cfg.num_classes or 4
+    gen = torch.Generator().manual_seed(SPLIT_SEED)
+    # Smooth templates (upsampled 4x4 noise): a class stays recognisable under small crops.
+    templates = F.interpolate(torch.randn(k, 3, 4, 4, generator=gen), size=(size, size),
+                              mode="bilinear", align_corners=False)
+    templates /= templates.std(dim=(1, 2, 3), keepdim=True)
+    n_tr, n = cfg.synthetic_train, cfg.synthetic_train + cfg.synthetic_val
+    y = torch.randperm(n, generator=gen) % k  # balanced classes
+    x = templates[y] + SYNTHETIC_NOISE * torch.randn(n, 3, size, size, generator=gen)
+    return x[:n_tr], y[:n_tr], x[n_tr:], y[n_tr:]
+
+
+def _cifar_missing(dataset: str, root: str) -> list[str]:
+    spec = CIFAR[dataset]
+    folder = os.path.join(root, spec["folder"])
+    return [f for f in spec["train"] + spec["test"] if not os.path.isfile(os.path.join(folder, f))]
+
+
+def _cifar(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    spec, root = CIFAR[cfg.dataset], data_root(cfg)
+    folder = os.path.join(root, spec["folder"])
+    missing = _cifar_missing(cfg.dataset, root)
+    if missing and cfg.download:
+        download(cfg.dataset, root)
+        missing = _cifar_missing(cfg.dataset, root)
+    if missing:
+        raise DatasetMissing(
+            f"{spec['title']} not found: looked for {folder} (missing {', '.join(missing)}). "
+            f"Fetch it with `make data-{cfg.dataset}` (or set DATA_DIR / data.root to where it lives).")
+
+    def read(names: list[str]) -> tuple[Tensor, Tensor]:
+        xs, ys = [], []
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                d = pickle.load(f, encoding="latin1")  # written by Python 2; latin1 keeps bytes intact
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # rows: R, G, B planes
+            ys.append(np.asarray(d[spec["label_key"]], dtype=np.int64))
+        y = torch.from_numpy(np.concatenate(ys))
+        if len(y) and (y.min() < 0 or y.max() >= spec["num_classes"]):
+            raise ValueError(f"{folder}: labels outside 0..{spec['num_classes'] - 1} in {names}")
+        return torch.from_numpy(np.concatenate(xs)), y
+
+    return *read(spec["train"]), *read(spec["test"])
+
+
+def download(dataset: str, root: str) -> None:
+    """Fetch CIFAR-10/100 into root with torchvision's downloader (checksummed archive)."""
+    if dataset not in CIFAR:
+        raise ValueError(f"cannot download {dataset!r}: only cifar10 and cifar100 are downloadable; "
+                         "digits ships with scikit-learn, synthetic is generated, and an imagefolder "
+                         "tree (<root>/train/<class>/*, <root>/val/<class>/*) is laid out by hand")
+    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets.utils import download_and_extract_archive
+    cls = CIFAR10 if dataset == "cifar10" else CIFAR100
+    os.makedirs(root, exist_ok=True)
+    download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
+
+
+def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    from torchvision import datasets, transforms as T
+    root, size = data_root(cfg), cfg.image_size or 224
+    layout = (f"Lay it out as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (one folder "
+              "per class, the same class folders in both; ImageNet's val images must be sorted into "
+              "class folders), or set DATA_DIR / data.root to such a tree.")
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise DatasetMissing(f"image folder not found: looked for {os.path.join(root, split)}. {layout}")
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
+    train_tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+                if cfg.augment else val_tf)
+    try:
+        train = datasets.ImageFolder(os.path.join(root, "train"), train_tf)
+        val = datasets.ImageFolder(os.path.join(root, "val"), val_tf)
+    except FileNotFoundError as e:  # no class folders / no images
+        raise DatasetMissing(f"{e}. {layout}") from None
+    # ImageFolder numbers classes per split by sorted folder name: differing folders shift labels.
+    if train.classes != val.classes:
+        raise ValueError(f"{root}: train has {len(train.classes)} class folders, val has "
+                         f"{len(val.classes)}, and they must be the same names")
+    if cfg.num_classes and cfg.num_classes != len(train.classes):
+        raise ValueError(f"data.num_classes = {cfg.num_classes} but {root}/train has "
+                         f"{len(train.classes)} class folders")
+
+    def loader(ds: datasets.ImageFolder, bs: int, train: bool) -> DeviceLoader:
+        drop = train and num_batches(len(ds), bs, drop_small=True) < -(-len(ds) // bs)
+        return DeviceLoader(torch.utils.data.DataLoader(
+            ds, batch_size=bs, shuffle=train, drop_last=drop, num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+            # seeds the shuffle and the workers' augmentation RNG; with num_workers=0 the
+            # augmentation uses torch's global RNG (seeded by the trainer)
+            generator=torch.Generator().manual_seed(seed) if train else None), device)
+
+    return DataBundle(loader(train, cfg.batch_size, True), loader(val, cfg.eval_batch_size, False),
+                      len(train.classes), 3, size, len(train), len(val), "imagefolder")
+
+
+def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0) -> DataBundle:
+    """The dataset named by cfg as train/val batch streams on `device` (see module docstring)."""
+    device = torch.device(device)
+    if cfg.dataset == "imagefolder":
+        return _imagefolder(cfg, device, seed)
+    if cfg.dataset == "digits":
+        xtr, ytr, xva, yva = _digits(cfg)
+        num_classes, flip = 10, False  # a mirrored digit is a different (or no) digit
+    elif cfg.dataset == "synthetic":
+        xtr, ytr, xva, yva = _synthetic(cfg)
+        num_classes, flip = cfg.num_classes or 4, True
+    elif cfg.dataset in CIFAR:
+        xtr, ytr, xva, yva = _cifar(cfg)
+        num_classes, flip = CIFAR[cfg.dataset]["num_classes"], True
+    else:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of digits, cifar10, "
+                         "cifar100, synthetic, imagefolder")
+
+    if cfg.dataset in CIFAR:  # the standard constants, in uint8 pixel units
+        mean = torch.tensor(CIFAR[cfg.dataset]["mean"]) * 255
+        std = torch.tensor(CIFAR[cfg.dataset]["std"]) * 255
+    else:  # train-set statistics per channel
+        mean = xtr.float().mean(dim=(0, 2, 3))
+        std = xtr.float().std(dim=(0, 2, 3))
+    size = xtr.shape[-1]
+    pad = max(1, size // 8) if cfg.augment else 0  # 4 for 32x32, 1 for 8x8 digits
+    flip = flip and cfg.augment
+    xtr, ytr, xva, yva = (t.to(device) for t in (xtr, ytr, xva, yva))
+    train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, pad=pad, flip=flip, seed=seed)
+    val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size)
+    return DataBundle(train, val, num_classes, xtr.shape[1], size, len(xtr), len(xva), cfg.dataset)

@@ -1,0 +1,31 @@
+"""`python -m reproduce flops`: params and MACs of a dense model, and of a tracked run's result."""
+
+from __future__ import annotations
+
+import json
+
+from .method import CostModel
+from .models import create_model
+
+CONVENTION = "conv and linear layers only; MACs per image; FLOPs = 2 x MACs"
+
+
+def describe(model: str, input_shape: str = "3,32,32", num_classes: int = 10,
+             run_id: str | None = None) -> dict:
+    c, h, w = (int(v) for v in input_shape.split(","))
+    net = create_model(model, num_classes=num_classes, in_channels=c, gate_channels=False)
+    costs = CostModel(net, (c, h, w))
+    info = {"model": model, "input": [c, h, w], "params": int(costs.dense_params),
+            "macs": int(costs.dense_macs), "flops": int(2 * costs.dense_macs),
+            "convention": CONVENTION}
+    if run_id:
+        from . import tracking
+        client = tracking.client()
+        path = client.download_artifacts(run_id, tracking.ARTIFACT_ARCH)
+        with open(path) as f:
+            arch = json.load(f)
+        info.update({"run_id": run_id, "run_params": int(arch["params"]),
+                     "run_macs": int(arch["macs"]), "run_dense_macs": int(arch["dense_macs"]),
+                     "run_macs_ratio": arch["macs"] / arch["dense_macs"],
+                     "run_depths": arch.get("depths", {})})
+    return info

@@ -1,0 +1,206 @@
+"""Parameter and MAC counting of gated architectures.
+
+Convention (stated in every output): only conv and linear layers count. A conv costs
+    MACs   = active_in · active_out · k_h·k_w · H_out·W_out   (depthwise: active · k_h·k_w · H_out·W_out)
+    params = active_in · active_out · k_h·k_w (+ active_out if it has a bias)
+times the state of the block that contains it (0 when the block is removed). FLOPs = 2 × MACs.
+BatchNorm, activations, pooling and additions are not counted.
+
+A model describes its layers as `Site`s: which channel gate feeds a layer's input channels, which
+one gates its outputs, and which block gate (if any) contains it. The counter takes, for each gate,
+a vector of per-structure states: the hard gates (inference architecture), the sampled q
+(training architecture of one iteration), or the probabilities p (expected cost, differentiable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .gates import ChannelGate, Gate
+
+
+@dataclass(frozen=True)
+class Site:
+    """One conv or linear layer whose cost depends on gates."""
+    name: str                   # module path of the conv / linear layer
+    in_gate: str | None         # channel gate on its input channels (None: fixed width)
+    out_gate: str | None        # channel gate on its output channels (None: fixed width)
+    block: str | None = None    # block gate of the residual branch containing it
+    bn: str | None = None       # BatchNorm right after it (sliced with the outputs on export)
+    stage: int = 0
+    depthwise: bool = False
+
+
+@dataclass(frozen=True)
+class _Shape:
+    cin: int
+    cout: int
+    kernel: int                 # k_h · k_w (1 for linear)
+    spatial: int                # H_out · W_out (1 for linear)
+    bias: bool
+
+
+class CostModel:
+    """Counts params and MACs of a gated model for any assignment of gate states."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int]):
+        self.sites: list[Site] = list(model.sites())
+        modules = dict(model.named_modules())
+        self.gates: dict[str, Gate] = {n: m for n, m in modules.items() if isinstance(m, Gate)}
+        self.shapes = _measure(model, [modules[s.name] for s in self.sites], input_shape)
+        self.stage_of = _gate_stages(self.sites)
+        # residual blocks as (module path, stage, block gate or None when always on)
+        self.blocks: list[tuple[str, int, str | None]] = list(getattr(model, "residual_blocks", list)())
+        dense = self.count({})
+        self.dense_macs, self.dense_params = float(dense[0]), float(dense[1])
+
+    # -- counting -------------------------------------------------------------------------------
+    def count(self, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(MACs, params) with `state[gate]` the per-structure state (missing gate = all on)."""
+        macs = params = torch.zeros(())
+        for site, sh in zip(self.sites, self.shapes):
+            n_in = _active(state, site.in_gate, sh.cin)
+            n_out = _active(state, site.out_gate, sh.cout)
+            on = state[site.block].sum() if site.block in state else 1.0
+            if site.depthwise:
+                w = n_out * sh.kernel
+            else:
+                w = n_in * n_out * sh.kernel
+            macs = macs + on * w * sh.spatial
+            params = params + on * (w + (n_out if sh.bias else 0.0))
+        return macs, params
+
+    def hard_state(self) -> dict[str, Tensor]:
+        return {n: g.hard().detach().cpu() for n, g in self.gates.items()}
+
+    def sampled_state(self) -> dict[str, Tensor]:
+        return {n: g.sample.detach().cpu() for n, g in self.gates.items()}
+
+    def prob_state(self) -> dict[str, Tensor]:
+        return {n: g.probs() for n, g in self.gates.items()}
+
+    def hard(self) -> tuple[float, float]:
+        macs, params = self.count(self.hard_state())
+        return float(macs), float(params)
+
+    def sampled_macs(self) -> float:
+        return float(self.count(self.sampled_state())[0])
+
+    # -- per-structure costs for the sparsity penalty ---------------------------------------------
+    def structure_costs(self, metric: str) -> dict[str, float]:
+        """Dense marginal cost of one structure of each gate (same for all structures of a gate).
+
+        A channel of gate G costs what its removal saves in the dense network: the input side of
+        every layer writing G and the output side of every layer reading G. A block costs all the
+        layers inside it. `uniform` gives every structure cost 1.
+        """
+        costs = {n: 0.0 for n in self.gates}
+        if metric == "uniform":
+            return {n: 1.0 for n in self.gates}
+        for site, sh in zip(self.sites, self.shapes):
+            per_pos = sh.spatial if metric == "macs" else 1
+            bias = 1 if (sh.bias and metric == "params") else 0
+            if site.depthwise:
+                if site.out_gate:
+                    costs[site.out_gate] += sh.kernel * per_pos + bias
+            else:
+                if site.out_gate:
+                    costs[site.out_gate] += sh.cin * sh.kernel * per_pos + bias
+                if site.in_gate:
+                    costs[site.in_gate] += sh.cout * sh.kernel * per_pos
+            if site.block:
+                costs[site.block] += (sh.cin * sh.cout * sh.kernel + bias * sh.cout) * per_pos
+        return costs
+
+    # -- architecture summaries -----------------------------------------------------------------
+    def layer_ratios(self, state: dict[str, Tensor] | None = None) -> dict[str, float]:
+        """Retained output-channel ratio of every gated layer (0 inside a removed block)."""
+        state = self.hard_state() if state is None else state
+        out = {}
+        for site, sh in zip(self.sites, self.shapes):
+            if site.out_gate is None:
+                continue
+            ratio = float(state[site.out_gate].mean())
+            if site.block is not None:
+                ratio *= float(state[site.block].sum())
+            out[site.name] = ratio
+        return out
+
+    def layer_widths(self, state: dict[str, Tensor] | None = None) -> dict[str, int]:
+        state = self.hard_state() if state is None else state
+        return {s.name: (int(state[s.out_gate].sum()) if s.out_gate else sh.cout)
+                * (int(state[s.block].sum()) if s.block else 1)
+                for s, sh in zip(self.sites, self.shapes)}
+
+    def stage_summary(self, state: dict[str, Tensor] | None = None) -> dict[str, float]:
+        """channels/stage<k>: retained share of the stage's gated channels; blocks/stage<k>."""
+        state = self.hard_state() if state is None else state
+        on: dict[int, float] = {}
+        total: dict[int, float] = {}
+        for name, gate in self.gates.items():
+            k = self.stage_of.get(name)
+            if k is None:
+                continue
+            if isinstance(gate, ChannelGate):
+                on[k] = on.get(k, 0.0) + float(state[name].sum())
+                total[k] = total.get(k, 0.0) + gate.n
+        out = {f"channels/stage{k}": on[k] / total[k] for k in sorted(total)}
+        for name, stage, gate in self.blocks:
+            on_ = 1.0 if gate is None else float(state[gate].sum())
+            out[f"blocks/stage{stage}"] = out.get(f"blocks/stage{stage}", 0.0) + on_
+        return out
+
+
+
+def _active(state: dict[str, Tensor], gate: str | None, full: int):
+    if gate is None or gate not in state:
+        return float(full)
+    return state[gate].sum()
+
+
+def _gate_stages(sites: list[Site]) -> dict[str, int]:
+    stages: dict[str, int] = {}
+    for s in sites:
+        for g in (s.out_gate, s.block):
+            if g is not None:
+                stages.setdefault(g, s.stage)
+    return stages
+
+
+@torch.no_grad()
+def _measure(model: nn.Module, layers: list[nn.Module], input_shape) -> list[_Shape]:
+    """Record each layer's output spatial size with one dense forward pass on zeros."""
+    spatial: dict[int, int] = {}
+
+    def hook(mod, inp, out):
+        spatial[id(mod)] = out[0, 0].numel() if out.dim() == 4 else 1
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = model.training
+    model.eval()
+    gates = [m for m in model.modules() if isinstance(m, Gate)]
+    saved = [g.logits.detach().clone() for g in gates]
+    try:
+        for g in gates:                      # open every gate so no branch is skipped
+            g.logits.data.fill_(1.0)
+        p = next(model.parameters())
+        model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+    finally:
+        for g, s in zip(gates, saved):
+            g.logits.data.copy_(s)
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    shapes = []
+    for m in layers:
+        if isinstance(m, nn.Conv2d):
+            shapes.append(_Shape(m.in_channels, m.out_channels, m.kernel_size[0] * m.kernel_size[1],
+                                 spatial[id(m)], m.bias is not None))
+        elif isinstance(m, nn.Linear):
+            shapes.append(_Shape(m.in_features, m.out_features, 1, 1, m.bias is not None))
+        else:
+            raise TypeError(f"cost sites must be Conv2d or Linear, got {type(m).__name__}")
+    return shapes

@@ -1,0 +1,85 @@
+"""Export: the final hard architecture as a physically smaller dense model.
+
+Closed channels are sliced out of every conv, BN and linear layer that touches them, closed blocks
+become identities, and gates disappear. In evaluation the compact model computes exactly what the
+gated model computes with hard gates (gates sit after BN, so a closed channel is exactly zero).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .costs import Site
+from .gates import BlockGate, ChannelGate, gates_of
+
+
+def hard_architecture(model: nn.Module) -> tuple[dict[str, Tensor], set[str]]:
+    """Active channel indices of every channel gate, and the names of removed blocks."""
+    keep, removed = {}, set()
+    gates = dict(gates_of(model))
+    for name, gate in gates.items():
+        if isinstance(gate, ChannelGate):
+            keep[name] = gate.active_indices().cpu()
+    for block, _stage, gate_name in getattr(model, "residual_blocks", list)():
+        if gate_name is not None and not bool(gates[gate_name].hard().item()):
+            removed.add(block)
+    return keep, removed
+
+
+@torch.no_grad()
+def export(model: nn.Module) -> nn.Module:
+    """A compact, gate-free copy of `model`'s hard architecture (in eval mode, on the same device)."""
+    keep, removed = hard_architecture(model)
+    compact = model.compact({n: len(idx) for n, idx in keep.items()}, removed)
+    src = dict(model.named_modules())
+    dst = dict(compact.named_modules())
+    written: set[str] = set()
+
+    def take(t: Tensor, dim: int, gate: str | None) -> Tensor:
+        return t if gate is None else t.index_select(dim, keep[gate].to(t.device))
+
+    for site in model.sites():
+        if site.block is not None and any(site.name.startswith(b + ".") for b in removed):
+            continue
+        s, d = src[site.name], dst[site.name]
+        w = take(take(s.weight, 0, site.out_gate), 1, None if site.depthwise else site.in_gate)
+        d.weight.copy_(w)
+        written.add(f"{site.name}.weight")
+        if s.bias is not None:
+            d.bias.copy_(take(s.bias, 0, site.out_gate))
+            written.add(f"{site.name}.bias")
+        if site.bn is not None:
+            _copy_bn(src[site.bn], dst[site.bn], site, take)
+            written.update(f"{site.bn}.{k}" for k, _ in dst[site.bn].named_parameters())
+            written.update(f"{site.bn}.{k}" for k, _ in dst[site.bn].named_buffers())
+
+    missing = [k for k in list(dict(compact.named_parameters())) + list(dict(compact.named_buffers()))
+               if k not in written]
+    if missing:
+        raise RuntimeError(f"export left these tensors uninitialised: {missing[:5]}")
+    p = next(model.parameters())
+    return compact.to(p.device).eval()
+
+
+def _copy_bn(s: nn.BatchNorm2d, d: nn.BatchNorm2d, site: Site, take) -> None:
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        getattr(d, attr).copy_(take(getattr(s, attr), 0, site.out_gate))
+    d.num_batches_tracked.copy_(s.num_batches_tracked)
+
+
+def architecture_summary(model: nn.Module) -> dict:
+    """Per-layer widths and per-stage depths of the hard architecture (JSON-ready)."""
+    keep, removed = hard_architecture(model)
+    depths: dict[int, int] = {}
+    for block, stage, _ in getattr(model, "residual_blocks", list)():
+        depths[stage] = depths.get(stage, 0) + (block not in removed)
+    widths = {}
+    for site in model.sites():
+        if site.out_gate is None:
+            continue
+        inside_removed = any(site.name.startswith(b + ".") for b in removed)
+        widths[site.name] = 0 if inside_removed else int(len(keep[site.out_gate]))
+    return {"widths": widths, "depths": {f"stage{k}": v for k, v in sorted(depths.items())},
+            "removed_blocks": sorted(removed),
+            "block_gates": sum(isinstance(g, BlockGate) for _, g in gates_of(model))}

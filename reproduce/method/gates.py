@@ -1,0 +1,110 @@
+"""Gates: the continuous relaxation of a network's discrete structure.
+
+Each gate owns n structures (the output channels of a conv, or one residual block). Structure i
+has a trainable logit s_i and a temperature β_i; its probability of being on is p_i = σ(β_i·s_i).
+
+In training the gate value depends on the sampling mode:
+  bernoulli         q_i ~ Bernoulli(p_i), g_i = q_i·p_i   (gradient reaches s_i through p_i when q_i = 1)
+  straight_through  forward g_i = q_i, backward as if g_i = p_i
+  deterministic     g_i = p_i                           (no sampling: plain structured CS)
+In evaluation and export the gate is hard: g_i = 1[s_i > 0].
+
+q is drawn once per iteration for the whole batch (`sample_gates`), from a generator the caller
+seeds identically on every distributed rank, so all ranks train the same sub-network.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic")
+
+
+class Gate(nn.Module):
+    """n gated structures with logits s and temperatures β (β is a buffer, moved by schedules)."""
+
+    def __init__(self, n: int, sampling: str = "bernoulli"):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n))
+        self.register_buffer("beta", torch.ones(n))
+        self.register_buffer("sample", torch.ones(n))   # the current q, redrawn every iteration
+        self.sampling = sampling
+
+    @property
+    def n(self) -> int:
+        return self.logits.numel()
+
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.beta * self.logits)
+
+    def hard(self) -> Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    def active_indices(self) -> Tensor:
+        """Indices of the structures that are on in the hard architecture."""
+        return torch.nonzero(self.logits.detach() > 0).flatten()
+
+    def value(self) -> Tensor:
+        if not self.training:
+            return self.hard()
+        p = self.probs()
+        if self.sampling == "deterministic":
+            return p
+        q = self.sample
+        if self.sampling == "bernoulli":
+            return q * p
+        return q + (p - p.detach())                     # straight-through
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, sampling={self.sampling}"
+
+
+class ChannelGate(Gate):
+    """Gates the channels (dim 1) of a feature map; placed after BN so a closed channel is exactly 0."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = self.value().to(x.dtype)
+        return x * g.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class BlockGate(Gate):
+    """Gates a whole residual branch: x + g·F(x); a closed block is the identity."""
+
+    def __init__(self, sampling: str = "bernoulli"):
+        super().__init__(1, sampling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.value().to(x.dtype)
+
+
+def gates_of(model: nn.Module) -> list[tuple[str, Gate]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, Gate)]
+
+
+def set_sampling(model: nn.Module, mode: str) -> None:
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; choose one of {', '.join(SAMPLING_MODES)}")
+    for _, g in gates_of(model):
+        g.sampling = mode
+
+
+@torch.no_grad()
+def sample_gates(gates: Iterable[Gate], generator: torch.Generator) -> None:
+    """Draw q ~ Bernoulli(p) for every structure at once (one RNG call, on the generator's device)."""
+    gates = list(gates)
+    if not gates:
+        return
+    p = torch.cat([g.probs().detach().float().to(generator.device) for g in gates])
+    q = torch.bernoulli(p, generator=generator)
+    for g, chunk in zip(gates, q.split([g.n for g in gates])):
+        g.sample.copy_(chunk.to(g.sample.device))
+
+
+@torch.no_grad()
+def open_all(gates: Iterable[Gate]) -> None:
+    """Set every sample to 1 (a dense pass, e.g. for the deterministic mode's cost accounting)."""
+    for g in gates:
+        g.sample.fill_(1.0)

@@ -1,0 +1,192 @@
+"""The growing method in one object: what it adds to an ordinary training loop.
+
+    controller = GrowthController(model, input_shape=(3, 32, 32), epochs=160, ...)
+    for epoch in range(epochs):
+        for x, y in data:
+            controller.sample()                       # q ~ Bernoulli(σ(β·s)), once per iteration
+            loss = task_loss(model(x), y) + controller.penalty()
+            loss.backward(); opt_weights.step(); opt_masks.step()
+            controller.after_step(batch_size)         # budget λ, training-cost accounting
+        controller.end_epoch()                        # temperature schedule
+
+Objective: task loss + λ_t · Σ_i w_i·p_i with p_i = σ(β_i·s_i) and w_i the cost of structure i
+normalised by the mean structure cost (or by the dense total). While pruning (λ > 0) the weights
+are always cost-proportional; while growing (λ < 0) they are uniform unless `growth_push = cost`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .budget import BudgetController
+from .costs import CostModel
+from .gates import BlockGate, ChannelGate, Gate, gates_of, open_all, sample_gates, set_sampling
+from .temperature import TemperatureSchedule
+
+
+def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str = "one_per_stage",
+              selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
+              generator: torch.Generator | None = None) -> None:
+    """Seed architecture: a fraction of every channel group and (optionally) no optional block on.
+
+    Blocks without a block gate (the first of each stage) are always on, so `one_per_stage` closes
+    every gated block. fraction = 1 with blocks = "all" starts from the full network (pruning).
+    """
+    with torch.no_grad():
+        for _, g in gates:
+            if isinstance(g, BlockGate):
+                g.logits.fill_(s_on if blocks == "all" else s_off)
+                continue
+            k = min(g.n, max(1, round(fraction * g.n)))
+            if selection == "random":
+                idx = torch.randperm(g.n, generator=generator)[:k]
+            else:
+                idx = torch.arange(k)
+            g.logits.fill_(s_off)
+            g.logits[idx.to(g.logits.device)] = s_on
+
+
+class GrowthController:
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], *, epochs: int,
+                 sampling: str = "bernoulli",
+                 seed_fraction: float = 0.25, seed_blocks: str = "one_per_stage",
+                 seed_selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
+                 temperature: str = "global", beta_0: float = 1.0, beta_final: float = 200.0,
+                 beta_decay: float = 0.9,
+                 budget: str = "macs", target: float = 0.5, lambda_base: float = 0.05,
+                 usage: str = "hard", cost: str = "macs", normalize: str = "mean",
+                 growth_push: str = "uniform", seed: int = 0):
+        self.model = model
+        self.named_gates = gates_of(model)
+        self.gates = [g for _, g in self.named_gates]
+        self._by_name = dict(self.named_gates)
+        set_sampling(model, sampling)
+        self.sampling = sampling
+        self.generator = torch.Generator().manual_seed(seed)   # same stream on every rank
+        init_seed(self.named_gates, seed_fraction, seed_blocks, seed_selection, s_on, s_off,
+                  torch.Generator().manual_seed(seed + 1))
+        self.costs = CostModel(model, input_shape)
+        self.temperature = TemperatureSchedule(self.gates, temperature, beta_0, beta_final, epochs,
+                                               beta_decay)
+        self.budget = BudgetController(budget, target, lambda_base)
+        self.usage_mode, self.growth_push = usage, growth_push
+        self.cost_weights, self.uniform_weights = self._penalty_weights(cost, normalize, budget)
+        self.train_macs_epoch = 0.0
+        self.train_macs_total = 0.0
+        self.dense_train_macs_total = 0.0   # the dense model over the same schedule
+        self.budget.update(self.current_usage())
+
+    # -- parameters ---------------------------------------------------------------------------
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [g.logits for g in self.gates]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        masks = {id(p) for p in self.mask_parameters()}
+        return [p for p in self.model.parameters() if id(p) not in masks]
+
+    # -- per iteration ------------------------------------------------------------------------
+    def sample(self) -> None:
+        if self.sampling == "deterministic":
+            open_all(self.gates)      # nothing is skipped: every channel is computed
+        else:
+            sample_gates(self.gates, self.generator)
+
+    def penalty(self) -> Tensor:
+        """λ_t · Σ_i w_i·p_i (zero when λ = 0 or there are no gates)."""
+        lam = self.budget.lam
+        if not self.gates or lam == 0.0:
+            return torch.zeros((), device=self._device())
+        p = torch.cat([g.probs() for g in self.gates])
+        grow_uniform = lam < 0 and self.growth_push == "uniform"
+        w = (self.uniform_weights if grow_uniform else self.cost_weights).to(p.device, p.dtype)
+        return lam * (w * p).sum()
+
+    def after_step(self, batch_size: int) -> None:
+        """Account the iteration's training cost (forward + backward ≈ 3 × forward) and update λ."""
+        self.train_macs_epoch += 3.0 * self.costs.sampled_macs() * batch_size
+        self.dense_train_macs_total += 3.0 * self.costs.dense_macs * batch_size
+        self.budget.update(self.current_usage())
+
+    def current_usage(self) -> float:
+        if self.budget.metric == "none":
+            return self.costs.hard()[0] / self.costs.dense_macs
+        use_params = self.budget.metric == "params"
+        if self.usage_mode == "expected":
+            with torch.no_grad():
+                macs, params = self.costs.count(self.costs.prob_state())
+            macs, params = float(macs), float(params)
+        else:
+            macs, params = self.costs.hard()
+        return params / self.costs.dense_params if use_params else macs / self.costs.dense_macs
+
+    # -- per epoch ----------------------------------------------------------------------------
+    def end_epoch(self) -> dict[str, float]:
+        """Close the epoch: summary of the hard architecture and costs, then advance β."""
+        self.train_macs_total += self.train_macs_epoch
+        stats = self.architecture_stats()
+        stats["cost/train_macs"] = self.train_macs_epoch
+        self.train_macs_epoch = 0.0
+        self.temperature.step()
+        return stats
+
+    def architecture_stats(self) -> dict[str, float]:
+        """Costs, budget state, per-layer and per-stage channel ratios, and mean β per layer."""
+        macs, params = self.costs.hard()
+        stats = {
+            "cost/macs": macs, "cost/params": params,
+            "cost/dense_macs": self.costs.dense_macs, "cost/dense_params": self.costs.dense_params,
+            "cost/train_macs_total": self.train_macs_total,
+            "cost/dense_train_macs_total": self.dense_train_macs_total,
+            "cost/inference_savings": 1.0 - macs / self.costs.dense_macs,
+            "cost/train_savings": 1.0 - self.train_macs_total / max(1.0, self.dense_train_macs_total),
+            "budget/lambda": self.budget.lam, "budget/usage": self.budget.usage,
+        }
+        stats.update(self.costs.stage_summary())
+        for layer, ratio in self.costs.layer_ratios().items():
+            stats[f"channels/{layer}"] = ratio
+        for layer, beta in self.layer_temperatures().items():
+            stats[f"temperature/{layer}"] = beta
+        return stats
+
+    def layer_temperatures(self) -> dict[str, float]:
+        return {s.name: float(self._gate(s.out_gate).beta.mean())
+                for s in self.costs.sites if s.out_gate is not None}
+
+    def structure_state(self) -> dict[str, list]:
+        """Per-structure β, logit and hard state, flat and aligned (for the columnar trace)."""
+        out: dict[str, list] = {"gate": [], "index": [], "kind": [], "beta": [], "logit": [],
+                                "active": []}
+        for name, g in self.named_gates:
+            n = g.n
+            out["gate"] += [name] * n
+            out["index"] += list(range(n))
+            out["kind"] += ["block" if isinstance(g, BlockGate) else "channel"] * n
+            out["beta"] += g.beta.detach().cpu().tolist()
+            out["logit"] += g.logits.detach().cpu().tolist()
+            out["active"] += (g.logits.detach() > 0).cpu().tolist()
+        return out
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _penalty_weights(self, cost: str, normalize: str, budget: str) -> tuple[Tensor, Tensor]:
+        per_gate = self.costs.structure_costs(cost if cost != "uniform" else "uniform")
+        c = torch.cat([torch.full((g.n,), per_gate[name]) for name, g in self.named_gates]) \
+            if self.gates else torch.zeros(0)
+        if normalize == "mean":
+            scale = c.mean() if c.numel() else torch.tensor(1.0)
+        elif cost == "uniform":
+            scale = torch.tensor(float(max(1, c.numel())))
+        else:
+            scale = torch.tensor(self.costs.dense_params if cost == "params" else self.costs.dense_macs)
+        w = c / scale
+        uniform = torch.full_like(c, float(w.mean()) if c.numel() else 1.0)
+        return w, uniform
+
+    def _gate(self, name: str) -> Gate:
+        return self._by_name[name]
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+__all__ = ["GrowthController", "init_seed", "ChannelGate", "BlockGate"]

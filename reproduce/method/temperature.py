@@ -1,0 +1,54 @@
+"""Temperature schedules: β rises once per epoch so that σ(β·s) hardens into a binary mask.
+
+  global            one β for all: β_t = β_0·γ^t with γ = (β_T/β_0)^(1/(T−1)), so β = β_T in the last epoch
+  separate          β_i is multiplied by γ only in epochs where structure i was active
+  separate_decayed  as separate, and β_i ← max(β_0, δ·β_i) in epochs where it was inactive
+
+"Active in an epoch" = on in the hard architecture at the end of that epoch [ours].
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .gates import Gate
+
+SCHEDULES = ("global", "separate", "separate_decayed")
+
+
+class TemperatureSchedule:
+    def __init__(self, gates: Iterable[Gate], schedule: str = "global", beta_0: float = 1.0,
+                 beta_final: float = 200.0, epochs: int = 1, decay: float = 0.9):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown temperature schedule {schedule!r}; choose one of "
+                             f"{', '.join(SCHEDULES)}")
+        self.gates = list(gates)
+        self.schedule, self.beta_0, self.decay = schedule, beta_0, decay
+        self.gamma = (beta_final / beta_0) ** (1.0 / max(1, epochs - 1))
+        self.epoch = 0
+        for g in self.gates:
+            g.beta.fill_(beta_0)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Call once at the end of every epoch."""
+        self.epoch += 1
+        for g in self.gates:
+            if self.schedule == "global":
+                g.beta.fill_(self.beta_0 * self.gamma ** self.epoch)
+                continue
+            active = g.logits > 0
+            grown = g.beta * self.gamma
+            if self.schedule == "separate":
+                g.beta.copy_(torch.where(active, grown, g.beta))
+            else:
+                decayed = (g.beta * self.decay).clamp_min(self.beta_0)
+                g.beta.copy_(torch.where(active, grown, decayed))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]

@@ -1,0 +1,144 @@
+"""CIFAR ResNets (He et al. 2016, 3 stages of basic blocks, widths 16/32/64) with growth gates.
+
+ResNet-20/32/56/110 = Basic3ResNet-n-n-n with n = 3/5/9/18 (AutoGrow's naming).
+
+Gates (PAPER.md §3):
+  layer<k>.gate            channels of stage k's residual stream, shared by every block of the stage
+                           (an identity path ties them), applied to the stem / each branch output /
+                           the projection shortcut, so a closed channel is zero all along the stage
+  layer<k>.<j>.gate1       the inner channels of block j
+  layer<k>.<j>.block_gate  the whole block (j ≥ 1): x + g·F(x), a closed block is the identity
+The first block of every stage is never removed (it changes resolution and width), which is also
+the "one block per stage" seed. Downsampling blocks use a 1×1 conv + BN projection shortcut
+(option B) so the stream channels of consecutive stages can be pruned independently.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..method.costs import Site
+from ..method.gates import BlockGate, ChannelGate
+from .layers import BatchNorm2d, Conv2d, initialise, scaled
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, mid: int, cout: int, stride: int, gate_channels: bool,
+                 gate_block: bool):
+        super().__init__()
+        self.conv1 = Conv2d(cin, mid, 3, stride, 1, bias=False)
+        self.bn1 = BatchNorm2d(mid)
+        self.gate1 = ChannelGate(mid) if gate_channels else nn.Identity()
+        self.conv2 = Conv2d(mid, cout, 3, 1, 1, bias=False)
+        self.bn2 = BatchNorm2d(cout)
+        self.block_gate = BlockGate() if gate_block else nn.Identity()
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False), BatchNorm2d(cout))
+
+    def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
+        out = F.relu(self.gate1(self.bn1(self.conv1(x))))
+        out = self.block_gate(stream_gate(self.bn2(self.conv2(out))))
+        identity = x if self.shortcut is None else stream_gate(self.shortcut(x))
+        return F.relu(identity + out)
+
+
+class RemovedBlock(nn.Module):
+    """What a closed block becomes on export: the identity (its input is already post-ReLU)."""
+
+    def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
+        return x
+
+
+class Stage(nn.Module):
+    def __init__(self, gate: nn.Module, blocks: list[nn.Module]):
+        super().__init__()
+        self.gate = gate
+        for j, b in enumerate(blocks):
+            self.add_module(str(j), b)
+        self.depth = len(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for j in range(self.depth):
+            x = getattr(self, str(j))(x, self.gate)
+        return x
+
+
+class ResNetCIFAR(nn.Module):
+    """Basic-block ResNet for 32×32 inputs; `sizes`/`removed` build a compact (exported) copy."""
+
+    def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
+                 in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
+                 gate_blocks: bool = False, sizes: dict[str, int] | None = None,
+                 removed: set[str] | frozenset = frozenset()):
+        super().__init__()
+        self.arch = dict(depths=tuple(depths), widths=tuple(widths), num_classes=num_classes,
+                         in_channels=in_channels, width_multiplier=width_multiplier)
+        self.gate_channels, self.gate_blocks = gate_channels, gate_blocks
+        sizes = sizes or {}
+        widths = [scaled(w, width_multiplier) for w in widths]
+        stream = [sizes.get(f"layer{k + 1}.gate", w) for k, w in enumerate(widths)]
+
+        self.conv1 = Conv2d(in_channels, stream[0], 3, 1, 1, bias=False)
+        self.bn1 = BatchNorm2d(stream[0])
+        cin = stream[0]
+        for k, (depth, w) in enumerate(zip(depths, widths)):
+            blocks = []
+            for j in range(depth):
+                name = f"layer{k + 1}.{j}"
+                if name in removed:
+                    blocks.append(RemovedBlock())
+                    continue
+                mid = sizes.get(f"{name}.gate1", w)
+                stride = 2 if (j == 0 and k > 0) else 1
+                blocks.append(BasicBlock(cin, mid, stream[k], stride, gate_channels,
+                                         gate_blocks and j > 0))
+                cin = stream[k]
+            cin = stream[k]
+            self.add_module(f"layer{k + 1}", Stage(ChannelGate(stream[k]) if gate_channels
+                                                   else nn.Identity(), blocks))
+        self.fc = nn.Linear(stream[-1], num_classes)
+        initialise(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer1.gate(self.bn1(self.conv1(x)))
+        x = F.relu(x)
+        for k in range(len(self.arch["depths"])):
+            x = getattr(self, f"layer{k + 1}")(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+    # -- structure description (used by costs and export) ---------------------------------------
+    def _gate(self, name: str) -> str | None:
+        return name if self.gate_channels else None
+
+    def residual_blocks(self) -> list[tuple[str, int, str | None]]:
+        out = []
+        for k, depth in enumerate(self.arch["depths"]):
+            for j in range(depth):
+                name = f"layer{k + 1}.{j}"
+                gated = self.gate_blocks and j > 0
+                out.append((name, k + 1, f"{name}.block_gate" if gated else None))
+        return out
+
+    def sites(self) -> list[Site]:
+        g = self._gate
+        sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1)]
+        prev = g("layer1.gate")
+        for name, stage, block_gate in self.residual_blocks():
+            stream = g(f"layer{stage}.gate")
+            sites += [
+                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), block_gate, f"{name}.bn1", stage),
+                Site(f"{name}.conv2", g(f"{name}.gate1"), stream, block_gate, f"{name}.bn2", stage),
+            ]
+            if name.endswith(".0") and stage > 1:
+                sites.append(Site(f"{name}.shortcut.0", prev, stream, None, f"{name}.shortcut.1",
+                                  stage))
+            prev = stream
+        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"])))
+        return sites
+
+    def compact(self, sizes: dict[str, int], removed: set[str]) -> "ResNetCIFAR":
+        return ResNetCIFAR(**self.arch, gate_channels=False, gate_blocks=False, sizes=sizes,
+                           removed=removed)

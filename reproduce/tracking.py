@@ -1,0 +1,121 @@
+"""MLflow at the edge: where runs are stored, how they are found again, how epochs are logged.
+
+The tracking contract (DESIGN.md) lives here: tag names, metric names, artifact paths. The method
+core never imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT_PREFIX = "reproduce"
+
+# Tag names analysis relies on (keep stable, add freely).
+TAGS = ("model", "dataset", "profile", "variant", "seed", "figures", "config_hash", "git_commit",
+        "experiment")
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_ARCH = "architecture.json"
+ARTIFACT_TRACES = "traces/structures.csv.gz"
+ARTIFACT_MODEL = "model/compact.pt"
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be reached or used; the message says how to fix it."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Keep a SQLite store's artifacts beside the database file, whatever the working directory."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def client(uri: str | None = None):
+    """An MlflowClient on a store that answers, or StoreError naming the store and the fix."""
+    import logging
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).resolve().parent
+        if not parent.is_dir():
+            raise StoreError(f"MLflow store {uri}: directory {parent} does not exist. Create it or "
+                             f"point MLFLOW_TRACKING_URI at a writable sqlite:///path/mlflow.db.")
+    try:
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        raise StoreError(f"MLflow store {uri} cannot be used ({type(e).__name__}: {e}). Start the "
+                         f"server or set MLFLOW_TRACKING_URI to a reachable store, e.g. "
+                         f"sqlite:///mlflow.db.") from None
+    return c
+
+
+def experiment_name(profile: str) -> str:
+    return f"{EXPERIMENT_PREFIX}-{profile}"
+
+
+def experiment_id(c, profile: str, create: bool = True) -> str | None:
+    name = experiment_name(profile)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        return None
+    return c.create_experiment(name, artifact_location=_artifact_root(c.tracking_uri))
+
+
+def find_finished(c, exp_id: str, config_hash: str):
+    """The newest finished run with this config hash, or None."""
+    runs = c.search_runs([exp_id], f"tags.config_hash = '{config_hash}' and "
+                         f"attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                         max_results=1)
+    return runs[0] if runs else None
+
+
+def add_figures(c, run, figures: Iterable[str]) -> None:
+    """Record that more figures use an existing run (union of the `figures` tag)."""
+    have = [f for f in run.data.tags.get("figures", "").split(",") if f]
+    merged = sorted(set(have) | set(figures))
+    if merged != sorted(have):
+        c.set_tag(run.info.run_id, "figures", ",".join(merged))
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """One batch call per epoch (chunked at MLflow's 1000-metric limit)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        c.log_batch(run_id, metrics=items[i:i + 1000], synchronous=True)
+
+
+def log_params(c, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=5).stdout
+        return (sha or "unknown") + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -26,11 +26,13 @@ export PYTHONUNBUFFERED := 1
 
 RUN := $(PY) -m reproduce
 
-FIGURES := 7 9
-TABLES :=
+# every analysis/figure_<N>.py and analysis/table_<name>.py is a target
+FIGURES := $(sort $(patsubst analysis/figure_%.py,%,$(wildcard analysis/figure_*.py)))
+TABLES := $(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py)))
 
 .PHONY: help setup demo test test-fast figures tables run flops list-runs mlflow-ui \
-        optuna-dashboard data-cifar10 data-cifar100 lock clean-figures bench
+        optuna-dashboard data-cifar10 data-cifar100 lock clean-figures search search-best \
+        figure-pareto
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROFILE=smoke|paper] [FORCE=1] [DATA_DIR=...]"
@@ -71,6 +73,15 @@ figures: $(STAMP) ## Every figure for PROFILE
 
 tables: $(STAMP) ## Every table for PROFILE
 	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE),echo "no tables yet")
+
+search: $(STAMP) ## Optuna search: make search SEARCH=search-resnet20-budget [TRIALS=n]
+	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS))
+
+search-best: $(STAMP) ## Write the best trial of SEARCH as a runnable experiment file
+	@$(RUN) search-best $(SEARCH) --profile $(PROFILE)
+
+figure-pareto: $(STAMP) ## Accuracy vs MACs of every trial of SEARCH, Pareto front, importances
+	@$(RUN) pareto $(SEARCH) --profile $(PROFILE)
 
 run: $(STAMP) ## Train one experiment file: make run EXP=figure-7 [SET="budget.target=0.3"]
 	@$(RUN) run $(EXP) --profile $(PROFILE) $(foreach s,$(SET),--set $(s))

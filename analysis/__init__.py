@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from pathlib import Path
 
 from reproduce.config import ConfigError
 
-FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
+DEFAULT_FIGURES_DIR = Path(__file__).resolve().parents[1] / "figures"
+
+
+def figures_dir() -> Path:
+    """Where outputs go: $FIGURES_DIR, else figures/ at the repository root."""
+    return Path(os.environ.get("FIGURES_DIR") or DEFAULT_FIGURES_DIR)
 
 
 def targets() -> dict[str, str]:
@@ -66,7 +72,7 @@ def draw(target: str, profile: str = "smoke", run_missing: bool = True, force: b
     if len(runs) < len(hashes):
         print(f"{name}: {len(hashes) - len(runs)} of {len(hashes)} planned runs are not tracked "
               f"yet; drawing from the {len(runs)} that are")
-    out_dir = Path(out_dir or FIGURES_DIR)
+    out_dir = Path(out_dir or figures_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = module.draw(runs, out_dir / name, profile=profile, uri=uri)
     sidecar = out_dir / f"{name}.runs.json"

@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1")
     p.set_defaults(func=cmd_demo)
 
+    from .search import register_cli as register_search
+    register_search(sub)
+
     args = parser.parse_args(argv)
     from .data import DatasetMissing
     from .tracking import StoreError

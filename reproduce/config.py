@@ -34,8 +34,8 @@ class DataConfig:
     download: bool = False          # fetch CIFAR when missing (make data-cifar10 sets it)
     batch_size: int = 128
     eval_batch_size: int = 512
-    augment: bool = True            # random crop + horizontal flip (CIFAR), small shifts (digits)
-    val_fraction: float = 0.2       # digits/synthetic only: held-out share of the data
+    augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
+    val_fraction: float = 0.2       # digits only: held-out share of the data
     num_workers: int = 0            # imagefolder only; tensor datasets live on the device
     synthetic_train: int = 512      # synthetic only
     synthetic_val: int = 128
@@ -54,7 +54,7 @@ class ModelConfig:
 @dataclass
 class GateConfig:
     sampling: str = field(default="bernoulli", metadata=choice(
-        "bernoulli", "straight_through", "deterministic"))
+        "bernoulli", "straight_through", "deterministic", "hard"))   # hard: fixed masks (baselines)
     # Seed architecture [ours]: a fraction of each channel group and one block per stage start on.
     seed_fraction: float = 0.25     # 1.0 with seed_blocks=all is "prune from the full network"
     seed_blocks: str = field(default="one_per_stage", metadata=choice("one_per_stage", "all"))
@@ -88,6 +88,18 @@ class BudgetConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """Pruning baselines: train dense, prune once, fine-tune (all epochs count as training cost)."""
+    criterion: str = field(default="l1_norm", metadata=choice("l1_norm", "slimming"))
+    pretrain_epochs: int = 30       # dense training before pruning
+    finetune_epochs: int = 10       # after pruning (the main train.epochs is not used)
+    finetune_lr: float = 0.01
+    prune_target: float = 0.5       # keep this fraction of the dense model's MACs
+    slimming_l1: float = 1e-4       # network slimming: L1 on BN scales during pre-training
+    scope: str = field(default="auto", metadata=choice("auto", "inner", "all"))  # auto: inner for ResNets
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     lr: float = 0.1
@@ -109,12 +121,16 @@ class TrainConfig:
 class RunConfig:
     variant: str = "grow"           # a name for this run inside its experiment
     seed: int = 0
+    # grow: the method; dense: the model without gates (baselines, incl. uniform width via
+    # model.width_multiplier); prune: a pruning baseline configured in `baseline`
+    method: str = field(default="grow", metadata=choice("grow", "dense", "prune"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gates: GateConfig = field(default_factory=GateConfig)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 # Fields that do not change a run's result: left out of its identity hash.
@@ -192,6 +208,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "positive"),
         ("data.batch_size", cfg.data.batch_size >= 1, ">= 1"),
+        ("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1"),
+        ("data.synthetic_train", cfg.data.synthetic_train >= 1, ">= 1"),
+        ("data.synthetic_val", cfg.data.synthetic_val >= 1, ">= 1"),
+        ("baseline.prune_target", 0.0 < cfg.baseline.prune_target <= 1.0, "in (0, 1]"),
         ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
         ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),

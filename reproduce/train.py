@@ -45,9 +45,11 @@ def pick_device(name: str) -> torch.device:
 def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> tuple[nn.Module, GrowthController]:
     """The gated model and its growth controller, seeded as the config says."""
     torch.manual_seed(cfg.seed)
+    gated = cfg.method != "dense"       # the dense baseline is the model without gates
     model = create_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
                          width_multiplier=cfg.model.width_multiplier,
-                         gate_channels=cfg.model.gate_channels, gate_blocks=cfg.model.gate_blocks)
+                         gate_channels=gated and cfg.model.gate_channels,
+                         gate_blocks=gated and cfg.model.gate_blocks)
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -96,6 +98,9 @@ def train(cfg: RunConfig, data: DataBundle | None = None, on_epoch: EpochCallbac
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or build_data(cfg.data, device, seed=cfg.seed)
+    if cfg.method == "prune":
+        from .baselines import train_pruning_baseline
+        return train_pruning_baseline(cfg, data, device, on_epoch, progress)
     model, controller = build(cfg, data, device)
     tc = cfg.train
     amp = tc.amp and device.type == "cuda"

@@ -7,6 +7,7 @@ In training the gate value depends on the sampling mode:
   bernoulli         q_i ~ Bernoulli(p_i), g_i = q_i·p_i   (gradient reaches s_i through p_i when q_i = 1)
   straight_through  forward g_i = q_i, backward as if g_i = p_i
   deterministic     g_i = p_i                           (no sampling: plain structured CS)
+  hard              g_i = 1[s_i > 0]                    (fixed masks, e.g. fine-tuning a pruned net)
 In evaluation and export the gate is hard: g_i = 1[s_i > 0].
 
 q is drawn once per iteration for the whole batch (`sample_gates`), from a generator the caller
@@ -20,7 +21,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic")
+SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic", "hard")
 
 
 class Gate(nn.Module):
@@ -48,7 +49,7 @@ class Gate(nn.Module):
         return torch.nonzero(self.logits.detach() > 0).flatten()
 
     def value(self) -> Tensor:
-        if not self.training:
+        if not self.training or self.sampling == "hard":
             return self.hard()
         p = self.probs()
         if self.sampling == "deterministic":

@@ -89,6 +89,9 @@ class GrowthController:
     def sample(self) -> None:
         if self.sampling == "deterministic":
             open_all(self.gates)      # nothing is skipped: every channel is computed
+        elif self.sampling == "hard":
+            for g in self.gates:      # fixed masks: the hard architecture is what trains
+                g.sample.copy_(g.hard().detach())
         else:
             sample_gates(self.gates, self.generator)
 

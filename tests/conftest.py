@@ -1,0 +1,30 @@
+"""Shared fixtures. Every test runs against stores in its own temporary directory."""
+
+from __future__ import annotations
+
+import pytest
+
+# A run small enough for tests: synthetic 8x8 data, a few epochs, one thread.
+TINY = {
+    "data": {"dataset": "synthetic", "synthetic_train": 128, "synthetic_val": 64,
+             "batch_size": 32, "image_size": 8, "num_classes": 4},
+    "train": {"epochs": 3, "lr": 0.05, "threads": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def isolated_stores(tmp_path, monkeypatch):
+    """Tracking store, Optuna storage and figure outputs live in tmp_path, never the user's."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path}/optuna.db")
+    monkeypatch.setenv("FIGURES_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    return uri
+
+
+@pytest.fixture
+def tiny():
+    """Overrides that shrink any experiment to seconds (a fresh deep copy per test)."""
+    import copy
+    return copy.deepcopy(TINY)

@@ -1,0 +1,111 @@
+"""Experiment-file validation, config resolution and run identity."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import yaml
+
+from reproduce.config import (ConfigError, RunConfig, config_hash, flatten, parse_overrides, resolve,
+                              to_dict, unflatten)
+from reproduce.runner import plan
+
+
+def write_experiment(tmp_path, body: dict, profiles: dict | None = None):
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump(profiles or {
+        "smoke": {"seeds": [0], "config": {"data": {"dataset": "synthetic"}}}}))
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"base": {"budget": {"targte": 0.3}}}, "budget.targte"),
+    ({"base": {"gates": {"sampling": "gumbel"}}}, "gumbel"),
+    ({"base": {"temperature": {"schedule": "cyclic"}}}, "cyclic"),
+    ({"base": {"train": {"epochs": "many"}}}, "train.epochs"),
+    ({"base": {"budget": {"target": 1.5}}}, "budget.target"),
+    ({"base": {"model": {"name": "resnet21"}}}, "resnet21"),
+    ({"runs": [{"variant": "a", "confg": {}}]}, "confg"),
+    ({"bogus": 1}, "bogus"),
+    ({"profiles": {"smoke": {"sedes": [0]}}}, "sedes"),
+])
+def test_bad_experiment_file_names_the_problem(tmp_path, body, needle):
+    path = write_experiment(tmp_path, body)
+    with pytest.raises(ConfigError) as err:
+        plan(path, "smoke")
+    assert needle in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_unknown_value_lists_the_choices():
+    with pytest.raises(ConfigError, match="bernoulli, straight_through, deterministic"):
+        resolve({"gates": {"sampling": "nope"}})
+
+
+def test_unknown_profile_lists_known_ones(tmp_path):
+    path = write_experiment(tmp_path, {"runs": [{"variant": "a"}]})
+    with pytest.raises(ConfigError, match="unknown profile 'gpu'.*smoke"):
+        plan(path, "gpu")
+
+
+def test_layers_apply_in_order_and_seeds_expand(tmp_path):
+    path = write_experiment(
+        tmp_path,
+        {"base": {"budget": {"target": 0.4}, "train": {"epochs": 7}},
+         "profiles": {"smoke": {"seeds": [3, 5], "config": {"train": {"epochs": 9}}}},
+         "runs": [{"variant": "a"},
+                  {"variant": "b", "config": {"budget": {"target": 0.2}},
+                   "profiles": {"smoke": {"seeds": [1]}}}]},
+        profiles={"smoke": {"seeds": [0], "config": {"data": {"dataset": "synthetic"},
+                                                     "train": {"epochs": 2, "lr": 0.3}}}})
+    runs = plan(path, "smoke", overrides={"train": {"lr": 0.01}})
+    assert [(r.cfg.variant, r.cfg.seed) for r in runs] == [("a", 3), ("a", 5), ("b", 1)]
+    a = runs[0].cfg
+    assert (a.data.dataset, a.train.epochs, a.budget.target, a.train.lr) == ("synthetic", 9, 0.4, 0.01)
+    assert runs[2].cfg.budget.target == 0.2
+    assert len({r.hash for r in runs}) == 3
+
+
+def test_hash_tracks_identity_fields_only():
+    cfg = resolve({})
+    h = config_hash(cfg)
+    flat = flatten(to_dict(cfg))
+    # every identity field changes the hash; pick a few at random each time
+    numeric = [k for k, v in flat.items() if isinstance(v, float) and not k.startswith("data.")]
+    for key in random.sample(numeric, 5):
+        changed = resolve(unflatten({key: flat[key] * 0.5 + 0.01}))
+        assert config_hash(changed) != h, key
+    # fields that cannot change a result do not
+    same = resolve({"train": {"device": "cpu", "threads": 3}, "data": {"root": "/elsewhere",
+                                                                       "num_workers": 7}})
+    assert config_hash(same) == h
+
+
+def test_overrides_parse_yaml_scalars():
+    value = round(random.uniform(0.01, 0.9), 4)
+    assert parse_overrides([f"budget.target={value}", "gates.sampling=deterministic",
+                            "train.milestones=[0.3, 0.6]"]) == {
+        "budget": {"target": value}, "gates": {"sampling": "deterministic"},
+        "train": {"milestones": [0.3, 0.6]}}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["budget.target"])
+
+
+def test_flatten_roundtrip():
+    d = to_dict(RunConfig())
+    assert unflatten(flatten(d)) == d
+
+
+def test_every_shipped_experiment_resolves():
+    """Every experiment file in experiments/ is valid for every profile it can run under."""
+    from reproduce.runner import EXPERIMENTS_DIR, PROFILES_FILE, load_profiles
+
+    profiles = load_profiles(EXPERIMENTS_DIR)
+    files = [p for p in EXPERIMENTS_DIR.glob("*.yaml")
+             if p.name != PROFILES_FILE and not p.stem.startswith("search-")]
+    assert files
+    for path in files:
+        for profile in profiles:
+            assert plan(path, profile), path

@@ -1,0 +1,165 @@
+"""End to end: experiment file → training → MLflow → figure, on synthetic data in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from reproduce import tracking
+from reproduce.config import ConfigError
+from reproduce.runner import plan, run_experiment
+
+
+def runs_of(profile: str = "smoke"):
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, profile, create=False)
+    return c, (c.search_runs([exp_id]) if exp_id else [])
+
+
+@pytest.mark.slow
+def test_run_track_reuse_and_draw(tiny, tmp_path):
+    from analysis import draw
+
+    epochs = tiny["train"]["epochs"]
+    outputs = draw("figure-7", profile="smoke", overrides=tiny, progress=False)
+    c, runs = runs_of()
+    assert len(runs) == 1
+    run = runs[0]
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+
+    # tags and params of the contract
+    tags = run.data.tags
+    for key in tracking.TAGS:
+        assert key in tags, key
+    assert tags["model"] == "resnet20" and tags["dataset"] == "synthetic"
+    assert set(tags["figures"].split(",")) == {"figure-7", "figure-9"}
+    assert tags["config_hash"] == plan("figure-7", "smoke", tiny)[0].hash
+    assert run.data.params["budget.target"] == "0.5"
+
+    # per-epoch metrics: step 0 is the seed, steps 1..E follow each epoch
+    hist = c.get_metric_history(run_id, "channels/stage1")
+    assert [m.step for m in hist] == list(range(epochs + 1))
+    assert hist[0].value == pytest.approx(0.25)                 # the 25 % seed
+    acc = c.get_metric_history(run_id, "val/acc")
+    assert [m.step for m in acc] == list(range(1, epochs + 1))
+    keys = set(run.data.metrics)
+    for key in ("cost/macs", "cost/params", "cost/train_macs", "cost/train_macs_total",
+                "cost/dense_macs", "budget/lambda", "budget/usage", "lr", "train/loss",
+                "channels/layer1.0.conv1", "temperature/layer1.0.conv1", "blocks/stage2"):
+        assert key in keys, key
+    total = sum(m.value for m in c.get_metric_history(run_id, "cost/train_macs"))
+    assert run.data.metrics["cost/train_macs_total"] == pytest.approx(total, rel=1e-9)
+    beta = c.get_metric_history(run_id, "temperature/conv1")
+    assert beta[0].value == pytest.approx(1.0) and beta[-1].value == pytest.approx(200.0)
+
+    # artifacts: resolved config, architecture, traces, a compact model that reproduces val/acc
+    arch = json.loads(open(c.download_artifacts(run_id, tracking.ARTIFACT_ARCH)).read())
+    assert arch["macs"] == pytest.approx(run.data.metrics["cost/macs"])
+    import pandas as pd
+    traces = pd.read_csv(c.download_artifacts(run_id, tracking.ARTIFACT_TRACES))
+    assert sorted(traces["epoch"].unique()) == list(range(epochs + 1))
+    assert (traces.groupby("epoch")["gate"].count().nunique()) == 1   # every structure, every epoch
+
+    from reproduce.data import build_data
+    from reproduce.models import load_compact
+    from reproduce.train import evaluate
+    cfg = plan("figure-7", "smoke", tiny)[0].cfg
+    compact = load_compact(c.download_artifacts(run_id, tracking.ARTIFACT_MODEL))
+    acc_compact, _ = evaluate(compact, build_data(cfg.data, "cpu", seed=cfg.seed).val)
+    assert acc_compact == pytest.approx(run.data.metrics["val/acc"], abs=1e-6)
+
+    # the figure and its sidecar name exactly this run
+    assert {p.suffix for p in outputs} >= {".png", ".pdf", ".json"}
+    for p in outputs:
+        assert p.exists() and p.stat().st_size > 0
+        assert str(p).startswith(os.environ["FIGURES_DIR"])
+    sidecar = json.loads(next(p for p in outputs if p.suffix == ".json").read_text())
+    assert [r["run_id"] for r in sidecar["runs"]] == [run_id]
+
+    # same config again: reused, not retrained; forced: a new run
+    again = run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
+    assert again[0]["reused"] and again[0]["run_id"] == run_id
+    assert len(runs_of()[1]) == 1
+    forced = run_experiment("figure-7", "smoke", overrides=tiny, force=True, progress=False)
+    assert not forced[0]["reused"] and forced[0]["run_id"] != run_id
+    assert len(runs_of()[1]) == 2
+
+
+def test_failed_and_interrupted_runs_are_marked(tiny, monkeypatch):
+    import reproduce.train as train_module
+
+    def exploding(cfg, data=None, on_epoch=None, progress=True):
+        raise FloatingPointError("loss is nan")
+
+    monkeypatch.setattr(train_module, "train", exploding)
+    with pytest.raises(FloatingPointError):
+        run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
+    c, runs = runs_of()
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert "loss is nan" in runs[0].data.tags["failure_reason"]
+
+    def interrupted(cfg, data=None, on_epoch=None, progress=True):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
+    statuses = sorted(r.info.status for r in runs_of()[1])
+    assert statuses == ["FAILED", "KILLED"]
+    # neither counts as finished: the next call trains again instead of reusing
+    monkeypatch.undo()
+    c, _ = runs_of()
+    assert tracking.find_finished(c, tracking.experiment_id(c, "smoke"),
+                                  plan("figure-7", "smoke", tiny)[0].hash) is None
+
+
+def test_bad_experiment_fails_before_anything_is_tracked(tiny):
+    with pytest.raises(ConfigError, match="budget.targte"):
+        run_experiment("figure-7", "smoke", overrides={**tiny, "budget": {"targte": 0.2}})
+    c = tracking.client()
+    assert tracking.experiment_id(c, "smoke", create=False) is None
+
+
+def test_unreachable_store_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/missing/dir/mlflow.db")
+    with pytest.raises(tracking.StoreError, match="MLFLOW_TRACKING_URI"):
+        tracking.client()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(tracking.StoreError, match="127.0.0.1:9"):
+        tracking.client()
+
+
+def test_cli_reports_missing_dataset(tmp_path, capsys):
+    from reproduce.cli import main
+
+    code = main(["run", "figure-7", "--quiet", "--set", "data.dataset=cifar10",
+                 "--set", f"data.root={tmp_path}/nowhere"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{tmp_path}/nowhere" in err and "make data-cifar10" in err
+    # nothing half-finished is left behind as a running run
+    _, runs = runs_of()
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_cli_flops_json_matches_flop_counter(capsys):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reproduce.cli import main
+    from reproduce.models import create_model
+
+    name = "resnet56"
+    assert main(["flops", "--model", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = create_model(name, gate_channels=False).eval()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 32, 32))
+    assert info["macs"] == counter.get_total_flops() // 2
+    assert info["params"] == sum(p.numel() for n, p in model.named_parameters()
+                                 if "bn" not in n and "shortcut.1" not in n)

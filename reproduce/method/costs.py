@@ -176,7 +176,7 @@ def _measure(model: nn.Module, layers: list[nn.Module], input_shape) -> list[_Sh
     spatial: dict[int, int] = {}
 
     def hook(mod, inp, out):
-        spatial[id(mod)] = out[0, 0].numel() if out.dim() == 4 else 1
+        spatial[id(mod)] = out.shape[-2] * out.shape[-1] if out.dim() == 4 else 1   # 0 channels ok
 
     handles = [m.register_forward_hook(hook) for m in layers]
     was_training = model.training

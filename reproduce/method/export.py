@@ -7,6 +7,8 @@ gated model computes with hard gates (gates sit after BN, so a closed channel is
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -31,7 +33,9 @@ def hard_architecture(model: nn.Module) -> tuple[dict[str, Tensor], set[str]]:
 def export(model: nn.Module) -> nn.Module:
     """A compact, gate-free copy of `model`'s hard architecture (in eval mode, on the same device)."""
     keep, removed = hard_architecture(model)
-    compact = model.compact({n: len(idx) for n, idx in keep.items()}, removed)
+    with warnings.catch_warnings():     # zero-width layers: "initializing zero-element tensors"
+        warnings.simplefilter("ignore", UserWarning)
+        compact = model.compact({n: len(idx) for n, idx in keep.items()}, removed)
     src = dict(model.named_modules())
     dst = dict(compact.named_modules())
     written: set[str] = set()

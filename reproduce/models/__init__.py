@@ -79,8 +79,12 @@ def load_compact(checkpoint: dict | str) -> nn.Module:
 
     if not isinstance(checkpoint, dict):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    import warnings
+
     cls = _CLASSES[checkpoint["class"]]
-    model = cls(**checkpoint["arch"], gate_channels=False, sizes=checkpoint["sizes"],
-                removed=set(checkpoint["removed"]))
+    with warnings.catch_warnings():     # zero-width layers: "initializing zero-element tensors"
+        warnings.simplefilter("ignore", UserWarning)
+        model = cls(**checkpoint["arch"], gate_channels=False, sizes=checkpoint["sizes"],
+                    removed=set(checkpoint["removed"]))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

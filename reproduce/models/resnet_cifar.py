@@ -76,6 +76,7 @@ class ResNetCIFAR(nn.Module):
         self.arch = dict(depths=tuple(depths), widths=tuple(widths), num_classes=num_classes,
                          in_channels=in_channels, width_multiplier=width_multiplier)
         self.gate_channels, self.gate_blocks = gate_channels, gate_blocks
+        self.removed = frozenset(removed)   # blocks exported as identities: no sites, no depth
         sizes = sizes or {}
         widths = [scaled(w, width_multiplier) for w in widths]
         stream = [sizes.get(f"layer{k + 1}.gate", w) for k, w in enumerate(widths)]
@@ -118,6 +119,8 @@ class ResNetCIFAR(nn.Module):
         for k, depth in enumerate(self.arch["depths"]):
             for j in range(depth):
                 name = f"layer{k + 1}.{j}"
+                if name in self.removed:
+                    continue
                 gated = self.gate_blocks and j > 0
                 out.append((name, k + 1, f"{name}.block_gate" if gated else None))
         return out

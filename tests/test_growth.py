@@ -1,0 +1,388 @@
+"""Tests for reproduce.method.{temperature,budget,growth}: β schedules, the budget controller (formula
+and closed loop), the seed architecture, the penalty's push, training-cost accounting and the
+per-epoch statistics."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from reproduce.method import (BudgetController, CostModel, GrowthController, TemperatureSchedule,
+                              init_seed)
+from reproduce.method.gates import BlockGate, ChannelGate, gates_of
+from reproduce.method.temperature import SCHEDULES
+from reproduce.models import create_model
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"torch seed {seed}")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return seed
+
+
+def small_resnet(gate_blocks=True):
+    return create_model("resnet20", in_channels=1, num_classes=4, width_multiplier=0.5,
+                        gate_blocks=gate_blocks)
+
+
+def small_vgg():
+    return create_model("vgg11", in_channels=1, num_classes=4, width_multiplier=0.25)
+
+
+def rand_gates(k=3):
+    gates = [ChannelGate(int(torch.randint(1, 20, ()))) for _ in range(k)] + [BlockGate()]
+    for g in gates:
+        with torch.no_grad():
+            g.logits.copy_(torch.randn(g.n))
+    return gates
+
+
+# --- temperature --------------------------------------------------------------------------------
+
+def test_global_schedule_is_geometric_and_ends_at_beta_final():
+    epochs = int(torch.randint(2, 40, ()))
+    beta_0 = float(torch.empty(()).uniform_(0.5, 3.0))
+    beta_final = beta_0 * float(torch.empty(()).uniform_(5.0, 500.0))
+    gates = rand_gates()
+    sched = TemperatureSchedule(gates, "global", beta_0, beta_final, epochs)
+    gamma = (beta_final / beta_0) ** (1 / (epochs - 1))
+    for t in range(epochs):
+        for g in gates:                       # β during epoch t, whatever the logits are
+            assert torch.allclose(g.beta, torch.full((g.n,), beta_0 * gamma ** t), rtol=1e-5)
+        with torch.no_grad():
+            for g in gates:
+                g.logits.copy_(torch.randn(g.n))
+        if t < epochs - 1:
+            sched.step()
+    for g in gates:                           # the last epoch (t = epochs − 1) uses β_T
+        assert torch.allclose(g.beta, torch.full((g.n,), beta_final), rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["separate", "separate_decayed"])
+def test_separate_schedules_move_only_what_they_should(schedule):
+    epochs = int(torch.randint(3, 30, ()))
+    beta_0 = float(torch.empty(()).uniform_(0.5, 2.0))
+    beta_final = beta_0 * float(torch.empty(()).uniform_(10.0, 300.0))
+    decay = float(torch.empty(()).uniform_(0.3, 0.95))
+    gates = rand_gates()
+    sched = TemperatureSchedule(gates, schedule, beta_0, beta_final, epochs, decay)
+    gamma = (beta_final / beta_0) ** (1 / (epochs - 1))
+    expected = [torch.full((g.n,), beta_0) for g in gates]
+    went_up = went_down = False
+    for _ in range(epochs + 3):
+        with torch.no_grad():
+            for g in gates:
+                g.logits.copy_(torch.randn(g.n))
+        for g, e in zip(gates, expected):
+            active = g.logits.detach() > 0
+            before = e.clone()
+            e[active] *= gamma
+            if schedule == "separate_decayed":
+                e[~active] = torch.clamp(e[~active] * decay, min=beta_0)
+            went_up |= bool((e > before).any())
+            went_down |= bool((e < before).any())
+        sched.step()
+        for g, e in zip(gates, expected):
+            torch.testing.assert_close(g.beta, e, rtol=1e-5, atol=0)
+            assert torch.all(g.beta >= beta_0 * (1 - 1e-6))
+    assert went_up
+    if schedule == "separate_decayed":
+        assert went_down
+
+
+def test_unknown_schedule_names_the_choices():
+    with pytest.raises(ValueError) as err:
+        TemperatureSchedule(rand_gates(), "cosine")
+    for name in SCHEDULES:
+        assert name in str(err.value)
+
+
+# --- budget -------------------------------------------------------------------------------------
+
+def test_budget_lambda_formula_and_sign():
+    for _ in range(20):
+        target = float(torch.empty(()).uniform_(0.05, 1.0))
+        base = float(torch.empty(()).uniform_(0.001, 1.0))
+        usage = float(torch.empty(()).uniform_(0.0, 1.0))
+        metric = random.choice(["macs", "params"])
+        b = BudgetController(metric, target, base)
+        lam = b.update(usage)
+        assert lam == b.lam and b.usage == usage
+        assert lam == pytest.approx(base * (usage - target) / target, rel=1e-12)
+        assert (lam > 0) == (usage > target) and (lam < 0) == (usage < target)
+    b = BudgetController("macs", 0.5, base)
+    assert b.update(0.5) == 0.0
+
+
+def test_budget_none_keeps_lambda_base():
+    base = float(torch.empty(()).uniform_(0.001, 1.0))
+    b = BudgetController("none", float(torch.empty(()).uniform_(0.1, 1.0)), base)
+    assert b.lam == base
+    for _ in range(5):
+        assert b.update(float(torch.rand(()))) == base
+
+
+def test_budget_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="macs"):
+        BudgetController("flops", 0.5)
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError):
+            BudgetController("macs", bad)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vgg11"])
+@pytest.mark.parametrize("target", [0.3, 0.6])
+@pytest.mark.parametrize("seed_fraction,seed_blocks", [(0.25, "one_per_stage"), (1.0, "all")])
+def test_budget_closed_loop_reaches_the_target(name, target, seed_fraction, seed_blocks):
+    """Only the penalty drives the masks (no task loss): the hard-MACs usage must settle within a
+    few percent of the target, from a small seed (growing) and from the full network (pruning).
+
+    Without a task loss every structure of a gate would get the same gradient and all of them
+    would cross zero together, so the seed logits get a small random jitter (the symmetry a
+    task loss breaks in real training). Gates are on channels only, and the ResNet at full width
+    so that its costliest structure (a stage-1 stream channel) is 2.4 % of the dense MACs: the
+    hard usage moves in steps of whole structures (with block gates, of whole blocks, ~11 %)."""
+    model = create_model("resnet20", in_channels=1, gate_blocks=False) if name == "resnet20" \
+        else small_vgg()
+    ctrl = GrowthController(model, (1, 8, 8), epochs=10, seed_fraction=seed_fraction,
+                            seed_blocks=seed_blocks, target=target, lambda_base=0.05,
+                            seed=int(torch.randint(0, 10_000, ())))
+    with torch.no_grad():
+        for p in ctrl.mask_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ctrl.budget.update(ctrl.current_usage())
+    start = ctrl.budget.usage
+    assert abs(start - target) > 0.1
+    opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
+    usage = []
+    for _ in range(300):
+        ctrl.sample()
+        loss = ctrl.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctrl.after_step(8)
+        usage.append(ctrl.budget.usage)
+    hard = ctrl.costs.hard()[0] / ctrl.costs.dense_macs
+    assert usage[-1] == pytest.approx(hard)
+    tail = usage[-50:]
+    assert max(abs(u - target) for u in tail) < 0.03, (start, tail[::5])
+    stats = ctrl.end_epoch()
+    assert stats["budget/usage"] == pytest.approx(stats["cost/macs"] / stats["cost/dense_macs"])
+
+
+# --- seed ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("blocks", ["one_per_stage", "all"])
+def test_init_seed_fraction_and_blocks(blocks):
+    model = small_resnet(gate_blocks=True)
+    fraction = float(torch.empty(()).uniform_(0.0, 1.0))
+    s_on = float(torch.empty(()).uniform_(0.1, 2.0))
+    s_off = -float(torch.empty(()).uniform_(0.01, 2.0))
+    named = gates_of(model)
+    selection = random.choice(["first", "random"])
+    init_seed(named, fraction, blocks, selection, s_on, s_off,
+              torch.Generator().manual_seed(int(torch.randint(0, 1000, ()))))
+    n_blocks = 0
+    for name, g in named:
+        vals = g.logits.detach()
+        assert torch.all(torch.isclose(vals, torch.tensor(s_on))
+                         | torch.isclose(vals, torch.tensor(s_off))), name
+        on = int((vals > 0).sum())
+        if isinstance(g, BlockGate):
+            n_blocks += 1
+            assert on == (1 if blocks == "all" else 0), name
+        else:
+            assert 1 <= on <= g.n
+            assert abs(on - fraction * g.n) <= 0.5 or (on == 1 and fraction * g.n < 1), \
+                (name, on, fraction * g.n)
+            if selection == "first":
+                assert torch.all(vals[:on] > 0)
+    assert n_blocks == 6
+
+
+def test_controller_seed_one_per_stage_keeps_one_block_per_stage():
+    model = small_resnet(gate_blocks=True)
+    ctrl = GrowthController(model, (1, 8, 8), epochs=2, seed_fraction=0.25)
+    stats = ctrl.architecture_stats()
+    assert [stats[f"blocks/stage{k}"] for k in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    full = GrowthController(small_resnet(gate_blocks=True), (1, 8, 8), epochs=2, seed_fraction=1.0,
+                            seed_blocks="all")
+    assert full.costs.hard() == (full.costs.dense_macs, full.costs.dense_params)
+    assert full.budget.usage == 1.0
+
+
+# --- penalty ------------------------------------------------------------------------------------
+
+def _equalise(ctrl, logit, beta):
+    with torch.no_grad():
+        for g in ctrl.gates:
+            g.logits.fill_(logit)
+            g.beta.fill_(beta)
+
+
+def test_penalty_is_zero_when_lambda_is_zero():
+    ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3, budget="none", lambda_base=0.0)
+    pen = ctrl.penalty()
+    assert pen.item() == 0.0
+    ctrl2 = GrowthController(small_vgg(), (1, 8, 8), epochs=3, target=0.5)
+    ctrl2.budget.lam = 0.0
+    assert ctrl2.penalty().item() == 0.0
+    ctrl2.budget.lam = 0.1
+    assert ctrl2.penalty().item() > 0.0
+
+
+def _penalty_grads(ctrl):
+    for p in ctrl.mask_parameters():
+        p.grad = None
+    ctrl.penalty().backward()
+    return torch.cat([g.logits.grad for g in ctrl.gates])
+
+
+def _marginal_macs(costs: CostModel, ctrl) -> torch.Tensor:
+    """What removing one structure of each gate saves in the dense network, by counting."""
+    out = []
+    for name, g in ctrl.named_gates:
+        state = {name: torch.ones(g.n)}
+        state[name][0] = 0.0
+        saved = costs.dense_macs - float(costs.count(state)[0])
+        out.append(torch.full((g.n,), saved))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("make", [small_resnet, small_vgg])
+def test_growth_push_uniform_vs_cost(make):
+    # |β·s| ≤ 3 keeps float32's 1 − p accurate to ~1e-6 relative
+    logit = float(torch.empty(()).uniform_(-1.5, 1.5))
+    beta = float(torch.empty(()).uniform_(0.5, 2.0))
+    lam = -float(torch.empty(()).uniform_(0.01, 1.0))
+    uniform = GrowthController(make(), (1, 8, 8), epochs=3, growth_push="uniform")
+    cost = GrowthController(make(), (1, 8, 8), epochs=3, growth_push="cost")
+    p = 1 / (1 + math.exp(-beta * logit))
+    marginal = _marginal_macs(cost.costs, cost)
+    assert torch.all(marginal > 0)
+    for ctrl in (uniform, cost):
+        _equalise(ctrl, logit, beta)
+    # growing (λ < 0): uniform push is the same on every logit, cost push is cost-proportional
+    uniform.budget.lam = cost.budget.lam = lam
+    gu, gc = _penalty_grads(uniform), _penalty_grads(cost)
+    # mean normalisation: uniform weights are 1, cost weights c_i / mean(c)
+    torch.testing.assert_close(gu, torch.full_like(gu, lam * beta * p * (1 - p)), rtol=1e-4, atol=0)
+    torch.testing.assert_close(gc, lam * beta * p * (1 - p) * marginal / marginal.mean(),
+                               rtol=1e-4, atol=0)
+    assert torch.all(gu < 0) and torch.all(gc < 0)      # λ < 0: descent raises every logit
+    assert gc.min() / gc.max() > 2                       # costs really differ
+    # pruning (λ > 0): both are cost-proportional, whatever growth_push says
+    uniform.budget.lam = cost.budget.lam = -lam
+    gu, gc = _penalty_grads(uniform), _penalty_grads(cost)
+    torch.testing.assert_close(gu, gc)
+    torch.testing.assert_close(gu / gu.sum(), marginal / marginal.sum(), rtol=1e-4, atol=0)
+
+
+# --- training cost accounting -------------------------------------------------------------------
+
+def test_after_step_accounts_three_times_sampled_macs_per_image():
+    model = small_resnet(gate_blocks=True)
+    ctrl = GrowthController(model, (1, 8, 8), epochs=2, s_off=0.0,
+                            seed=int(torch.randint(0, 10_000, ())))
+    expected, dense = 0.0, 0.0
+    twin_costs = CostModel(model, (1, 8, 8))
+    for _ in range(4):
+        ctrl.sample()
+        batch = int(torch.randint(1, 64, ()))
+        # the sampled architecture as a hard one: logits with the sign of q
+        saved = [g.logits.detach().clone() for g in ctrl.gates]
+        with torch.no_grad():
+            for g in ctrl.gates:
+                g.logits.copy_(g.sample - 0.5)
+        sampled = twin_costs.hard()[0]
+        with torch.no_grad():
+            for g, s in zip(ctrl.gates, saved):
+                g.logits.copy_(s)
+        assert 0 < sampled < ctrl.costs.dense_macs
+        ctrl.after_step(batch)
+        expected += 3 * sampled * batch
+        dense += 3 * ctrl.costs.dense_macs * batch
+        assert ctrl.train_macs_epoch == pytest.approx(expected, rel=1e-9)
+    stats = ctrl.end_epoch()
+    assert stats["cost/train_macs"] == pytest.approx(expected)
+    assert stats["cost/train_macs_total"] == pytest.approx(expected)
+    assert stats["cost/dense_train_macs_total"] == pytest.approx(dense)
+    assert stats["cost/train_savings"] == pytest.approx(1 - expected / dense)
+    ctrl.sample()
+    ctrl.after_step(2)
+    stats2 = ctrl.end_epoch()        # a new epoch starts from zero; the total accumulates
+    assert stats2["cost/train_macs"] == pytest.approx(3 * ctrl.costs.sampled_macs() * 2)
+    assert stats2["cost/train_macs_total"] == pytest.approx(expected + stats2["cost/train_macs"])
+
+
+@pytest.mark.parametrize("mode", ["deterministic", "hard"])
+def test_unsampled_modes_count_dense_or_hard_macs(mode):
+    ctrl = GrowthController(small_resnet(gate_blocks=True), (1, 8, 8), epochs=2, sampling=mode,
+                            seed_fraction=float(torch.empty(()).uniform_(0.1, 0.6)))
+    with torch.no_grad():
+        for g in ctrl.gates:
+            g.logits.copy_(torch.randn(g.n))
+    batch = int(torch.randint(1, 64, ()))
+    ctrl.sample()
+    ctrl.after_step(batch)
+    ref = ctrl.costs.dense_macs if mode == "deterministic" else ctrl.costs.hard()[0]
+    assert ctrl.costs.hard()[0] < ctrl.costs.dense_macs
+    assert ctrl.train_macs_epoch == pytest.approx(3 * ref * batch)
+
+
+# --- per-epoch statistics -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [small_resnet, small_vgg])
+def test_end_epoch_returns_the_contract_keys(make):
+    model = make()
+    ctrl = GrowthController(model, (1, 8, 8), epochs=4, temperature=random.choice(SCHEDULES))
+    named = dict(ctrl.named_gates)
+    with torch.no_grad():
+        for g in ctrl.gates:
+            g.logits.copy_(torch.randn(g.n))
+            g.beta.uniform_(1.0, 5.0)
+    betas = {n: float(g.beta.mean()) for n, g in named.items()}
+    ctrl.sample()
+    ctrl.after_step(4)
+    stats = ctrl.end_epoch()
+    for key in ("cost/macs", "cost/params", "cost/train_macs", "cost/train_macs_total",
+                "budget/lambda", "budget/usage"):
+        assert key in stats and math.isfinite(stats[key]), key
+    macs, params = ctrl.costs.hard()
+    assert (stats["cost/macs"], stats["cost/params"]) == (macs, params)
+    assert stats["budget/usage"] == pytest.approx(macs / ctrl.costs.dense_macs)
+    assert stats["budget/lambda"] == pytest.approx(
+        0.05 * (stats["budget/usage"] - 0.5) / 0.5)
+    gated_layers = [s for s in model.sites() if s.out_gate is not None]
+    assert gated_layers
+    for site in gated_layers:
+        gate = named[site.out_gate]
+        ratio = float((gate.logits > 0).float().mean())
+        if site.block is not None:
+            ratio *= float(named[site.block].logits.item() > 0)
+        assert stats[f"channels/{site.name}"] == pytest.approx(ratio), site.name
+        # mean β of the layer's gate during the epoch that just ended
+        assert stats[f"temperature/{site.name}"] == pytest.approx(betas[site.out_gate])
+    assert not any(k.startswith("channels/") and k[9:] not in
+                   {s.name for s in gated_layers} and not k.startswith("channels/stage")
+                   for k in stats)
+    stages = sorted({s.stage for s in model.sites()})
+    for k in stages:
+        gates_k = [g for n, g in named.items() if isinstance(g, ChannelGate)
+                   and ctrl.costs.stage_of.get(n) == k]
+        if gates_k:
+            on = sum(int((g.logits > 0).sum()) for g in gates_k)
+            assert stats[f"channels/stage{k}"] == pytest.approx(on / sum(g.n for g in gates_k))
+    if make is small_resnet:
+        for k in (1, 2, 3):
+            on = 1 + sum(int(named[f"layer{k}.{j}.block_gate"].logits.item() > 0) for j in (1, 2))
+            assert stats[f"blocks/stage{k}"] == on
+    else:
+        assert not any(k.startswith("blocks/") for k in stats)

@@ -17,6 +17,8 @@ FORCE ?= 0
 MODEL ?= resnet20
 SEARCH ?= search-resnet20-budget
 TRIALS ?=
+WORKERS ?=
+PARETO_INDEX ?=
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 PYTEST_ARGS ?=
@@ -74,11 +76,11 @@ figures: $(STAMP) ## Every figure for PROFILE
 tables: $(STAMP) ## Every table for PROFILE
 	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE),echo "no tables yet")
 
-search: $(STAMP) ## Optuna search: make search SEARCH=search-resnet20-budget [TRIALS=n]
-	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS))
+search: $(STAMP) ## Optuna search: make search SEARCH=search-resnet20-budget [TRIALS=n] [WORKERS=n]
+	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS))
 
-search-best: $(STAMP) ## Write the best trial of SEARCH as a runnable experiment file
-	@$(RUN) search-best $(SEARCH) --profile $(PROFILE)
+search-best: $(STAMP) ## Write the best trial (or Pareto point PARETO_INDEX) of SEARCH as an experiment file
+	@$(RUN) search-best $(SEARCH) --profile $(PROFILE) $(if $(PARETO_INDEX),--pareto-index $(PARETO_INDEX))
 
 figure-pareto: $(STAMP) ## Accuracy vs MACs of every trial of SEARCH, Pareto front, importances
 	@$(RUN) pareto $(SEARCH) --profile $(PROFILE)

@@ -68,9 +68,13 @@ def cmd_list(args) -> int:
         print("\n".join(available_models()))
     elif args.what == "experiments":
         from .runner import EXPERIMENTS_DIR, PROFILES_FILE
-        for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
-            if p.name != PROFILES_FILE:
-                print(p.stem)
+        files = [p for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")) if p.name != PROFILES_FILE]
+        searches = [p.stem for p in files if p.stem.startswith("search-") and
+                    not p.stem.endswith("-best")]
+        print("experiments (python -m reproduce run NAME):")
+        print("\n".join(f"  {p.stem}" for p in files if p.stem not in searches))
+        print("search specs (python -m reproduce search NAME):")
+        print("\n".join(f"  {name}" for name in searches))
     else:
         from . import tracking
         c = tracking.client()

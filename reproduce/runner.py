@@ -25,6 +25,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -48,6 +49,22 @@ class PlannedRun:
     @property
     def hash(self) -> str:
         return config_hash(self.cfg)
+
+
+class RunStopped(Exception):
+    """Raised by an `epoch_hook` to end a tracked run early on purpose (e.g. an Optuna pruner).
+
+    `train_tracked` logs the traces so far, tags the run `state=<state>` and
+    `stop_reason=<reason>`, terminates it with `status` and re-raises. The default status is
+    KILLED: readers that want complete results (`tracking.find_finished`,
+    `analysis.runs.load_runs`) select FINISHED runs only, so a stopped run is never reused as a
+    finished one nor drawn as figure material.
+    """
+
+    def __init__(self, reason: str, state: str = "pruned", status: str = "KILLED"):
+        super().__init__(reason)
+        self.reason, self.state, self.status = reason, state, status
+        self.run_id: str | None = None
 
 
 def experiment_path(name_or_path: str) -> Path:
@@ -91,6 +108,9 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
     """Every run an experiment file declares for a profile, fully resolved and validated."""
     path = experiment_path(str(path))
     exp = _load_yaml(path)
+    if "space" in exp and "objectives" in exp:
+        raise ConfigError(f"{path} is a search spec, not an experiment file; run it with "
+                          f"`python -m reproduce search {path.stem}` (make search SEARCH={path.stem})")
     _check_keys(str(path), exp, EXPERIMENT_KEYS)
     profiles = load_profiles(path.parent)
     exp_profiles = exp.get("profiles") or {}
@@ -154,16 +174,32 @@ def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
             **{k: metrics.get(k, math.nan) for k in keys}}
 
 
-def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True) -> dict:
-    """Train one planned run inside an MLflow run; failures and interrupts are recorded as such."""
+def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
+                  parent_run_id: str | None = None, extra_tags: dict | None = None,
+                  epoch_hook: Callable[[int, dict], None] | None = None,
+                  on_start: Callable[[str], None] | None = None,
+                  run_name: str | None = None) -> dict:
+    """Train one planned run inside an MLflow run; failures and interrupts are recorded as such.
+
+    Optional, for callers such as the Optuna search: `parent_run_id` nests the run under another
+    (tag mlflow.parentRunId), `extra_tags` are added to the contract's tags, `on_start(run_id)` is
+    called once the run exists, and `epoch_hook(step, stats)` after each step's metrics are
+    logged; the hook may raise `RunStopped` to end the run early (see there).
+    """
     from .train import train
 
     cfg = pr.cfg
     tags = {"model": cfg.model.name, "dataset": cfg.data.dataset, "profile": pr.profile,
             "variant": cfg.variant, "seed": str(cfg.seed), "figures": ",".join(pr.figures),
             "config_hash": pr.hash, "git_commit": tracking.git_commit(), "experiment": pr.experiment}
-    run = c.create_run(exp_id, run_name=f"{cfg.model.name}-{cfg.variant}-s{cfg.seed}", tags=tags)
+    tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(exp_id, run_name=run_name or f"{cfg.model.name}-{cfg.variant}-s{cfg.seed}",
+                       tags=tags)
     run_id = run.info.run_id
+    if on_start is not None:
+        on_start(run_id)
     tracking.log_params(c, run_id, flatten(to_dict(cfg)))
     c.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), tracking.ARTIFACT_CONFIG)
     traces: list[dict] = []
@@ -173,10 +209,19 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True) -> dict
         state = controller.structure_state()
         state["epoch"] = [epoch] * len(state["gate"])
         traces.append(state)
+        if epoch_hook is not None:
+            epoch_hook(epoch, stats)
 
     try:
         result = train(cfg, on_epoch=on_epoch, progress=progress)
         _log_final_artifacts(c, run_id, result, traces)
+    except RunStopped as e:
+        e.run_id = run_id
+        _log_traces(c, run_id, traces)
+        c.set_tag(run_id, "state", e.state)
+        c.set_tag(run_id, "stop_reason", e.reason[:5000])
+        c.set_terminated(run_id, e.status)
+        raise
     except KeyboardInterrupt:
         _log_traces(c, run_id, traces)
         c.set_tag(run_id, "failure_reason", "interrupted by the user (KeyboardInterrupt)")

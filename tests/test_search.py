@@ -1,0 +1,343 @@
+"""Optuna search: spec validation, a tracked study, two workers on one storage, pruning, retries.
+
+Every study and MLflow store lives in tmp_path (conftest points OPTUNA_STORAGE and
+MLFLOW_TRACKING_URI there). Trials are the figure-7 run shrunk by the `tiny` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reproduce import search, tracking
+from reproduce.cli import main
+from reproduce.config import ConfigError
+from reproduce.runner import EXPERIMENTS_DIR, plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_spec(tmp_path: Path, tiny: dict, name: str = "spec", **changes) -> Path:
+    spec = {
+        "name": "test-search",
+        "base": "figure-7",
+        "set": tiny,
+        "objectives": [{"metric": "val/acc", "direction": "maximize"}],
+        "constraints": [{"metric": "budget/usage", "max": 0.9}],
+        "space": {
+            "budget.lambda_base": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+            "temperature.schedule": {"type": "categorical", "choices": ["global", "separate"]},
+        },
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"},
+        "trials": 4,
+    }
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def study_of(spec_path: Path, profile: str = "smoke"):
+    spec = search.load_spec(str(spec_path), profile)
+    return spec, search.load_study_for(spec)
+
+
+def mlflow_runs(profile: str = "smoke"):
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, profile, create=False)
+    runs = c.search_runs([exp_id], max_results=1000) if exp_id else []
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "search"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return c, parents, children
+
+
+# ------------------------------------------------------------------------- invalid specs
+
+@pytest.mark.parametrize("changes, message", [
+    ({"space": {"budget.lambda": {"type": "float", "low": 0.1, "high": 0.2}}},
+     r"space\.budget\.lambda: 'budget\.lambda' is not a config field.*lambda_base"),
+    ({"space": {"budget": {"type": "float", "low": 0.1, "high": 0.2}}},
+     r"config section, not a field"),
+    ({"space": {"budget.lambda_base": {"type": "float", "low": 0.3, "high": 0.1}}},
+     r"low \(0\.3\) must be smaller than high \(0\.1\)"),
+    ({"space": {"budget.lambda_base": {"type": "float", "low": 0.0, "high": 0.3, "log": True}}},
+     r"log: true needs low > 0"),
+    ({"space": {"budget.lambda_base": {"type": "uniform", "low": 0.0, "high": 0.3}}},
+     r"unknown type 'uniform'"),
+    ({"space": {"budget.lambda_base": {"type": "float", "low": 0.01, "high": 0.3, "lg": True}}},
+     r"unknown key 'lg'"),
+    ({"space": {"temperature.schedule": {"type": "categorical", "choices": ["global", "hot"]}}},
+     r"space\.temperature\.schedule: value 'hot' is not valid.*choose one of global"),
+    ({"space": {"temperature.schedule": {"type": "float", "low": 0.1, "high": 0.2}}},
+     r"not a number; use type: categorical"),
+    ({"space": {"train.epochs": {"type": "float", "low": 1, "high": 3}}}, r"use type: int"),
+    ({"space": {"gates.seed_fraction": {"type": "float", "low": 0.5, "high": 1.5}}},
+     r"value 1\.5 is not valid.*gates\.seed_fraction"),
+    ({"space": {"temperature.decay": {"type": "float", "low": 0.5, "high": 0.9,
+                                      "when": {"temperature.schedule": "separate"}}}},
+     r"when: 'temperature\.schedule' must be a categorical key listed earlier"),
+    ({"sampler": {"name": "bayes"}}, r"unknown sampler 'bayes'; choose one of tpe"),
+    ({"sampler": {"name": "tpe", "n_startup": 3}}, r"unknown key 'n_startup'.*n_startup_trials"),
+    ({"pruner": {"name": "early"}}, r"unknown pruner 'early'"),
+    ({"objectives": [{"metric": "val/accuracy", "direction": "maximize"}]},
+     r"unknown metric 'val/accuracy'"),
+    ({"objectives": [{"metric": "val/acc", "direction": "maximize"},
+                     {"metric": "cost/macs_ratio", "direction": "minimize"}],
+      "pruner": {"name": "median"}}, r"cannot prune multi-objective"),
+    ({"trails": 3}, r"unknown key 'trails'"),
+    ({"space": None}, r"missing required key 'space'"),
+])
+def test_invalid_spec_fails_with_a_clear_message(tmp_path, tiny, changes, message):
+    path = write_spec(tmp_path, tiny, **changes)
+    with pytest.raises(ConfigError, match=message) as err:
+        search.load_spec(str(path), "smoke")
+    assert str(path) in str(err.value)            # names the file
+
+
+def test_invalid_spec_on_the_command_line(tmp_path, tiny, capsys):
+    path = write_spec(tmp_path, tiny, space={
+        "budget.lambda_base": {"type": "float", "low": -0.1, "high": 0.3, "log": True}})
+    assert main(["search", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "space.budget.lambda_base" in err and "low > 0" in err
+    assert not (tmp_path / "optuna.db").exists()          # nothing was started
+
+
+def test_shipped_specs_are_valid():
+    for path in sorted(EXPERIMENTS_DIR.glob("search-*.yaml")):
+        if not search._is_spec(path):
+            continue                                    # e.g. a written search-*-best.yaml
+        for profile in ("smoke", "paper"):
+            spec = search.load_spec(str(path), profile)
+            assert spec.trials >= 1 and spec.space
+
+
+def test_pareto_front_and_dominance():
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    spec = search.SearchSpec.__new__(search.SearchSpec)
+    spec.objectives = [search.Objective("val/acc", "maximize"),
+                       search.Objective("cost/macs_ratio", "minimize")]
+    points = [(90, 0.5), (95, 0.8), (85, 0.3), (89, 0.6), (95, 0.9)]
+    trials = [optuna.trial.create_trial(values=list(v), params={"x": 0.1},
+                                        distributions={"x": FloatDistribution(0, 1)})
+              for v in points]
+    for i, t in enumerate(trials):
+        t.number = i
+    front = search.pareto_trials(spec, trials)
+    assert [t.number for t in front] == [1, 0, 2]    # best accuracy first; 3 and 4 dominated
+
+
+# ----------------------------------------------------------------------- a tracked study
+
+@pytest.mark.slow
+def test_search_tracks_a_nested_study_resumes_and_reuses(tmp_path, tiny, capsys):
+    import optuna
+    from optuna.trial import TrialState
+
+    # the profile's own `set` overlaps a searched key: the sampled value must win
+    path = write_spec(tmp_path, tiny, profiles={"smoke": {"set": {
+        "train": {"lr": 0.04}, "budget": {"lambda_base": 0.02}}}})
+    assert main(["search", str(path), "--quiet"]) == 0
+    spec, study = study_of(path)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    epochs = tiny["train"]["epochs"]
+
+    c, parents, children = mlflow_runs()
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna.study_name"] == spec.study_name == "test-search-smoke"
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.data.metrics["trials/complete"] == 4
+    assert len(children) == 4
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
+    assert sorted(by_number) == [0, 1, 2, 3]
+    for t in trials:
+        run = by_number[t.number]
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and tags["optuna.state"] == "COMPLETE"
+        assert t.user_attrs["mlflow_run_id"] == run.info.run_id
+        for key in tracking.TAGS:                  # a normal, fully tracked run
+            assert key in tags, key
+        assert tags["config_hash"] == t.user_attrs["config_hash"]
+        assert float(run.data.params["budget.lambda_base"]) == pytest.approx(
+            t.params["budget.lambda_base"])
+        assert run.data.params["train.lr"] == "0.04"
+        assert run.data.params["temperature.schedule"] == t.params["temperature.schedule"]
+        assert run.data.metrics["objective/val/acc"] == pytest.approx(t.values[0])
+        inter = c.get_metric_history(run.info.run_id, "optuna/intermediate_value")
+        assert [m.step for m in inter] == list(range(1, epochs + 1))
+        assert t.intermediate_values == {m.step: pytest.approx(m.value) for m in inter}
+        assert set(t.user_attrs["metrics"]) >= {"val/acc", "cost/macs_ratio", "budget/usage"}
+        assert t.constraints                       # constraint values for samplers and best
+
+    # resume: the same command with more trials continues the study; a trial whose config was
+    # already trained reuses that run instead of training it again
+    first = trials[0]
+    study.enqueue_trial(first.params)
+    assert main(["search", str(path), "--trials", "5", "--quiet"]) == 0
+    trials = study.get_trials()
+    assert len(trials) == 5 and trials[4].state == TrialState.COMPLETE
+    assert trials[4].values == first.values
+    assert trials[4].user_attrs["reused_run_id"] == first.user_attrs["mlflow_run_id"]
+    c, parents, children = mlflow_runs()
+    assert len(parents) == 1 and len(children) == 5
+    marker = next(r for r in children if r.data.tags["optuna.trial_number"] == "4")
+    assert marker.data.tags["state"] == "reused" and "config_hash" not in marker.data.tags
+    assert marker.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    # the best trial as a runnable experiment file that resolves to the trial's exact config
+    shutil.copy(EXPERIMENTS_DIR / "profiles.yaml", tmp_path / "profiles.yaml")
+    out = tmp_path / "best.yaml"
+    assert main(["search-best", str(path), "--out", str(out)]) == 0
+    best = search.best_trial(study, spec)
+    assert plan(out, "smoke")[0].hash == best.user_attrs["config_hash"]
+    assert yaml.safe_load(out.read_text())["name"] == "test-search-best"
+
+    # figures: accuracy vs MACs with the Pareto front, importances
+    capsys.readouterr()
+    assert main(["pareto", str(path)]) == 0
+    figs = Path(os.environ["FIGURES_DIR"])
+    for name in ("test-search-pareto.png", "test-search-pareto.pdf",
+                 "test-search-importance.png", "test-search-pareto.runs.json"):
+        assert (figs / name).stat().st_size > 0, name
+    assert optuna.load_study(study_name=spec.study_name, storage=os.environ["OPTUNA_STORAGE"])
+
+
+@pytest.mark.slow
+def test_multi_objective_search_and_pareto_point(tmp_path, tiny, capsys):
+    from optuna.trial import TrialState
+
+    path = write_spec(tmp_path, tiny, constraints=None, trials=3, objectives=[
+        {"metric": "val/acc", "direction": "maximize"},
+        {"metric": "cost/macs_ratio", "direction": "minimize"}],
+        space={"budget.target": {"type": "float", "low": 0.2, "high": 0.9}},
+        sampler={"name": "nsga2", "seed": 0, "population_size": 2})
+    assert main(["search", str(path), "--quiet"]) == 0
+    spec, study = study_of(path)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
+    assert study.metric_names == ["val/acc", "cost/macs_ratio"]
+    front = search.pareto_trials(spec, search.complete_trials(study, spec))
+    capsys.readouterr()
+    out = tmp_path / "best.yaml"
+    last = len(front) - 1
+    assert main(["search-best", str(path), "--pareto-index", str(last), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "Pareto front" in table and f"trial {front[last].number} " in table
+    doc = yaml.safe_load(out.read_text())
+    assert doc["runs"][0]["config"]["budget"]["target"] == pytest.approx(
+        front[last].params["budget.target"])
+    assert main(["pareto", str(path)]) == 0
+    assert (Path(os.environ["FIGURES_DIR"]) / "test-search-pareto.png").exists()
+
+
+# ------------------------------------------------------------------- several workers
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_study(tmp_path, tiny):
+    from optuna.trial import TrialState
+
+    path = write_spec(tmp_path, tiny, trials=4)
+    cmd = [sys.executable, "-m", "reproduce", "search", str(path), "--quiet"]
+    procs = [subprocess.Popen(cmd + ["--worker-index", str(i)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    spec, study = study_of(path)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4
+    assert len({t.number for t in trials}) == len(trials)
+    # anything else can only be a trial one worker asked for at the same moment as the other
+    assert all(t.user_attrs.get("surplus") for t in trials if t not in finished)
+    c, parents, children = mlflow_runs()
+    assert len(parents) == 1
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == \
+        sorted(t.number for t in finished)
+    assert {r.data.tags["optuna.state"] for r in children} == {"COMPLETE"}
+
+
+@pytest.mark.slow
+def test_dead_workers_trial_is_retried(tmp_path, tiny):
+    """A trial whose worker stopped sending heartbeats is failed and re-run with its parameters."""
+    from optuna.trial import TrialState
+
+    path = write_spec(tmp_path, tiny, trials=1, heartbeat={"interval": 1, "grace_period": 2,
+                                                           "max_retry": 1})
+    spec = search.load_spec(str(path), "smoke")
+    storage = search.make_storage(search.storage_url(), spec.heartbeat)
+    study, created = search.open_study(spec, storage)
+    assert created
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        dead = study.ask()                               # a worker takes a trial ...
+    lam = dead.suggest_float("budget.lambda_base", 0.01, 0.3, log=True)
+    storage.record_heartbeat(dead._trial_id)
+    c = tracking.client()
+    orphan = c.create_run(tracking.experiment_id(c, "smoke"), tags={"orphan": "1"}).info.run_id
+    dead.set_user_attr("mlflow_run_id", orphan)
+    time.sleep(3)                                        # ... and dies: no heartbeat since
+    assert main(["search", str(path), "--quiet"]) == 0
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = trials[1]
+    assert retry.params["budget.lambda_base"] == pytest.approx(lam)
+    assert retry.system_attrs["failed_trial"] == 0
+    assert retry.user_attrs["mlflow_run_id"] != orphan
+    assert c.get_run(orphan).info.status == "KILLED"      # the dead worker's MLflow run is closed
+
+
+# ------------------------------------------------------------------------------ pruning
+
+@pytest.mark.slow
+def test_pruned_trial_is_pruned_in_optuna_and_mlflow(tmp_path, tiny):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from analysis.runs import load_runs
+
+    path = write_spec(tmp_path, tiny, trials=2,
+                      space={"budget.lambda_base": {"type": "float", "low": 0.01, "high": 0.3}},
+                      pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    spec = search.load_spec(str(path), "smoke")
+    study, _ = search.open_study(spec, search.make_storage(search.storage_url(), spec.heartbeat))
+    # an earlier trial that reached 100 % every epoch: anything below is under the median
+    epochs = tiny["train"]["epochs"]
+    study.add_trial(optuna.trial.create_trial(
+        values=[100.0], params={"budget.lambda_base": 0.05},
+        distributions={"budget.lambda_base": FloatDistribution(0.01, 0.3)},
+        intermediate_values={s: 100.0 for s in range(1, epochs + 1)}))
+    assert main(["search", str(path), "--quiet"]) == 0
+    trial = study.get_trials()[1]
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]               # stopped after the first epoch
+    assert "pruned by the median pruner after epoch 1" in trial.user_attrs["stop_reason"]
+
+    c, parents, children = mlflow_runs()
+    (run,) = children
+    assert run.data.tags["optuna.state"] == "PRUNED" and run.data.tags["state"] == "pruned"
+    assert run.info.status == "KILLED"                          # never a finished result
+    assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")] == [1]
+    h = run.data.tags["config_hash"]
+    assert tracking.find_finished(c, tracking.experiment_id(c, "smoke"), h) is None
+    assert load_runs("smoke", {h}).empty                        # not figure material

@@ -82,4 +82,6 @@ def draw(target: str, profile: str = "smoke", run_missing: bool = True, force: b
                   "seed": int(r.seed), "config_hash": r.config_hash} for r in runs.itertuples()],
         "drawn_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }, indent=2))
+    from .index import write_index
+    write_index(out_dir)           # figures/INDEX.md: every output present and the runs behind it
     return [*outputs, sidecar]

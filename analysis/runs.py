@@ -7,11 +7,15 @@ redrawn on any machine from a copied store.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pandas as pd
 
 from reproduce import tracking
+
+# Figures read a few small artifacts per run: no per-file download progress bars.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def load_runs(profile: str, hashes: set[str] | None = None, figure: str | None = None,
@@ -76,3 +80,24 @@ def structure_traces(run_id: str, uri: str | None = None) -> pd.DataFrame:
     """Per-structure β, logit and hard state per epoch (columns epoch, gate, index, kind, ...)."""
     c = tracking.client(uri)
     return pd.read_csv(c.download_artifacts(run_id, tracking.ARTIFACT_TRACES))
+
+
+def architectures(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
+    """Final per-layer channel counts of each run (its architecture.json), long format.
+
+    Columns: run_id, variant, seed, layer, order (position in the network), width, ratio (the
+    final `channels/<layer>` metric) and dense_width. The dense width is width / ratio, taken from
+    whichever run of the frame keeps any channel of that layer (a dense run has no gates).
+    """
+    rows = []
+    for r in runs.to_dict("records"):
+        widths = artifact_json(r["run_id"], tracking.ARTIFACT_ARCH, uri).get("widths", {})
+        for order, (layer, width) in enumerate(widths.items()):
+            rows.append({"run_id": r["run_id"], "variant": r["variant"], "seed": r["seed"],
+                         "layer": layer, "order": order, "width": width,
+                         "ratio": r.get(f"channels/{layer}", float("nan"))})
+    out = pd.DataFrame(rows, columns=["run_id", "variant", "seed", "layer", "order", "width",
+                                      "ratio"])
+    dense = (out["width"] / out["ratio"].where(out["ratio"] > 0)).round()
+    out["dense_width"] = dense.groupby(out["layer"]).transform("max")
+    return out

@@ -196,4 +196,6 @@ def draw_search(spec, study, out_dir: Path | None = None) -> list[Path]:
                    for r in df.itertuples()],
         "drawn_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }, indent=2))
+    from .index import write_index
+    write_index(out_dir)
     return [*outputs, sidecar]

@@ -1,0 +1,69 @@
+"""Figure 4: ResNet-20 training MACs per epoch - channel growing, pruning from full, dense.
+
+Left: training MACs of each epoch (3 × the sampled architecture's forward MACs per sample, summed
+over the epoch's iterations). The dense ResNet-20 is a flat line; growing starts from a 25% seed,
+pruning from the full network; both are driven to the same MACs budget. Right: cumulative training
+MACs relative to the dense model over the same schedule (1 − the run's training savings). Lines
+are the mean over seeds, shaded bands min-max.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+from . import style
+from .runs import histories
+from .variants import COLORS, METRIC_NAMES, family, si_scale
+
+EXPERIMENTS = ["figure-4"]
+
+
+def training_cost(runs, uri=None):
+    """One row per run and epoch ≥ 1: the epoch's training MACs, cumulative ratio to dense."""
+    h = histories(runs, r"cost/(train_macs|train_macs_total|dense_train_macs_total)", uri)
+    wide = h.pivot_table(index=["run_id", "epoch"], columns="key", values="value").reset_index()
+    wide = wide[wide["epoch"] >= 1]
+    wide["cumulative_ratio"] = wide["cost/train_macs_total"] / wide["cost/dense_train_macs_total"]
+    return wide.merge(runs.assign(family=family(runs))[["run_id", "family", "seed"]], on="run_id")
+
+
+def plot_band(ax, d, column, scale=1.0, **kw):
+    """Mean over seeds of `column` per epoch, with a min-max band when there are several seeds."""
+    s = d.groupby("epoch")[column].agg(["mean", "min", "max"]).reset_index()
+    ax.plot(s["epoch"], s["mean"] / scale, **kw)
+    if d["run_id"].nunique() > 1:
+        ax.fill_between(s["epoch"], s["min"] / scale, s["max"] / scale, color=kw.get("color"),
+                        alpha=0.15, lw=0)
+
+
+def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
+    style.setup()
+    data = training_cost(runs, uri)
+    scale, prefix = si_scale(data["cost/train_macs"])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.9), layout="constrained")
+    for fam in ("growing", "pruning from full", "dense"):
+        d = data[data["family"] == fam]
+        if d.empty:
+            continue
+        total = d.groupby("run_id")["cumulative_ratio"].last().mean()
+        kw = {"color": COLORS[fam], "ls": "--" if fam == "dense" else "-", "lw": 2}
+        plot_band(ax, d, "cost/train_macs", scale, label=f"{fam} ({total:.2f}× dense in total)",
+                  **kw)
+        plot_band(ax2, d, "cumulative_ratio", label=fam, **kw)
+    ax.set(xlabel="epoch", ylabel=f"training MACs per epoch ({prefix}MACs)", ylim=(0, None))
+    ax.set_title("training MACs of each epoch (3 × forward MACs × samples)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax2.set(xlabel="epoch", ylabel="cumulative training MACs / dense", ylim=(0, 1.1))
+    ax2.set_title("cumulative training cost relative to dense", fontsize=10)
+    ax2.legend(fontsize=8, loc="lower right")
+    for a in (ax, ax2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    gated = runs[runs["param.method"] != "dense"].iloc[0]
+    budget = (f"{METRIC_NAMES[gated['param.budget.metric']]} budget "
+              f"{float(gated['param.budget.target']):g}")
+    fig.suptitle(f"Figure 4 - training cost: channel growing vs pruning from full vs dense "
+                 f"({budget} of dense)\n" + style.subtitle(runs), fontsize=11)
+    return style.save(fig, stem)

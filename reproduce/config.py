@@ -93,7 +93,7 @@ class BaselineConfig:
     criterion: str = field(default="l1_norm", metadata=choice("l1_norm", "slimming"))
     pretrain_epochs: int = 30       # dense training before pruning
     finetune_epochs: int = 10       # after pruning (the main train.epochs is not used)
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.01       # fine-tuning LR, same schedule shape as train.lr_schedule
     prune_target: float = 0.5       # keep this fraction of the dense model's MACs
     slimming_l1: float = 1e-4       # network slimming: L1 on BN scales during pre-training
     scope: str = field(default="auto", metadata=choice("auto", "inner", "all"))  # auto: inner for ResNets
@@ -212,6 +212,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.synthetic_train", cfg.data.synthetic_train >= 1, ">= 1"),
         ("data.synthetic_val", cfg.data.synthetic_val >= 1, ">= 1"),
         ("baseline.prune_target", 0.0 < cfg.baseline.prune_target <= 1.0, "in (0, 1]"),
+        ("baseline.pretrain_epochs", cfg.baseline.pretrain_epochs >= 0, ">= 0"),
+        ("baseline.finetune_epochs", cfg.baseline.finetune_epochs >= 1, ">= 1"),
+        ("baseline.finetune_lr", cfg.baseline.finetune_lr > 0, "positive"),
+        ("baseline.slimming_l1", cfg.baseline.slimming_l1 >= 0, ">= 0"),
         ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
         ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),

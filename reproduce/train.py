@@ -1,7 +1,9 @@
 """The training loop: one run of the method (or of a dense baseline) from a resolved config.
 
 Plain PyTorch. Whoever calls `train` decides what to do with each epoch's numbers through the
-`on_epoch` callback (the runner sends them to MLflow; tests just collect them).
+`on_epoch` callback (the runner sends them to MLflow; tests just collect them). `run_epochs` is
+the epoch loop itself; the pruning baselines (reproduce/baselines.py) reuse it for their
+pre-training and fine-tuning phases.
 """
 
 from __future__ import annotations
@@ -102,19 +104,35 @@ def train(cfg: RunConfig, data: DataBundle | None = None, on_epoch: EpochCallbac
         from .baselines import train_pruning_baseline
         return train_pruning_baseline(cfg, data, device, on_epoch, progress)
     model, controller = build(cfg, data, device)
+    result = TrainResult(model, controller)
+    if on_epoch is not None:       # step 0: the seed architecture, before any training
+        on_epoch(0, controller.architecture_stats(), controller)
+    run_epochs(cfg, model, controller, data, device, result, on_epoch, progress)
+    return result
+
+
+def run_epochs(cfg: RunConfig, model: nn.Module, controller: GrowthController, data: DataBundle,
+               device: torch.device, result: TrainResult, on_epoch: EpochCallback | None = None,
+               progress: bool = True, *, train_masks: bool = True, first_step: int = 1,
+               regularizer: Callable[[], torch.Tensor] | None = None,
+               extra_stats: dict | None = None, desc: str = "") -> None:
+    """Train `cfg.train.epochs` epochs at `cfg.train.lr` with cfg's LR schedule (fresh optimizers).
+
+    The method and the baselines share this loop. train_masks=False freezes the mask logits (no
+    mask optimizer: a pruned net's fixed masks). `regularizer()` is added to the loss (e.g.
+    network slimming's L1 on BN scales). Epoch e's stats go to on_epoch(first_step + e, ...) with
+    `extra_stats` merged in, and to result.history.
+    """
     tc = cfg.train
     amp = tc.amp and device.type == "cuda"
     opt_w = torch.optim.SGD(controller.weight_parameters(), lr=tc.lr, momentum=tc.momentum,
                             nesterov=tc.nesterov and tc.momentum > 0, weight_decay=tc.weight_decay)
     masks = controller.mask_parameters()
     opt_m = torch.optim.SGD(masks, lr=cfg.gates.mask_lr, momentum=cfg.gates.mask_momentum) \
-        if masks and cfg.gates.mask_lr > 0 else None
+        if train_masks and masks and cfg.gates.mask_lr > 0 else None
     steps_per_epoch = max(1, len(data.train))
-    result = TrainResult(model, controller)
 
-    if on_epoch is not None:       # step 0: the seed architecture, before any training
-        on_epoch(0, controller.architecture_stats(), controller)
-    bar = _progress(range(tc.epochs), progress, cfg)
+    bar = _progress(range(tc.epochs), progress, cfg, desc)
     for epoch in bar:
         model.train()
         start = time.perf_counter()
@@ -134,6 +152,8 @@ def train(cfg: RunConfig, data: DataBundle | None = None, on_epoch: EpochCallbac
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=tc.label_smoothing)
             total = loss + controller.penalty()
+            if regularizer is not None:
+                total = total + regularizer()
             opt_w.zero_grad(set_to_none=True)
             if opt_m is not None:
                 opt_m.zero_grad(set_to_none=True)
@@ -155,18 +175,19 @@ def train(cfg: RunConfig, data: DataBundle | None = None, on_epoch: EpochCallbac
                  "lr": tc.lr * lr_factor(cfg, epoch + 1 - 1e-9),
                  "time/epoch_s": time.perf_counter() - start}
         stats.update(controller.end_epoch())
+        if extra_stats:
+            stats.update(extra_stats)
         result.history.append(stats)
         if on_epoch is not None:
-            on_epoch(epoch + 1, stats, controller)   # step = epochs completed
+            on_epoch(first_step + epoch, stats, controller)   # step = epochs completed
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(acc=f"{val_acc:.1f}", macs=f"{stats['budget/usage']:.2f}",
                             lam=f"{stats['budget/lambda']:+.3f}", refresh=False)
-    return result
 
 
-def _progress(it, enabled: bool, cfg: RunConfig):
+def _progress(it, enabled: bool, cfg: RunConfig, desc: str = ""):
     if not enabled:
         return it
     from tqdm.auto import tqdm
-    return tqdm(it, desc=f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}", unit="epoch",
+    return tqdm(it, desc=f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}{desc}", unit="epoch",
                 dynamic_ncols=True)

@@ -1,0 +1,59 @@
+"""Table: VGG-16, ResNet-20 and ResNet-56 on CIFAR-10 — the method against measured baselines.
+
+Rows per model: the dense network; the method (channel growing) at two budgets; and baselines
+trained by this suite under the same tracking and cost accounting at the same MACs: uniform width
+scaling (a narrower dense net), L1-norm filter pruning with fine-tuning (Li et al. 2017) and
+network slimming (Liu et al. 2017). Columns: top-1 (mean ± std over seeds), params, inference
+MACs, inference savings and training savings against the dense row, the paper's values from
+analysis/reference.csv (blank where unknown) and the MLflow runs behind each row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import tables
+
+EXPERIMENTS = ["table-cifar-vgg16", "table-cifar-resnet20", "table-cifar-resnet56"]
+TABLE = "cifar"
+MODEL_ORDER = ["vgg16", "resnet20", "resnet56"]
+TITLE = "Table: CIFAR-10 — growing against dense, uniform width, L1-norm pruning, network slimming"
+
+
+def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
+    """One row per (model, variant): seeds aggregated, paper values attached, in table order."""
+    out = tables.aggregate(tables.per_run(runs))
+    out["level"] = tables.nominal_levels(out)
+    out = tables.attach_paper(out, TABLE, reference_path)
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    out["_model"] = out["model"].map(lambda m: order.get(m, len(order)))
+    out["_kind"] = out["kind"].map(lambda k: tables.KIND_ORDER.index(k)
+                                   if k in tables.KIND_ORDER else len(tables.KIND_ORDER))
+    out = out.sort_values(["_model", "model", "level", "_kind", "variant"],
+                          ascending=[True, True, False, True, True])
+    return out.drop(columns=["_model", "_kind"]).reset_index(drop=True)
+
+
+def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
+    r = rows(runs, reference_path)
+    labels = {"model": list(r["model"]),
+              "method": [tables.KIND_LABELS.get(k, k) for k in r["kind"]],
+              "budget": [tables.budget_text(x) for _, x in r.iterrows()]}
+    display = pd.DataFrame({**labels, **tables.metric_columns(r), "seeds": list(r["n_seeds"])})
+    csv = tables.csv_frame(r.assign(method=labels["method"], budget=labels["budget"]),
+                           ["model", "method", "budget"])
+    notes = ["Budget: the method's MACs target τ (fraction of dense MACs); pruning baselines keep "
+             "that fraction of dense MACs (per-layer ratio or global threshold found by bisection); "
+             "uniform width scales every layer's width so its MACs match the nearest target."]
+    fallback = r["train_reference"] != "dense run"
+    if fallback.any():
+        notes.append("Rows without a dense run of their model measure training savings against "
+                     "the dense model over the run's own schedule.")
+    return tables.write(stem, display, csv, title=TITLE, profile=profile,
+                        datasets=sorted(r["dataset"].unique()),
+                        run_ids=[ids.split(";") for ids in r["run_ids"]],
+                        row_names=[f"{m} / {v}" for m, v in zip(r["model"], r["variant"])],
+                        n_left=3, notes=notes, groups=list(r["model"]),
+                        extra_md=tables.unmatched_paper_rows(TABLE, r, reference_path))

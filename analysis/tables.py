@@ -1,0 +1,281 @@
+"""What every table shares: tracked runs -> per-run numbers -> rows over seeds -> MD, CSV, LaTeX.
+
+Numbers, all read from the tracking store (the last value of each metric):
+  top-1        val/acc of the final hard architecture (percent)
+  params, MACs cost/params and cost/macs of the final hard architecture (conv + linear layers)
+  inference savings  1 - MACs / MACs of the dense model of the same model name at full width
+                     (the dense run's, or a gated run's cost/dense_macs when no dense run is there)
+  training savings   1 - cost/train_macs_total / the same total of the dense run of that model,
+                     i.e. against the dense model trained for the *dense row's* schedule. Pruning
+                     baselines count their pre-training and fine-tuning; without a dense run the
+                     run's own cost/dense_train_macs_total (dense over the run's schedule) is used
+                     and the row says so.
+Rows aggregate seeds: mean ± sample std (ddof = 1; a single seed shows its value alone), and carry
+the MLflow run ids of every run that went into them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CONVENTION = ("MACs of conv+linear layers; FLOPs = 2×MACs; training MACs = 3× forward MACs of "
+              "the sampled architecture per example")
+METRICS = ["top1", "params", "macs", "inference_savings", "train_savings"]
+HEADERS = {"top1": "top-1 (%)", "params": "params (M)", "macs": "MACs (M)",
+           "inference_savings": "inference savings (%)", "train_savings": "training savings (%)"}
+KIND_LABELS = {"dense": "dense", "uniform": "uniform width", "grow": "growing (Yuan et al. 2021)",
+               "l1_norm": "L1-norm pruning (Li et al. 2017)",
+               "slimming": "network slimming (Liu et al. 2017)"}
+KIND_ORDER = ["dense", "grow", "uniform", "l1_norm", "slimming"]
+
+
+# -- per run -------------------------------------------------------------------------------------
+
+def _param(runs: pd.DataFrame, key: str, default=None) -> pd.Series:
+    col = f"param.{key}"
+    if col in runs:
+        return runs[col]
+    return pd.Series([default] * len(runs), index=runs.index, dtype=object)
+
+
+def _metric(runs: pd.DataFrame, key: str) -> pd.Series:
+    return pd.to_numeric(runs[key], errors="coerce") if key in runs \
+        else pd.Series(np.nan, index=runs.index)
+
+
+def kind_of(method: str, width: float, criterion: str | None) -> str:
+    if method == "prune":
+        return str(criterion)
+    if method == "dense":
+        return "dense" if math.isclose(width, 1.0) else "uniform"
+    return "grow"
+
+
+def per_run(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per tracked run with its kind, budget and the table's metrics."""
+    out = pd.DataFrame({
+        "run_id": runs["run_id"], "model": runs["model"], "dataset": runs["dataset"],
+        "variant": runs["variant"], "seed": runs["seed"].astype(int),
+        "method": _param(runs, "method", "grow").astype(str),
+        "width_multiplier": pd.to_numeric(_param(runs, "model.width_multiplier", 1.0)),
+        "criterion": _param(runs, "baseline.criterion"),
+        "budget_target": pd.to_numeric(_param(runs, "budget.target"), errors="coerce"),
+        "prune_target": pd.to_numeric(_param(runs, "baseline.prune_target"), errors="coerce"),
+        "top1": _metric(runs, "val/acc"),
+        "params": _metric(runs, "cost/params") / 1e6,
+        "macs": _metric(runs, "cost/macs") / 1e6,
+        "dense_macs": _metric(runs, "cost/dense_macs") / 1e6,
+        "train_macs_total": _metric(runs, "cost/train_macs_total"),
+        "own_dense_train_macs_total": _metric(runs, "cost/dense_train_macs_total"),
+    })
+    out["kind"] = [kind_of(m, w, c) for m, w, c in
+                   zip(out["method"], out["width_multiplier"], out["criterion"])]
+    out["target"] = np.where(out["kind"] == "grow", out["budget_target"],
+                             np.where(out["method"] == "prune", out["prune_target"], np.nan))
+    ref_macs, ref_train = {}, {}
+    for model, group in out.groupby("model"):
+        dense = group[group["kind"] == "dense"]
+        full = group[np.isclose(group["width_multiplier"], 1.0)]
+        ref_macs[model] = dense["macs"].mean() if len(dense) else full["dense_macs"].median()
+        ref_train[model] = dense["train_macs_total"].mean() if len(dense) else np.nan
+    out["dense_reference_macs"] = out["model"].map(ref_macs)
+    out["inference_savings"] = 100.0 * (1.0 - out["macs"] / out["dense_reference_macs"])
+    has_dense = out["model"].map(ref_train).notna()
+    denominator = np.where(has_dense, out["model"].map(ref_train), out["own_dense_train_macs_total"])
+    out["train_savings"] = 100.0 * (1.0 - out["train_macs_total"] / denominator)
+    out["train_reference"] = np.where(has_dense, "dense run", "dense over the run's own schedule")
+    out["macs_ratio"] = out["macs"] / out["dense_reference_macs"]
+    return out
+
+
+# -- over seeds ----------------------------------------------------------------------------------
+
+def aggregate(frame: pd.DataFrame, keys: list[str] = ("model", "variant"),
+              metrics: list[str] = (*METRICS, "macs_ratio", "train_macs_total")) -> pd.DataFrame:
+    """Mean and sample std over seeds of each metric, per key; run ids sorted by seed."""
+    rows = []
+    for key, group in frame.groupby(list(keys), sort=False):
+        group = group.sort_values("seed")
+        first = group.iloc[0]
+        row = {c: first[c] for c in frame.columns if c not in metrics and c not in ("run_id", "seed")}
+        for m in metrics:
+            values = group[m].astype(float)
+            row[f"{m}_mean"] = values.mean()
+            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        row["n_seeds"] = len(group)
+        row["seeds"] = ";".join(str(s) for s in group["seed"])
+        row["run_ids"] = ";".join(group["run_id"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def nominal_levels(rows: pd.DataFrame) -> pd.Series:
+    """The budget a row is compared at: its target, or for uniform width the nearest target of
+    the same model (by measured MACs ratio); dense = 1."""
+    levels = []
+    for _, r in rows.iterrows():
+        if r["kind"] == "dense":
+            levels.append(1.0)
+        elif not pd.isna(r.get("target", np.nan)):
+            levels.append(float(r["target"]))
+        else:
+            targets = rows.loc[(rows["model"] == r["model"]) & rows["target"].notna(), "target"]
+            ratio = r["macs_ratio_mean"]
+            levels.append(float(min(targets, key=lambda t: abs(t - ratio))) if len(targets)
+                          else float(ratio))
+    return pd.Series(levels, index=rows.index)
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+def num(v: float, kind: str) -> str:
+    if v is None or pd.isna(v):
+        return ""
+    if kind in ("top1",):
+        return f"{v:.2f}"
+    if kind in ("inference_savings", "train_savings"):
+        return f"{v:.1f}"
+    a = abs(v)
+    return f"{v:.3f}" if a < 1 else f"{v:.2f}" if a < 100 else f"{v:.1f}"
+
+
+def mean_std(mean: float, std: float, kind: str) -> str:
+    if pd.isna(mean):
+        return ""
+    text = num(mean, kind)
+    return text if pd.isna(std) else f"{text} ± {num(std, kind)}"
+
+
+def plain(v) -> str:
+    """A paper value as given (no padding), blank where unknown."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
+def budget_text(r) -> str:
+    if r["kind"] == "dense":
+        return "–"
+    if r["kind"] == "uniform":
+        return f"width ×{r['width_multiplier']:g}"
+    if r["kind"] == "grow":
+        return f"MACs ≤ {r['target']:.2f}"
+    return f"keep {r['target']:.2f} MACs"
+
+
+def metric_columns(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """The reproduced metrics (mean ± std) then the paper's, as display columns."""
+    cols = {HEADERS[m]: [mean_std(a, b, m) for a, b in zip(rows[f"{m}_mean"], rows[f"{m}_std"])]
+            for m in METRICS}
+    for m in METRICS:
+        cols[f"paper {HEADERS[m]}"] = [plain(v) for v in rows.get(f"paper_{m}", [np.nan] * len(rows))]
+    return cols
+
+
+def attach_paper(rows: pd.DataFrame, table: str, reference_path=None) -> pd.DataFrame:
+    from .reference import paper_columns
+
+    paper = paper_columns(table, METRICS, reference_path)
+    return rows.merge(paper, on=["model", "variant"], how="left").fillna({"paper_source": ""})
+
+
+def unmatched_paper_rows(table: str, rows: pd.DataFrame, reference_path=None) -> str:
+    """Markdown listing the reference values of this table that sit beside no reproduced row."""
+    from .reference import unmatched
+
+    extra = unmatched(table, set(zip(rows["model"], rows["variant"])), reference_path)
+    if extra.empty:
+        return ""
+    cols = ["model", "dataset", "method", "variant", "metric", "value_text", "unit", "source"]
+    return ("Paper values without a reproduced row (analysis/reference.csv):\n\n"
+            + markdown(extra[cols].rename(columns={"value_text": "value"})))
+
+
+def csv_frame(rows: pd.DataFrame, label_columns: list[str]) -> pd.DataFrame:
+    keep = [*label_columns, "dataset", "variant", "kind", "width_multiplier", "target", "n_seeds",
+            "seeds"]
+    for m in (*METRICS, "macs_ratio", "train_macs_total"):
+        keep += [f"{m}_mean", f"{m}_std"]
+    keep += ["train_reference", *(f"paper_{m}" for m in METRICS), "paper_source", "run_ids"]
+    seen = list(dict.fromkeys(c for c in keep if c in rows.columns))
+    out = rows[seen].rename(columns={"params_mean": "params_m_mean", "params_std": "params_m_std",
+                                     "macs_mean": "macs_m_mean", "macs_std": "macs_m_std"})
+    return out
+
+
+# -- writers -------------------------------------------------------------------------------------
+
+def _md_cell(v) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(display: pd.DataFrame) -> str:
+    header = "| " + " | ".join(_md_cell(c) for c in display.columns) + " |"
+    rule = "|" + "|".join("---" for _ in display.columns) + "|"
+    body = ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in display.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$", "–": "--", "τ": r"$\tau$", "β": r"$\beta$",
+        "ρ": r"$\rho$", "λ": r"$\lambda$"}
+
+
+def tex_escape(text) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex(display: pd.DataFrame, n_left: int, groups: list | None = None,
+          comments: list[str] = ()) -> str:
+    spec = "l" * n_left + "r" * (len(display.columns) - n_left)
+    lines = [f"% {c}" for c in comments]
+    lines += [r"% requires \usepackage{booktabs}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+              " & ".join(tex_escape(c) for c in display.columns) + r" \\", r"\midrule"]
+    previous = None
+    for i, row in enumerate(display.itertuples(index=False)):
+        if groups is not None and i > 0 and groups[i] != previous:
+            lines.append(r"\midrule")
+        previous = groups[i] if groups is not None else None
+        lines.append(" & ".join(tex_escape(v) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write(stem: Path, display: pd.DataFrame, csv: pd.DataFrame, *, title: str, profile: str,
+          datasets: list[str], run_ids: list[list[str]], row_names: list[str], n_left: int,
+          notes: list[str] = (), groups: list | None = None, extra_md: str = "") -> list[Path]:
+    """Write <stem>.md, <stem>.csv and <stem>.tex. Markdown and LaTeX get a `runs` column whose
+    [k] points at the list of MLflow run ids under the table; the CSV has them in `run_ids`."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    display = display.copy()
+    display["runs"] = [f"[{i + 1}]" for i in range(len(display))]
+    name = stem.name
+    header = [f"Profile `{profile}`; dataset: {', '.join(datasets)}.",
+              f"Cost convention: {CONVENTION}.",
+              "Reproduced columns: mean ± sample std over seeds (one seed: its value alone). "
+              "Savings are against the dense row of the same model: inference = 1 − MACs/dense "
+              "MACs; training = 1 − training MACs/the dense run's training MACs (pruning "
+              "baselines pay for pre-training and fine-tuning).",
+              "Paper columns: analysis/reference.csv (blank = not known here; fill them in "
+              "from the paper's PDF), never mixed into the reproduced values.",
+              *notes,
+              f"Run ids: [k] in the `runs` column is listed below; also `run_ids` in {name}.csv "
+              f"and {name}.runs.json."]
+    run_lines = [f"[{i + 1}] {label}: {', '.join(ids)}"
+                 for i, (label, ids) in enumerate(zip(row_names, run_ids))]
+    md = [f"# {title}", "", *(f"- {h}" for h in header), "", markdown(display), ""]
+    if extra_md:
+        md += [extra_md, ""]
+    md += ["Runs (MLflow run ids):", "", *(f"- {line}" for line in run_lines), ""]
+    paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex")]
+    paths[0].write_text("\n".join(md))
+    csv.to_csv(paths[1], index=False)
+    comments = [title, *header, *run_lines]
+    paths[2].write_text(latex(display, n_left, groups, comments))
+    return paths

@@ -1,0 +1,288 @@
+"""Pruning baselines, trained under the method's tracking and cost accounting.
+
+Both baselines train the full network, prune it once, and fine-tune what is left:
+
+  l1_norm   Li et al. 2017, "Pruning Filters for Efficient ConvNets": in every prunable layer remove
+            the filters with the smallest L1 norm (sum of |weights| of the conv writing the channel).
+            Li et al. choose per-layer rates by sensitivity analysis; here one uniform per-layer
+            ratio r is found by bisection so that the pruned network's MACs hit
+            `baseline.prune_target` of the dense model's.
+  slimming  Liu et al. 2017, "Learning Efficient Convolutional Networks through Network Slimming":
+            pre-train with an L1 penalty λ·Σ|γ| on the BatchNorm scales of the prunable layers, then
+            remove every channel whose |γ| is under one global threshold, chosen by bisection so
+            that the MACs hit the target. Each layer keeps at least its largest-|γ| channel.
+
+A pruned network is the gated model with every gate's logits at ±1 and sampling mode "hard"
+(g = 1[s > 0] in training too). The mask logits get no optimizer while fine-tuning, so closed
+channels stay closed and output exactly zero (the gate sits after BN). Pre-training is the same
+model with every gate open, i.e. the dense network. CostModel, export, architecture summaries and
+the tracking contract therefore work unchanged, and the training cost counts what was really
+trained: dense MACs during pre-training, the pruned network's MACs during fine-tuning.
+
+Scope (`baseline.scope`): `inner` prunes only channel gates written by a single layer (a ResNet
+block's inner channels `layer<k>.<j>.gate1`, as Li et al. prune ResNets; every conv of VGG);
+`all` also prunes the residual streams `layer<k>.gate` (scored over every layer writing the
+stream); `auto` is `inner` for residual networks and `all` otherwise.
+
+Steps reported to on_epoch: 0 = before training, 1..P pre-training (`phase` 0), P+1..P+F
+fine-tuning (`phase` 1), with the same keys as the method's epochs plus `phase` and `prune/*`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .config import ConfigError, RunConfig
+from .data import DataBundle
+from .method import ChannelGate, CostModel, Site
+
+LOGIT_ON, LOGIT_OFF = 1.0, -1.0
+
+
+# -- what can be pruned ------------------------------------------------------------------------
+
+def prunable_gates(model: nn.Module, scope: str = "auto") -> dict[str, list[Site]]:
+    """Channel gates in scope -> the sites (conv + BN) writing their channels."""
+    writers: dict[str, list[Site]] = {}
+    for site in model.sites():
+        if site.out_gate is not None:
+            writers.setdefault(site.out_gate, []).append(site)
+    modules = dict(model.named_modules())
+    channel = {n: s for n, s in writers.items() if isinstance(modules.get(n), ChannelGate)}
+    if scope == "auto":
+        scope = "inner" if list(getattr(model, "residual_blocks", list)()) else "all"
+    if scope == "inner":
+        return {n: s for n, s in channel.items() if len(s) == 1}
+    if scope == "all":
+        return channel
+    raise ValueError(f"unknown pruning scope {scope!r}; choose auto, inner or all")
+
+
+def l1_scores(model: nn.Module, gates: dict[str, list[Site]]) -> dict[str, Tensor]:
+    """Per channel: the L1 norm of the filter writing it (summed over every layer writing it)."""
+    modules = dict(model.named_modules())
+    out = {}
+    with torch.no_grad():
+        for gate, sites in gates.items():
+            out[gate] = sum(modules[s.name].weight.detach().abs().flatten(1).sum(1).float().cpu()
+                            for s in sites)
+    return out
+
+
+def bn_scales(model: nn.Module, gates: dict[str, list[Site]]) -> list[nn.Parameter]:
+    """The BatchNorm scales γ right before each prunable gate."""
+    modules = dict(model.named_modules())
+    missing = [s.name for sites in gates.values() for s in sites if s.bn is None]
+    if missing:
+        raise ConfigError(f"network slimming needs a BatchNorm after every pruned layer; "
+                          f"{missing[0]} has none")
+    return [modules[s.bn].weight for sites in gates.values() for s in sites]
+
+
+def slimming_scores(model: nn.Module, gates: dict[str, list[Site]]) -> dict[str, Tensor]:
+    """Per channel: |γ| of the BN after the layer writing it (mean over every writer)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        return {g: sum(modules[s.bn].weight.detach().abs().float().cpu() for s in sites) / len(sites)
+                for g, sites in gates.items()}
+
+
+def slimming_regularizer(model: nn.Module, gates: dict[str, list[Site]], strength: float):
+    """λ·Σ|γ| over the prunable layers' BN scales (its gradient is λ·sign(γ))."""
+    scales = bn_scales(model, gates)
+
+    def penalty() -> Tensor:
+        return strength * sum(g.abs().sum() for g in scales)
+    return penalty
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+def top_k_mask(scores: Tensor, keep: int) -> Tensor:
+    """Boolean mask keeping the `keep` largest scores (ties: the lower index is kept)."""
+    keep = max(0, min(scores.numel(), keep))
+    order = torch.sort(scores, descending=True, stable=True).indices
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[order[:keep]] = True
+    return mask
+
+
+def ratio_masks(scores: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
+    """Remove round(ratio·n) smallest-score channels of every layer, keeping at least one."""
+    out = {}
+    for gate, s in scores.items():
+        n = s.numel()
+        pruned = min(n - 1, int(math.floor(ratio * n + 0.5)))
+        out[gate] = top_k_mask(s, n - pruned)
+    return out
+
+
+def global_candidates(scores: dict[str, Tensor]) -> list[tuple[float, str, int]]:
+    """Every channel a global threshold may remove, smallest score first. The largest-score
+    channel of each layer is never a candidate, so every layer keeps at least one."""
+    cands = []
+    for gate, s in scores.items():
+        protected = int(top_k_mask(s, 1).nonzero()[0]) if s.numel() else -1
+        cands += [(float(v), gate, i) for i, v in enumerate(s.tolist()) if i != protected]
+    cands.sort(key=lambda c: (c[0], c[1], c[2]))
+    return cands
+
+
+def threshold_masks(scores: dict[str, Tensor], cands: list[tuple[float, str, int]],
+                    k: int) -> dict[str, Tensor]:
+    """Remove the k globally smallest candidates."""
+    out = {g: torch.ones(s.numel(), dtype=torch.bool) for g, s in scores.items()}
+    for _, gate, i in cands[:k]:
+        out[gate][i] = False
+    return out
+
+
+def macs_with(costs: CostModel, masks: dict[str, Tensor]) -> float:
+    """Hard MACs of the model with `masks` applied on top of its current hard architecture."""
+    state = costs.hard_state()
+    state.update({g: m.to(torch.float32) for g, m in masks.items()})
+    return float(costs.count(state)[0])
+
+
+def bisect_ratio(costs: CostModel, scores: dict[str, Tensor], target: float,
+                 iterations: int = 40) -> tuple[float, dict[str, Tensor]]:
+    """The uniform per-layer ratio whose MACs are closest to target × dense MACs."""
+    goal = target * costs.dense_macs
+    lo, hi = 0.0, 1.0
+    if macs_with(costs, ratio_masks(scores, hi)) > goal:
+        warnings.warn(f"pruning cannot reach {target:.3f} of dense MACs within its scope; "
+                      f"pruning every layer down to one channel", stacklevel=2)
+        return hi, ratio_masks(scores, hi)
+    for _ in range(iterations):          # invariant: macs(lo) > goal >= macs(hi)
+        mid = 0.5 * (lo + hi)
+        if macs_with(costs, ratio_masks(scores, mid)) > goal:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda r: abs(macs_with(costs, ratio_masks(scores, r)) - goal))
+    return best, ratio_masks(scores, best)
+
+
+def bisect_threshold(costs: CostModel, scores: dict[str, Tensor],
+                     target: float) -> tuple[float, dict[str, Tensor]]:
+    """The global score threshold whose MACs are closest to target × dense MACs.
+
+    Returns (threshold, masks): channels with a score <= threshold are removed (the largest of
+    each layer excepted). A threshold of -inf removes nothing.
+    """
+    goal = target * costs.dense_macs
+    cands = global_candidates(scores)
+    lo, hi = 0, len(cands)               # number of candidates removed
+    if macs_with(costs, threshold_masks(scores, cands, hi)) > goal:
+        warnings.warn(f"pruning cannot reach {target:.3f} of dense MACs within its scope; "
+                      f"pruning every layer down to one channel", stacklevel=2)
+        lo = hi
+    while lo < hi:                       # smallest k with macs(k) <= goal
+        mid = (lo + hi) // 2
+        if macs_with(costs, threshold_masks(scores, cands, mid)) > goal:
+            lo = mid + 1
+        else:
+            hi = mid
+    k = lo
+    if k > 0:
+        over = abs(macs_with(costs, threshold_masks(scores, cands, k - 1)) - goal)
+        under = abs(macs_with(costs, threshold_masks(scores, cands, k)) - goal)
+        if over < under:
+            k -= 1
+    threshold = cands[k - 1][0] if k > 0 else -math.inf
+    return threshold, threshold_masks(scores, cands, k)
+
+
+def choose_masks(model: nn.Module, costs: CostModel, gates: dict[str, list[Site]], criterion: str,
+                 target: float) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Masks (True = keep) of the prunable gates and a summary of how they were chosen."""
+    if criterion == "l1_norm":
+        ratio, masks = bisect_ratio(costs, l1_scores(model, gates), target)
+        info = {"prune/layer_ratio": ratio}
+    elif criterion == "slimming":
+        threshold, masks = bisect_threshold(costs, slimming_scores(model, gates), target)
+        info = {"prune/threshold": threshold if math.isfinite(threshold) else 0.0}
+    else:
+        raise ValueError(f"unknown pruning criterion {criterion!r}; choose l1_norm or slimming")
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    info.update({"prune/target": target, "prune/usage": macs_with(costs, masks) / costs.dense_macs,
+                 "prune/channels_kept": kept / max(1, total)})
+    return masks, info
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Set each gate's logits to +1 (keep) / -1 (removed)."""
+    modules = dict(model.named_modules())
+    for gate, keep in masks.items():
+        logits = modules[gate].logits
+        logits.copy_(torch.where(keep.to(logits.device), LOGIT_ON, LOGIT_OFF).to(logits.dtype))
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def internal_config(cfg: RunConfig) -> RunConfig:
+    """The gated full network with fixed masks: every gate open, sampling hard, no penalty."""
+    inner = copy.deepcopy(cfg)
+    inner.model.gate_channels = True
+    inner.gates.sampling = "hard"
+    inner.gates.seed_fraction, inner.gates.seed_blocks = 1.0, "all"
+    inner.gates.s_on = LOGIT_ON
+    inner.budget.lambda_base = 0.0                       # λ stays 0: no sparsity penalty
+    inner.budget.metric = "macs"                         # budget/usage = hard MACs / dense
+    inner.temperature.beta_final = inner.temperature.beta_0   # β is unused by hard gates
+    inner.train.epochs = max(1, cfg.baseline.pretrain_epochs + cfg.baseline.finetune_epochs)
+    return inner
+
+
+def phase_config(inner: RunConfig, epochs: int, lr: float, warmup: int | None = None) -> RunConfig:
+    """The schedule of one phase: `epochs` epochs at `lr`, the run's LR schedule shape."""
+    phase = copy.deepcopy(inner)
+    phase.train.epochs, phase.train.lr = epochs, lr
+    if warmup is not None:
+        phase.train.warmup_epochs = warmup
+    return phase
+
+
+def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.device,
+                           on_epoch=None, progress: bool = True):
+    from .train import TrainResult, build, evaluate, run_epochs
+
+    b = cfg.baseline
+    inner = internal_config(cfg)
+    model, controller = build(inner, data, device)
+    gates = prunable_gates(model, b.scope)
+    if not gates:
+        raise ConfigError(f"baseline.scope = {b.scope!r}: {cfg.model.name} has no prunable channel "
+                          f"gates in that scope; use scope: all")
+    result = TrainResult(model, controller)
+    if on_epoch is not None:
+        on_epoch(0, {**controller.architecture_stats(), "phase": 0.0}, controller)
+
+    regularizer = None
+    if b.criterion == "slimming" and b.slimming_l1 > 0:
+        regularizer = slimming_regularizer(model, gates, b.slimming_l1)
+    run_epochs(phase_config(inner, b.pretrain_epochs, cfg.train.lr), model, controller, data,
+               device, result, on_epoch, progress, train_masks=False, first_step=1,
+               regularizer=regularizer, extra_stats={"phase": 0.0}, desc=" pretrain")
+
+    masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
+    apply_masks(model, masks)
+    amp = cfg.train.amp and device.type == "cuda"
+    info["prune/val_acc_before_finetune"] = evaluate(model, data.val, amp)[0]
+    run_epochs(phase_config(inner, b.finetune_epochs, b.finetune_lr, warmup=0), model, controller,
+               data, device, result, on_epoch, progress, train_masks=False,
+               first_step=1 + b.pretrain_epochs, extra_stats={"phase": 1.0, **info},
+               desc=" finetune")
+    return result
+
+
+__all__ = ["apply_masks", "bisect_ratio", "bisect_threshold", "choose_masks", "l1_scores",
+           "prunable_gates", "ratio_masks", "slimming_regularizer", "slimming_scores",
+           "threshold_masks", "train_pruning_baseline"]

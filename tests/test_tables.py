@@ -1,0 +1,221 @@
+"""Tables: reference data, the shared writer, and table-cifar / table-ablation end to end on a
+tiny synthetic tracked store in a temporary directory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from analysis import reference, tables
+
+PROFILES = {"tiny": {"seeds": [0], "config": {
+    "data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_val": 32, "batch_size": 32,
+             "image_size": 8, "num_classes": 4},
+    "train": {"epochs": 2, "lr": 0.05, "threads": 1}}}}
+MODEL = "basic3resnet-1-1-1"
+
+
+# -- reference data ------------------------------------------------------------------------------
+
+def test_reference_file_holds_only_confirmed_numbers_with_sources():
+    ref = reference.load()
+    assert list(ref.columns[:len(reference.COLUMNS)]) == reference.COLUMNS
+    assert (ref["source"] != "").all()
+    imagenet = reference.reference("imagenet").set_index("metric")["value"]
+    assert imagenet["top1"] == 75.2 and imagenet["inference_savings"] == 49.7
+    assert imagenet["train_savings"] == 47.4
+    autogrow = reference.reference("autogrow")
+    assert set(autogrow["source"]) == {"Wen et al. 2020"}
+    assert "42-42-42" in set(autogrow["value_text"])
+    cifar = reference.reference("cifar")
+    assert set(cifar["model"]) == {"vgg16", "resnet20", "resnet56"}
+    assert cifar["value"].isna().all()                   # unknown here: blank, never invented
+    assert (cifar["source"] == "paper table (fill in from the PDF)").all()
+
+
+def test_paper_columns_blank_where_blank(tmp_path):
+    path = tmp_path / "ref.csv"
+    pd.DataFrame([
+        ["cifar", "m", "d", "grow", "grow-50", "top1", "91.5", "%", "src A", ""],
+        ["cifar", "m", "d", "grow", "grow-50", "train_savings", "", "%", "src B", ""],
+        ["cifar", "m", "d", "dense", "dense", "top1", "", "%", "src C", ""],
+    ], columns=reference.COLUMNS).to_csv(path, index=False)
+    cols = reference.paper_columns("cifar", tables.METRICS, path).set_index("variant")
+    assert cols.loc["grow-50", "paper_top1"] == 91.5
+    assert math.isnan(cols.loc["grow-50", "paper_train_savings"])
+    assert cols.loc["grow-50", "paper_source"] == "src A"
+    assert math.isnan(cols.loc["dense", "paper_top1"]) and cols.loc["dense", "paper_source"] == ""
+
+
+# -- the shared numbers and writer -----------------------------------------------------------------
+
+def _fake_runs() -> pd.DataFrame:
+    rows = []
+    for seed, acc in ((0, 90.0), (1, 92.0)):
+        rows.append({"run_id": f"dense{seed}", "model": "m", "dataset": "d", "variant": "dense",
+                     "seed": seed, "param.method": "dense", "param.model.width_multiplier": "1.0",
+                     "val/acc": acc, "cost/macs": 100e6, "cost/params": 1e6,
+                     "cost/dense_macs": 100e6, "cost/train_macs_total": 3000.0,
+                     "cost/dense_train_macs_total": 3000.0})
+    rows.append({"run_id": "uni", "model": "m", "dataset": "d", "variant": "uniform-50", "seed": 0,
+                 "param.method": "dense", "param.model.width_multiplier": "0.7", "val/acc": 88.0,
+                 "cost/macs": 49e6, "cost/params": 0.5e6, "cost/dense_macs": 49e6,
+                 "cost/train_macs_total": 1470.0, "cost/dense_train_macs_total": 1470.0})
+    rows.append({"run_id": "l1", "model": "m", "dataset": "d", "variant": "l1-50", "seed": 0,
+                 "param.method": "prune", "param.model.width_multiplier": "1.0",
+                 "param.baseline.criterion": "l1_norm", "param.baseline.prune_target": "0.5",
+                 "val/acc": 89.0, "cost/macs": 50e6, "cost/params": 0.6e6, "cost/dense_macs": 100e6,
+                 "cost/train_macs_total": 3600.0, "cost/dense_train_macs_total": 4500.0})
+    return pd.DataFrame(rows)
+
+
+def test_savings_are_against_the_dense_row_and_seeds_aggregate():
+    per = tables.per_run(_fake_runs()).set_index("run_id")
+    assert per.loc["uni", "kind"] == "uniform" and per.loc["l1", "kind"] == "l1_norm"
+    assert per.loc["uni", "inference_savings"] == pytest.approx(51.0)     # not 0: full-width dense
+    assert per.loc["l1", "train_savings"] == pytest.approx(-20.0)         # pays for pre-training
+    rows = tables.aggregate(tables.per_run(_fake_runs())).set_index("variant")
+    assert rows.loc["dense", "top1_mean"] == 91.0
+    assert rows.loc["dense", "top1_std"] == pytest.approx(np.std([90.0, 92.0], ddof=1))
+    assert rows.loc["dense", "run_ids"] == "dense0;dense1"
+    assert math.isnan(rows.loc["l1-50", "top1_std"])
+    assert tables.mean_std(91.0, 1.41421, "top1") == "91.00 ± 1.41"
+    assert tables.mean_std(89.0, float("nan"), "top1") == "89.00"
+
+
+def test_latex_is_booktabs_and_escaped():
+    display = pd.DataFrame({"variant": ["seed_0.1"], "top-1 (%)": ["90.00 ± 1.00"]})
+    tex = tables.latex(display, 1, comments=["a comment"])
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\midrule" in tex
+    assert r"seed\_0.1" in tex and r"top-1 (\%)" in tex and r"$\pm$" in tex
+    assert "% a comment" in tex
+
+
+# -- end to end --------------------------------------------------------------------------------------
+
+def _experiment(tmp_path, name: str, runs: list[dict], figures: list[str]) -> str:
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump(PROFILES))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "figures": figures,
+                                    "base": {"model": {"name": MODEL}}, "runs": runs}))
+    return str(path)
+
+
+def _store_runs(uri: str) -> dict[str, dict]:
+    from reproduce import tracking
+    c = tracking.client(uri)
+    exp = tracking.experiment_id(c, "tiny", create=False)
+    return {r.info.run_id: r.data for r in c.search_runs([exp], max_results=1000)}
+
+
+@pytest.mark.slow
+def test_table_cifar_end_to_end(tmp_path, monkeypatch, isolated_stores):
+    import analysis
+    from analysis import table_cifar
+
+    prune = {"method": "prune", "baseline": {"criterion": "l1_norm", "prune_target": 0.5,
+                                             "pretrain_epochs": 1, "finetune_epochs": 1}}
+    only_ft = {"method": "prune", "baseline": {"criterion": "l1_norm", "prune_target": 0.5,
+                                               "pretrain_epochs": 0, "finetune_epochs": 1}}
+    two_seeds = {"tiny": {"seeds": [0, 1]}}
+    exp = _experiment(tmp_path, "tiny-cifar", [
+        {"variant": "dense", "config": {"method": "dense"}, "profiles": two_seeds},
+        {"variant": "grow-50", "config": {"method": "grow", "budget": {"target": 0.5}},
+         "profiles": two_seeds},
+        {"variant": "uniform-50", "config": {"method": "dense", "model": {"width_multiplier": 0.7}}},
+        {"variant": "l1-50", "config": prune},
+        {"variant": "l1-50-finetune-only", "config": only_ft},
+    ], ["table-cifar"])
+    ref = tmp_path / "reference.csv"
+    pd.DataFrame([["cifar", MODEL, "synthetic", "grow", "grow-50", "top1", "91.5", "%", "test src", ""],
+                  ["cifar", MODEL, "synthetic", "grow", "grow-50", "params", "", "M", "test src", ""]],
+                 columns=reference.COLUMNS).to_csv(ref, index=False)
+    monkeypatch.setattr(reference, "REFERENCE_FILE", ref)
+    monkeypatch.setattr(table_cifar, "EXPERIMENTS", [exp])
+
+    outputs = analysis.draw("table-cifar", profile="tiny", progress=False)
+    out_dir = tmp_path / "figures"
+    assert {p.name for p in outputs} == {"table-cifar.md", "table-cifar.csv", "table-cifar.tex",
+                                         "table-cifar.runs.json"}
+    assert all(p.parent == out_dir for p in outputs)
+    csv = pd.read_csv(out_dir / "table-cifar.csv", keep_default_na=True).set_index("variant")
+    assert sorted(csv.index) == sorted(["dense", "grow-50", "uniform-50", "l1-50",
+                                        "l1-50-finetune-only"])           # one row per variant
+
+    store = _store_runs(isolated_stores)
+    listed = [i for ids in csv["run_ids"] for i in ids.split(";")]
+    assert sorted(listed) == sorted(store)                                 # exactly the store's runs
+    for variant, row in csv.iterrows():
+        accs = [store[i].metrics["val/acc"] for i in row["run_ids"].split(";")]
+        assert row["top1_mean"] == pytest.approx(np.mean(accs))
+        if len(accs) > 1:
+            assert row["top1_std"] == pytest.approx(np.std(accs, ddof=1))
+        else:
+            assert math.isnan(row["top1_std"])
+        params = [store[i].metrics["cost/params"] / 1e6 for i in row["run_ids"].split(";")]
+        assert row["params_m_mean"] == pytest.approx(np.mean(params))
+    assert csv.loc["dense", "n_seeds"] == 2 and csv.loc["dense", "inference_savings_mean"] == 0
+    dense_train = np.mean([store[i].metrics["cost/train_macs_total"]
+                           for i in csv.loc["dense", "run_ids"].split(";")])
+    grow_id = csv.loc["grow-50", "run_ids"].split(";")[0]
+    l1 = store[csv.loc["l1-50", "run_ids"]].metrics
+    assert csv.loc["l1-50", "train_savings_mean"] == pytest.approx(
+        100 * (1 - l1["cost/train_macs_total"] / dense_train))
+    assert csv.loc["l1-50", "train_savings_mean"] <= csv.loc["l1-50-finetune-only",
+                                                             "train_savings_mean"]
+    assert csv.loc["uniform-50", "inference_savings_mean"] > 30           # against full width
+    assert store[grow_id].metrics["cost/dense_macs"] == pytest.approx(
+        csv.loc["dense", "macs_m_mean"] * 1e6)
+    # paper values: from the reference file, blank where blank
+    assert csv.loc["grow-50", "paper_top1"] == 91.5
+    assert math.isnan(csv.loc["grow-50", "paper_params"])
+    assert math.isnan(csv.loc["dense", "paper_top1"])
+    assert csv.loc["grow-50", "paper_source"] == "test src"
+
+    md = (out_dir / "table-cifar.md").read_text()
+    assert "Profile `tiny`" in md and tables.CONVENTION in md
+    assert all(i in md for i in store)
+    assert "| 91.5 |" in md
+    tex = (out_dir / "table-cifar.tex").read_text()
+    assert r"\toprule" in tex and r"top-1 (\%)" in tex and all(i in tex for i in store)
+
+    # redraw from the store alone
+    again = analysis.draw("table-cifar", profile="tiny", run_missing=False, progress=False)
+    assert (out_dir / "table-cifar.csv").read_text() == again[1].read_text()
+
+
+@pytest.mark.slow
+def test_table_ablation_end_to_end(tmp_path, monkeypatch, isolated_stores):
+    import analysis
+    from analysis import table_ablation
+
+    grow = {"method": "grow", "budget": {"metric": "macs", "target": 0.5}}
+    exp = _experiment(tmp_path, "tiny-ablation", [
+        {"variant": "dense", "config": {"method": "dense"}},
+        {"variant": "prune-from-full",
+         "config": {**grow, "gates": {"seed_fraction": 1.0, "seed_blocks": "all"}}},
+        {"variant": "grow-50", "config": grow},
+        {"variant": "seed-0.5", "config": {**grow, "gates": {"seed_fraction": 0.5}}},
+        {"variant": "sampling-deterministic", "config": {**grow, "gates": {"sampling": "deterministic"}}},
+        {"variant": "no-budget", "config": {**grow, "budget": {"metric": "none"}}},
+    ], ["table-ablation"])
+    monkeypatch.setattr(table_ablation, "EXPERIMENTS", [exp])
+    analysis.draw("table-ablation", profile="tiny", progress=False)
+    out_dir = tmp_path / "figures"
+    csv = pd.read_csv(out_dir / "table-ablation.csv")
+    assert list(csv["variant"]) == ["dense", "grow-50", "sampling-deterministic", "no-budget",
+                                    "seed-0.5", "prune-from-full"]
+    row = csv.set_index("variant")
+    assert row.loc["no-budget", "budget"].startswith("off")
+    assert row.loc["prune-from-full", "start"] == "full network (prune)"
+    assert row.loc["seed-0.5", "start"] == "seed 50 % (grow)"
+    store = _store_runs(isolated_stores)
+    assert sorted(csv["run_ids"]) == sorted(store)
+    for variant, r in row.iterrows():
+        assert r["top1_mean"] == pytest.approx(store[r["run_ids"]].metrics["val/acc"])
+    assert row.loc["dense", "train_savings_mean"] == 0
+    assert (out_dir / "table-ablation.md").exists() and (out_dir / "table-ablation.tex").exists()

@@ -61,6 +61,7 @@ class GateConfig:
     seed_selection: str = field(default="first", metadata=choice("first", "random"))
     s_on: float = 0.5               # initial logit of seed structures
     s_off: float = -0.1             # initial logit of the rest; near 0 lets sampling explore early
+    min_channels: int = 1           # channels every channel gate keeps on (0 allows zero-width layers)
     mask_lr: float = 0.1            # mask logits: own SGD, no weight decay, same LR schedule
     mask_momentum: float = 0.9
 
@@ -219,6 +220,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
         ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),
+        ("gates.min_channels", cfg.gates.min_channels >= 0, ">= 0"),
     ]
     for path, ok, expected in rules:
         if not ok:

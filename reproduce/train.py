@@ -59,7 +59,7 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> tuple[nn.Mo
     controller = GrowthController(
         model, (data.in_channels, data.image_size, data.image_size), epochs=cfg.train.epochs,
         sampling=g.sampling, seed_fraction=g.seed_fraction, seed_blocks=g.seed_blocks,
-        seed_selection=g.seed_selection, s_on=g.s_on, s_off=g.s_off,
+        seed_selection=g.seed_selection, s_on=g.s_on, s_off=g.s_off, min_channels=g.min_channels,
         temperature=t.schedule, beta_0=t.beta_0, beta_final=t.beta_final, beta_decay=t.decay,
         budget=b.metric, target=b.target, lambda_base=b.lambda_base, usage=b.usage, cost=b.cost,
         normalize=b.normalize, growth_push=b.growth_push, seed=cfg.seed)
@@ -134,6 +134,7 @@ def run_epochs(cfg: RunConfig, model: nn.Module, controller: GrowthController, d
 
     bar = _progress(range(tc.epochs), progress, cfg, desc)
     for epoch in bar:
+        controller.start_epoch()
         model.train()
         start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)

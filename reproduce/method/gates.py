@@ -27,12 +27,15 @@ SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic", "hard")
 class Gate(nn.Module):
     """n gated structures with logits s and temperatures β (β is a buffer, moved by schedules)."""
 
-    def __init__(self, n: int, sampling: str = "bernoulli"):
+    def __init__(self, n: int, sampling: str = "bernoulli", min_active: int = 0):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(n))
         self.register_buffer("beta", torch.ones(n))
         self.register_buffer("sample", torch.ones(n))   # the current q, redrawn every iteration
         self.sampling = sampling
+        # at least this many structures stay on (the highest logits), in the hard architecture and
+        # in every sample: a gate that closes completely can disconnect the whole network
+        self.min_active = min(min_active, n)
 
     @property
     def n(self) -> int:
@@ -42,11 +45,14 @@ class Gate(nn.Module):
         return torch.sigmoid(self.beta * self.logits)
 
     def hard(self) -> Tensor:
-        return (self.logits > 0).to(self.logits.dtype)
+        h = (self.logits > 0).to(self.logits.dtype)
+        if self.min_active:          # no branch on the values: no device sync
+            h = h.index_fill(0, self.logits.detach().topk(self.min_active).indices, 1.0)
+        return h
 
     def active_indices(self) -> Tensor:
         """Indices of the structures that are on in the hard architecture."""
-        return torch.nonzero(self.logits.detach() > 0).flatten()
+        return torch.nonzero(self.hard().detach() > 0).flatten()
 
     def value(self) -> Tensor:
         if not self.training or self.sampling == "hard":
@@ -99,9 +105,14 @@ def sample_gates(gates: Iterable[Gate], generator: torch.Generator) -> None:
     if not gates:
         return
     p = torch.cat([g.probs().detach().float().to(generator.device) for g in gates])
+    if not torch.isfinite(p).all():
+        raise FloatingPointError("gate probabilities are not finite: training diverged. Lower "
+                                 "train.lr or gates.mask_lr, or raise gates.min_channels.")
     q = torch.bernoulli(p, generator=generator)
-    for g, chunk in zip(gates, q.split([g.n for g in gates])):
-        g.sample.copy_(chunk.to(g.sample.device))
+    for g, q_g, p_g in zip(gates, q.split([g.n for g in gates]), p.split([g.n for g in gates])):
+        if g.min_active and q_g.sum() < g.min_active:
+            q_g = q_g.index_fill(0, p_g.topk(g.min_active).indices, 1.0)
+        g.sample.copy_(q_g.to(g.sample.device))
 
 
 @torch.no_grad()

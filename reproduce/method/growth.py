@@ -2,12 +2,13 @@
 
     controller = GrowthController(model, input_shape=(3, 32, 32), epochs=160, ...)
     for epoch in range(epochs):
+        controller.start_epoch()                      # temperature schedule (from epoch 2 on)
         for x, y in data:
             controller.sample()                       # q ~ Bernoulli(σ(β·s)), once per iteration
             loss = task_loss(model(x), y) + controller.penalty()
             loss.backward(); opt_weights.step(); opt_masks.step()
             controller.after_step(batch_size)         # budget λ, training-cost accounting
-        controller.end_epoch()                        # temperature schedule
+        controller.end_epoch()                        # costs and channel ratios of the epoch
 
 Objective: task loss + λ_t · Σ_i w_i·p_i with p_i = σ(β_i·s_i) and w_i the cost of structure i
 normalised by the mean structure cost (or by the dense total). While pruning (λ > 0) the weights
@@ -52,6 +53,7 @@ class GrowthController:
                  sampling: str = "bernoulli",
                  seed_fraction: float = 0.25, seed_blocks: str = "one_per_stage",
                  seed_selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
+                 min_channels: int = 1,
                  temperature: str = "global", beta_0: float = 1.0, beta_final: float = 200.0,
                  beta_decay: float = 0.9,
                  budget: str = "macs", target: float = 0.5, lambda_base: float = 0.05,
@@ -62,7 +64,11 @@ class GrowthController:
         self.gates = [g for _, g in self.named_gates]
         self._by_name = dict(self.named_gates)
         set_sampling(model, sampling)
+        for g in self.gates:
+            if isinstance(g, ChannelGate):
+                g.min_active = min(min_channels, g.n)
         self.sampling = sampling
+        self.epochs_started = 0
         self.generator = torch.Generator().manual_seed(seed)   # same stream on every rank
         init_seed(self.named_gates, seed_fraction, seed_blocks, seed_selection, s_on, s_off,
                   torch.Generator().manual_seed(seed + 1))
@@ -124,13 +130,18 @@ class GrowthController:
         return params / self.costs.dense_params if use_params else macs / self.costs.dense_macs
 
     # -- per epoch ----------------------------------------------------------------------------
+    def start_epoch(self) -> None:
+        """Open an epoch: β advances between epochs (so the last epoch trains at β_T)."""
+        if self.epochs_started:
+            self.temperature.step()
+        self.epochs_started += 1
+
     def end_epoch(self) -> dict[str, float]:
-        """Close the epoch: summary of the hard architecture and costs, then advance β."""
+        """Close the epoch: the hard architecture, its costs and the β it trained with."""
         self.train_macs_total += self.train_macs_epoch
         stats = self.architecture_stats()
         stats["cost/train_macs"] = self.train_macs_epoch
         self.train_macs_epoch = 0.0
-        self.temperature.step()
         return stats
 
     def architecture_stats(self) -> dict[str, float]:
@@ -167,7 +178,7 @@ class GrowthController:
             out["kind"] += ["block" if isinstance(g, BlockGate) else "channel"] * n
             out["beta"] += g.beta.detach().cpu().tolist()
             out["logit"] += g.logits.detach().cpu().tolist()
-            out["active"] += (g.logits.detach() > 0).cpu().tolist()
+            out["active"] += (g.hard().detach() > 0).cpu().tolist()
         return out
 
     # -- helpers ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
   separate_decayed  as separate, and β_i ← max(β_0, δ·β_i) in epochs where it was inactive
 
 "Active in an epoch" = on in the hard architecture at the end of that epoch [ours].
+`step()` is called between epochs (GrowthController.start_epoch), never after the last one, so β
+reaches β_T exactly in the final epoch.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ class TemperatureSchedule:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Call once at the end of every epoch."""
+        """Advance β by one epoch (call between epochs)."""
         self.epoch += 1
         for g in self.gates:
             if self.schedule == "global":
                 g.beta.fill_(self.beta_0 * self.gamma ** self.epoch)
                 continue
-            active = g.logits > 0
+            active = g.hard() > 0
             grown = g.beta * self.gamma
             if self.schedule == "separate":
                 g.beta.copy_(torch.where(active, grown, g.beta))

@@ -1,0 +1,109 @@
+"""Training-step cost of the method against the dense model, measured in the same process.
+
+    python bench/bench_step.py [--model resnet20] [--batch 128] [--size 32] [--device auto]
+
+Reports the median time of one optimisation step for
+  dense      the model without gates (the baseline every ratio is relative to)
+  gated      the method's full step: sample gates, forward, penalty, backward, two optimizers,
+             budget update and training-cost accounting
+  bookkeep   only the method's per-iteration Python work (sample + penalty + after_step)
+  compact    the exported model of a 50 %-MACs architecture (what physical restructuring buys)
+Ratios, not absolute times, are the result: they transfer across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from reproduce.method import GrowthController, export
+from reproduce.models import create_model
+
+
+def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+
+    dense = create_model(args.model, gate_channels=False).to(device)
+    opt_d = torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9)
+
+    def dense_step():
+        loss = F.cross_entropy(dense(x), y)
+        opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_d.step()
+
+    gated = create_model(args.model).to(device)
+    grow = GrowthController(gated, (3, args.size, args.size), epochs=10, target=0.5)
+    opt_w = torch.optim.SGD(grow.weight_parameters(), lr=0.01, momentum=0.9)
+    opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.01, momentum=0.9)
+
+    def gated_step():
+        grow.sample()
+        loss = F.cross_entropy(gated(x), y) + grow.penalty()
+        opt_w.zero_grad(set_to_none=True)
+        opt_m.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_w.step()
+        opt_m.step()
+        grow.after_step(args.batch)
+
+    def bookkeeping():
+        grow.sample()
+        grow.penalty()
+        grow.after_step(args.batch)
+
+    with torch.no_grad():        # a hard architecture near half the dense MACs
+        for g in grow.gates:
+            g.logits.uniform_(-1, 1)
+    compact = export(gated).train()
+    opt_c = torch.optim.SGD(compact.parameters(), lr=0.01, momentum=0.9)
+
+    def compact_step():
+        loss = F.cross_entropy(compact(x), y)
+        opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_c.step()
+
+    gated.train()
+    results = {name: timed(fn, device, 3, args.repeats) for name, fn in
+               [("dense", dense_step), ("gated", gated_step), ("bookkeep", bookkeeping),
+                ("compact", compact_step)]}
+    usage = grow.costs.hard()[0] / grow.costs.dense_macs
+    print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, {device} "
+          f"({torch.get_num_threads()} threads); compact model at {usage:.2f} of dense MACs")
+    for name, t in results.items():
+        print(f"  {name:9s} {1e3 * t:8.2f} ms/step   {t / results['dense']:5.2f} x dense")
+
+
+if __name__ == "__main__":
+    main()

@@ -67,19 +67,26 @@ class RunStopped(Exception):
         self.run_id: str | None = None
 
 
-def experiment_path(name_or_path: str) -> Path:
+def find_yaml(name_or_path: str, what: str = "experiment",
+              accept: Callable[[Path], bool] | None = None) -> Path:
+    """A YAML path, or a name in experiments/; a miss lists the known names of that kind."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.exists():
         return p
     candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
         return candidate
-    known = sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml") if q.name != PROFILES_FILE)
-    raise ConfigError(f"experiment {name_or_path!r} not found (looked for {p} and {candidate}); "
-                      f"known experiments: {', '.join(known)}")
+    known = sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml")
+                   if q.name != PROFILES_FILE and (accept is None or accept(q)))
+    raise ConfigError(f"{what} {name_or_path!r} not found (looked for {p} and {candidate}); "
+                      f"known {what}s: {', '.join(known) or 'none'}")
 
 
-def _load_yaml(path: Path) -> dict:
+def experiment_path(name_or_path: str) -> Path:
+    return find_yaml(name_or_path, "experiment")
+
+
+def load_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -97,7 +104,7 @@ def _check_keys(where: str, data: dict, allowed: set[str]) -> None:
 
 def load_profiles(directory: Path) -> dict:
     path = directory / PROFILES_FILE
-    profiles = _load_yaml(path) if path.exists() else {}
+    profiles = load_yaml(path) if path.exists() else {}
     for name, body in profiles.items():
         _check_keys(f"{path}: profile {name!r}", body or {}, PROFILE_KEYS)
     return profiles
@@ -107,7 +114,7 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
          only: list[str] | None = None) -> list[PlannedRun]:
     """Every run an experiment file declares for a profile, fully resolved and validated."""
     path = experiment_path(str(path))
-    exp = _load_yaml(path)
+    exp = load_yaml(path)
     if "space" in exp and "objectives" in exp:
         raise ConfigError(f"{path} is a search spec, not an experiment file; run it with "
                           f"`python -m reproduce search {path.stem}` (make search SEARCH={path.stem})")

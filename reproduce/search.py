@@ -174,16 +174,8 @@ class SearchSpec:
 
 
 def spec_path(name_or_path: str) -> Path:
-    from .runner import EXPERIMENTS_DIR
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p
-    candidate = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
-    if candidate.exists():
-        return candidate
-    known = sorted(q.stem for q in EXPERIMENTS_DIR.glob("*.yaml") if _is_spec(q))
-    raise ConfigError(f"search spec {name_or_path!r} not found (looked for {p} and {candidate}); "
-                      f"known search specs: {', '.join(known) or 'none'}")
+    from .runner import find_yaml
+    return find_yaml(name_or_path, "search spec", accept=_is_spec)
 
 
 def spec_ref(spec: "SearchSpec") -> str:
@@ -350,15 +342,10 @@ def load_spec(name_or_path: str, profile: str = "smoke", trials: int | None = No
     """Read and validate a search spec for a profile; every error names the file, key and fix."""
     import optuna
 
-    from .runner import EXPERIMENT_KEYS, experiment_path, plan
+    from .runner import EXPERIMENT_KEYS, experiment_path, load_yaml, plan
 
     path = spec_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = load_yaml(path)
     if "space" not in data and set(data) <= EXPERIMENT_KEYS:
         raise ConfigError(f"{path} is an experiment file, not a search spec (it has no `space`); "
                           f"run it with `python -m reproduce run {path}`")
@@ -1202,9 +1189,9 @@ def _fmt(v: Any) -> str:
 
 def write_best(spec: SearchSpec, study, trial, out_path: Path | None = None) -> Path:
     """The trial as a normal experiment file that `python -m reproduce run` trains (or reuses)."""
-    from .runner import EXPERIMENTS_DIR, _load_yaml, plan
+    from .runner import EXPERIMENTS_DIR, load_yaml, plan
 
-    base_exp = _load_yaml(spec.base)
+    base_exp = load_yaml(spec.base)
     runs = base_exp.get("runs") or [{"variant": "grow"}]
     run = next((r for r in runs if str(r.get("variant")) == spec.variant), runs[0]) \
         if spec.variant else runs[0]

@@ -83,3 +83,12 @@ def test_temperature_trace_and_metric_agree_and_end_at_beta_final():
         assert metric == pytest.approx(trace), step
     assert seen[epochs][0] == pytest.approx(beta_final)
     assert seen[0][0] == pytest.approx(1.0)
+
+
+def test_a_model_without_gates_reports_no_budget_pressure():
+    model = create_model("vgg11", in_channels=1, gate_channels=False)
+    grow = GrowthController(model, (1, 8, 8), epochs=2, lambda_base=float(torch.rand(()) + 0.1))
+    grow.after_step(8)
+    stats = grow.end_epoch()
+    assert stats["budget/lambda"] == 0.0 and stats["budget/usage"] == pytest.approx(1.0)
+    assert float(grow.penalty()) == 0.0

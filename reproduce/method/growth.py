@@ -75,7 +75,9 @@ class GrowthController:
         self.costs = CostModel(model, input_shape)
         self.temperature = TemperatureSchedule(self.gates, temperature, beta_0, beta_final, epochs,
                                                beta_decay)
-        self.budget = BudgetController(budget, target, lambda_base)
+        # a model without gates (the dense baseline) has nothing to push: λ stays 0
+        self.budget = BudgetController(budget if self.gates else "none", target,
+                                       lambda_base if self.gates else 0.0)
         self.usage_mode, self.growth_push = usage, growth_push
         self.cost_weights, self.uniform_weights = self._penalty_weights(cost, normalize, budget)
         self.train_macs_epoch = 0.0

@@ -74,10 +74,18 @@ class CostModel:
         return macs, params
 
     def hard_state(self) -> dict[str, Tensor]:
-        return {n: g.hard().detach().cpu() for n, g in self.gates.items()}
+        return self._on_cpu({n: g.hard().detach() for n, g in self.gates.items()})
 
     def sampled_state(self) -> dict[str, Tensor]:
-        return {n: g.sample.detach().cpu() for n, g in self.gates.items()}
+        return self._on_cpu({n: g.sample.detach() for n, g in self.gates.items()})
+
+    @staticmethod
+    def _on_cpu(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One device-to-host copy for all gates (called every iteration by the controller)."""
+        if not state:
+            return {}
+        flat = torch.cat(list(state.values())).cpu()
+        return dict(zip(state, flat.split([v.numel() for v in state.values()])))
 
     def prob_state(self) -> dict[str, Tensor]:
         return {n: g.probs() for n, g in self.gates.items()}

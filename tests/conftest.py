@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 # A run small enough for tests: synthetic 8x8 data, a few epochs, one thread.
@@ -28,3 +30,13 @@ def tiny():
     """Overrides that shrink any experiment to seconds (a fresh deep copy per test)."""
     import copy
     return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def fresh_seed():
+    """Fresh random inputs every run; the seed is printed so a failure can be replayed."""
+    import torch
+    seed = random.SystemRandom().randrange(2**31)
+    print(f"torch seed {seed}")
+    torch.manual_seed(seed)
+    return seed

@@ -3,7 +3,6 @@ PyTorch's own FLOP counter, and the exported compact model against the gated one
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -15,12 +14,7 @@ from reproduce.method.gates import BlockGate, ChannelGate, Gate, gates_of
 from reproduce.models import compact_checkpoint, create_model, load_compact
 
 
-@pytest.fixture(autouse=True)
-def fresh_seed():
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"torch seed {seed}")
-    torch.manual_seed(seed)
-    return seed
+pytestmark = pytest.mark.usefixtures("fresh_seed")
 
 
 def measured_macs(model: nn.Module, shape) -> float:

@@ -17,13 +17,7 @@ from reproduce.method.temperature import SCHEDULES
 from reproduce.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def fresh_seed():
-    seed = random.SystemRandom().randrange(2**31)
-    print(f"torch seed {seed}")
-    torch.manual_seed(seed)
-    random.seed(seed)
-    return seed
+pytestmark = pytest.mark.usefixtures("fresh_seed")
 
 
 def small_resnet(gate_blocks=True):

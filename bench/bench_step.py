@@ -53,14 +53,18 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
 
-    dense = create_model(args.model, gate_channels=False).to(device)
-    opt_d = torch.optim.SGD(dense.parameters(), lr=0.01, momentum=0.9)
+    def plain_step(model):
+        """One SGD step of an ordinary (gate-free) model."""
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def dense_step():
-        loss = F.cross_entropy(dense(x), y)
-        opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_d.step()
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    dense_step = plain_step(create_model(args.model, gate_channels=False).to(device))
 
     gated = create_model(args.model).to(device)
     grow = GrowthController(gated, (3, args.size, args.size), epochs=10, target=0.5)
@@ -82,17 +86,10 @@ def main() -> None:
         grow.penalty()
         grow.after_step(args.batch)
 
-    with torch.no_grad():        # a hard architecture near half the dense MACs
+    with torch.no_grad():        # a random hard architecture (about a quarter of dense MACs)
         for g in grow.gates:
             g.logits.uniform_(-1, 1)
-    compact = export(gated).train()
-    opt_c = torch.optim.SGD(compact.parameters(), lr=0.01, momentum=0.9)
-
-    def compact_step():
-        loss = F.cross_entropy(compact(x), y)
-        opt_c.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_c.step()
+    compact_step = plain_step(export(gated).train())
 
     gated.train()
     results = {name: timed(fn, device, 3, args.repeats) for name, fn in

@@ -6,6 +6,7 @@ core never imports this module.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import time
@@ -40,13 +41,20 @@ def _artifact_root(uri: str) -> str | None:
 
 
 def client(uri: str | None = None):
-    """An MlflowClient on a store that answers, or StoreError naming the store and the fix."""
+    """An MlflowClient on a store that answers, or StoreError naming the store and the fix.
+
+    One checked client per store and process: analysis asks for it once per run and artifact.
+    """
+    return _client(uri or tracking_uri())
+
+
+@functools.lru_cache(maxsize=8)
+def _client(uri: str):
     import logging
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    uri = uri or tracking_uri()
     if uri.startswith("sqlite:///"):
         parent = Path(uri[len("sqlite:///"):]).resolve().parent
         if not parent.is_dir():

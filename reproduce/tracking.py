@@ -1,7 +1,7 @@
 """MLflow at the edge: where runs are stored, how they are found again, how epochs are logged.
 
-The tracking contract (DESIGN.md) lives here: tag names, metric names, artifact paths. The method
-core never imports this module.
+The names runs are tracked under (tags, metrics, artifacts) live in `contract.py`; this module
+opens stores and writes to them. The method core never imports it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ from typing import Iterable
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_PREFIX = "reproduce"
 
-# Tag names analysis relies on (keep stable, add freely).
-TAGS = ("model", "dataset", "profile", "variant", "seed", "figures", "config_hash", "git_commit",
-        "experiment")
-ARTIFACT_CONFIG = "config.yaml"
-ARTIFACT_ARCH = "architecture.json"
-ARTIFACT_TRACES = "traces/structures.csv.gz"
-ARTIFACT_MODEL = "model/compact.pt"
+from .contract import ARTIFACT_ARCH, ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_TRACES, TAGS  # noqa: F401
 
 
 class StoreError(RuntimeError):

@@ -52,7 +52,8 @@ def canonical(target: str) -> str:
 def draw(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,
          overrides: dict | None = None, out_dir: Path | None = None, progress: bool = True,
          uri: str | None = None) -> list[Path]:
-    from reproduce.runner import plan, run_experiment
+    from reproduce.experiments import plan
+    from reproduce.runner import run_experiment
 
     from .runs import load_runs
 

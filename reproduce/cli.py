@@ -67,7 +67,7 @@ def cmd_list(args) -> int:
         from .models import available_models
         print("\n".join(available_models()))
     elif args.what == "experiments":
-        from .runner import EXPERIMENTS_DIR, PROFILES_FILE
+        from .experiments import EXPERIMENTS_DIR, PROFILES_FILE
         files = [p for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")) if p.name != PROFILES_FILE]
         searches = [p.stem for p in files if p.stem.startswith("search-") and
                     not p.stem.endswith("-best")]

@@ -17,7 +17,7 @@ def main(profile: str = "smoke", force: bool = False) -> int:
     outputs += draw("figure-9", profile=profile, run_missing=False)
 
     from analysis.runs import load_runs
-    from .runner import plan
+    from .experiments import plan
     runs = load_runs(profile, {p.hash for p in plan("figure-7", profile)})
     r = runs.iloc[0]
     print("\nSummary (" + ", ".join(f"run {x}" for x in runs["run_id"]) + ")")

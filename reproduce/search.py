@@ -24,7 +24,7 @@ config fields:
     profiles:                       # optional per-profile changes
       smoke: {trials: 8, set: {train: {epochs: 12}}}
 
-A trial is the base run resolved through `runner.plan` with the sampled values as the
+A trial is the base run resolved through `experiments.plan` with the sampled values as the
 highest-precedence overrides, trained and tracked by `runner.train_tracked` as a normal run, nested
 under the study's MLflow parent run. See docs/SEARCH.md for usage, workers and storage.
 """
@@ -174,13 +174,13 @@ class SearchSpec:
 
 
 def spec_path(name_or_path: str) -> Path:
-    from .runner import find_yaml
+    from .experiments import find_yaml
     return find_yaml(name_or_path, "search spec", accept=_is_spec)
 
 
 def spec_ref(spec: "SearchSpec") -> str:
     """How to name the spec on the command line: its name in experiments/, else its path."""
-    from .runner import EXPERIMENTS_DIR
+    from .experiments import EXPERIMENTS_DIR
     return spec.path.stem if spec.path.resolve().parent == EXPERIMENTS_DIR.resolve() \
         else str(spec.path)
 
@@ -342,7 +342,7 @@ def load_spec(name_or_path: str, profile: str = "smoke", trials: int | None = No
     """Read and validate a search spec for a profile; every error names the file, key and fix."""
     import optuna
 
-    from .runner import EXPERIMENT_KEYS, experiment_path, load_yaml, plan
+    from .experiments import EXPERIMENT_KEYS, experiment_path, load_yaml, plan
 
     path = spec_path(name_or_path)
     data = load_yaml(path)
@@ -706,7 +706,7 @@ def _parent_run(c, exp_id: str, study, spec: SearchSpec, url: str, created: bool
     if found:
         run_id = found[0].info.run_id
     else:
-        from .runner import plan
+        from .experiments import plan
         base_cfg = plan(spec.base, spec.profile, spec.fixed,
                         [spec.variant] if spec.variant else None)[0].cfg
         tags = {"run_kind": "search", "search": spec.name, "optuna.study_name": spec.study_name,
@@ -833,7 +833,8 @@ class TrialObjective:
         import optuna
         from optuna.trial import TrialState
 
-        from .runner import RunStopped, plan, train_tracked
+        from .experiments import plan
+        from .runner import RunStopped, train_tracked
 
         spec, c = self.spec, self.c
         self.last_trial_number = trial.number
@@ -1189,7 +1190,7 @@ def _fmt(v: Any) -> str:
 
 def write_best(spec: SearchSpec, study, trial, out_path: Path | None = None) -> Path:
     """The trial as a normal experiment file that `python -m reproduce run` trains (or reuses)."""
-    from .runner import EXPERIMENTS_DIR, load_yaml, plan
+    from .experiments import EXPERIMENTS_DIR, load_yaml, plan
 
     base_exp = load_yaml(spec.base)
     runs = base_exp.get("runs") or [{"variant": "grow"}]
@@ -1327,7 +1328,7 @@ def cmd_search_best(args) -> int:
     values = ", ".join(f"{o.metric} = {_fmt(v)}" for o, v in zip(spec.objectives, trial.values))
     print(f"trial {trial.number} ({values}): "
           + ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items()))
-    from .runner import EXPERIMENTS_DIR
+    from .experiments import EXPERIMENTS_DIR
     how = (f"make run EXP={path.stem} PROFILE={spec.profile}"
            if path.resolve().parent == EXPERIMENTS_DIR.resolve()
            else f"python -m reproduce run {path} --profile {spec.profile}")

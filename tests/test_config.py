@@ -9,7 +9,7 @@ import yaml
 
 from reproduce.config import (ConfigError, RunConfig, config_hash, flatten, parse_overrides, resolve,
                               to_dict, unflatten)
-from reproduce.runner import plan
+from reproduce.experiments import plan
 
 
 def write_experiment(tmp_path, body: dict, profiles: dict | None = None):
@@ -100,7 +100,7 @@ def test_flatten_roundtrip():
 
 def test_every_shipped_experiment_resolves():
     """Every experiment file in experiments/ is valid for every profile it can run under."""
-    from reproduce.runner import EXPERIMENTS_DIR, PROFILES_FILE, load_profiles
+    from reproduce.experiments import EXPERIMENTS_DIR, PROFILES_FILE, load_profiles
 
     profiles = load_profiles(EXPERIMENTS_DIR)
     files = [p for p in EXPERIMENTS_DIR.glob("*.yaml")

@@ -22,7 +22,7 @@ import analysis
 from analysis import style
 from analysis.variants import si_scale
 from reproduce import tracking
-from reproduce.runner import plan
+from reproduce.experiments import plan
 from reproduce.train import TrainResult, build
 
 

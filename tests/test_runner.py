@@ -10,7 +10,8 @@ import torch
 
 from reproduce import tracking
 from reproduce.config import ConfigError
-from reproduce.runner import plan, run_experiment
+from reproduce.experiments import plan
+from reproduce.runner import run_experiment
 
 
 def runs_of(profile: str = "smoke"):

@@ -19,7 +19,7 @@ import yaml
 from reproduce import search, tracking
 from reproduce.cli import main
 from reproduce.config import ConfigError
-from reproduce.runner import EXPERIMENTS_DIR, plan
+from reproduce.experiments import EXPERIMENTS_DIR, plan
 
 REPO = Path(__file__).resolve().parents[1]
 

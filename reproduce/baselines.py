@@ -39,14 +39,14 @@ from torch import Tensor, nn
 
 from .config import ConfigError, RunConfig
 from .data import DataBundle
-from .method import ChannelGate, CostModel, Site
+from .method import ChannelGate, CostModel, GatedModel, Site
 
 LOGIT_ON, LOGIT_OFF = 1.0, -1.0
 
 
 # -- what can be pruned ------------------------------------------------------------------------
 
-def prunable_gates(model: nn.Module, scope: str = "auto") -> dict[str, list[Site]]:
+def prunable_gates(model: GatedModel, scope: str = "auto") -> dict[str, list[Site]]:
     """Channel gates in scope -> the sites (conv + BN) writing their channels."""
     writers: dict[str, list[Site]] = {}
     for site in model.sites():
@@ -55,7 +55,7 @@ def prunable_gates(model: nn.Module, scope: str = "auto") -> dict[str, list[Site
     modules = dict(model.named_modules())
     channel = {n: s for n, s in writers.items() if isinstance(modules.get(n), ChannelGate)}
     if scope == "auto":
-        scope = "inner" if list(getattr(model, "residual_blocks", list)()) else "all"
+        scope = "inner" if any(s.role == "inner" for s in model.sites()) else "all"
     if scope == "inner":
         return {n: s for n, s in channel.items() if len(s) == 1}
     if scope == "all":

@@ -146,7 +146,7 @@ def _log_final_artifacts(c, run_id: str, result, traces: list[dict]) -> None:
     import torch
 
     from .method import architecture_summary, export
-    from .models import compact_checkpoint
+    from .checkpoint import compact_checkpoint
 
     model, controller = result.model, result.controller
     arch = architecture_summary(model)

@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from reproduce.method import CostModel, architecture_summary, export, hard_architecture
 from reproduce.method.gates import BlockGate, ChannelGate, Gate, gates_of
-from reproduce.models import compact_checkpoint, create_model, load_compact
+from reproduce.checkpoint import compact_checkpoint, load_compact
+from reproduce.models import create_model
 
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
@@ -115,8 +116,7 @@ def _check_export(model, shape, tmp_path=None):
     # the compact model describes itself with the same cost
     own = CostModel(compact, shape)
     assert (own.dense_macs, own.dense_params) == (macs, params)
-    assert len(getattr(compact, "residual_blocks", list)()) == \
-        len(getattr(model, "residual_blocks", list)()) - len(hard_architecture(model)[1])
+    assert len(compact.blocks()) == len(model.blocks()) - len(hard_architecture(model)[1])
     # (c) same outputs as the gated model with hard gates
     model.eval()
     x = torch.randn(5, *shape)
@@ -146,11 +146,19 @@ def _check_export(model, shape, tmp_path=None):
         if not inside_removed:
             mod = mods[site.name]
             assert (mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features) == active
-    blocks = getattr(model, "residual_blocks", list)()
-    assert removed == {b for b, _, g in blocks if g is not None and named[g].logits.item() <= 0}
-    for stage in {s for _, s, _ in blocks}:
-        expected = sum(1 for b, s, _ in blocks if s == stage and b not in removed)
+    blocks = model.blocks()
+    assert removed == {b.name for b in blocks if b.gate is not None
+                       and named[b.gate].logits.item() <= 0}
+    for stage in {b.stage for b in blocks}:
+        expected = sum(1 for b in blocks if b.stage == stage and b.name not in removed)
         assert summary["depths"][f"stage{stage}"] == expected
+    sites = {s.name: s for s in model.sites()}
+    for layer, info in summary["layers"].items():    # stage and role, so figures parse no names
+        assert (info["stage"], info["role"]) == (sites[layer].stage, sites[layer].role)
+        assert info["width"] == summary["widths"][layer]
+        mod = dict(model.named_modules())[layer]
+        assert info["dense_width"] == (mod.out_channels if isinstance(mod, nn.Conv2d)
+                                       else mod.out_features)
     assert summary["removed_blocks"] == sorted(removed)
     assert summary["block_gates"] == sum(isinstance(g, BlockGate) for g in named.values())
     return compact

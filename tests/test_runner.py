@@ -66,7 +66,7 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert (traces.groupby("epoch")["gate"].count().nunique()) == 1   # every structure, every epoch
 
     from reproduce.data import build_data
-    from reproduce.models import load_compact
+    from reproduce.checkpoint import load_compact
     from reproduce.train import evaluate
     cfg = plan("figure-7", "smoke", tiny)[0].cfg
     compact = load_compact(c.download_artifacts(run_id, tracking.ARTIFACT_MODEL))

@@ -6,7 +6,8 @@ Convention (stated in every output): only conv and linear layers count. A conv c
 times the state of the block that contains it (0 when the block is removed). FLOPs = 2 × MACs.
 BatchNorm, activations, pooling and additions are not counted.
 
-A model describes its layers as `Site`s: which channel gate feeds a layer's input channels, which
+A model describes its layers as `Site`s (method/structure.py): which channel gate feeds a layer's
+input channels, which
 one gates its outputs, and which block gate (if any) contains it. The counter takes, for each gate,
 a vector of per-structure states: the hard gates (inference architecture), the sampled q
 (training architecture of one iteration), or the probabilities p (expected cost, differentiable).
@@ -20,18 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .gates import ChannelGate, Gate
-
-
-@dataclass(frozen=True)
-class Site:
-    """One conv or linear layer whose cost depends on gates."""
-    name: str                   # module path of the conv / linear layer
-    in_gate: str | None         # channel gate on its input channels (None: fixed width)
-    out_gate: str | None        # channel gate on its output channels (None: fixed width)
-    block: str | None = None    # block gate of the residual branch containing it
-    bn: str | None = None       # BatchNorm right after it (sliced with the outputs on export)
-    stage: int = 0
-    depthwise: bool = False
+from .structure import Block, GatedModel, Site
 
 
 @dataclass(frozen=True)
@@ -46,14 +36,13 @@ class _Shape:
 class CostModel:
     """Counts params and MACs of a gated model for any assignment of gate states."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int]):
+    def __init__(self, model: GatedModel, input_shape: tuple[int, ...]):
         self.sites: list[Site] = list(model.sites())
         modules = dict(model.named_modules())
         self.gates: dict[str, Gate] = {n: m for n, m in modules.items() if isinstance(m, Gate)}
         self.shapes = _measure(model, [modules[s.name] for s in self.sites], input_shape)
         self.stage_of = _gate_stages(self.sites)
-        # residual blocks as (module path, stage, block gate or None when always on)
-        self.blocks: list[tuple[str, int, str | None]] = list(getattr(model, "residual_blocks", list)())
+        self.blocks: list[Block] = list(model.blocks())
         dense = self.count({})
         self.dense_macs, self.dense_params = float(dense[0]), float(dense[1])
 
@@ -156,9 +145,9 @@ class CostModel:
                 on[k] = on.get(k, 0.0) + float(state[name].sum())
                 total[k] = total.get(k, 0.0) + gate.n
         out = {f"channels/stage{k}": on[k] / total[k] for k in sorted(total)}
-        for name, stage, gate in self.blocks:
-            on_ = 1.0 if gate is None else float(state[gate].sum())
-            out[f"blocks/stage{stage}"] = out.get(f"blocks/stage{stage}", 0.0) + on_
+        for b in self.blocks:
+            on_ = 1.0 if b.gate is None else float(state[b.gate].sum())
+            out[f"blocks/stage{b.stage}"] = out.get(f"blocks/stage{b.stage}", 0.0) + on_
         return out
 
 

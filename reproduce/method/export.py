@@ -12,25 +12,25 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .costs import Site
 from .gates import BlockGate, ChannelGate, gates_of
+from .structure import GatedModel, Site, inside
 
 
-def hard_architecture(model: nn.Module) -> tuple[dict[str, Tensor], set[str]]:
+def hard_architecture(model: GatedModel) -> tuple[dict[str, Tensor], set[str]]:
     """Active channel indices of every channel gate, and the names of removed blocks."""
     keep, removed = {}, set()
     gates = dict(gates_of(model))
     for name, gate in gates.items():
         if isinstance(gate, ChannelGate):
             keep[name] = gate.active_indices().cpu()
-    for block, _stage, gate_name in getattr(model, "residual_blocks", list)():
-        if gate_name is not None and not bool(gates[gate_name].hard().item()):
-            removed.add(block)
+    for block in model.removable_blocks():
+        if not bool(gates[block.gate].hard().item()):
+            removed.add(block.name)
     return keep, removed
 
 
 @torch.no_grad()
-def export(model: nn.Module) -> nn.Module:
+def export(model: GatedModel) -> nn.Module:
     """A compact, gate-free copy of `model`'s hard architecture (in eval mode, on the same device)."""
     keep, removed = hard_architecture(model)
     with warnings.catch_warnings():     # zero-width layers: "initializing zero-element tensors"
@@ -44,7 +44,7 @@ def export(model: nn.Module) -> nn.Module:
         return t if gate is None else t.index_select(dim, keep[gate].to(t.device))
 
     for site in model.sites():
-        if site.block is not None and any(site.name.startswith(b + ".") for b in removed):
+        if site.block is not None and inside(site, removed):
             continue
         s, d = src[site.name], dst[site.name]
         w = take(take(s.weight, 0, site.out_gate), 1, None if site.depthwise else site.in_gate)
@@ -72,18 +72,27 @@ def _copy_bn(s: nn.BatchNorm2d, d: nn.BatchNorm2d, site: Site, take) -> None:
     d.num_batches_tracked.copy_(s.num_batches_tracked)
 
 
-def architecture_summary(model: nn.Module) -> dict:
-    """Per-layer widths and per-stage depths of the hard architecture (JSON-ready)."""
+def architecture_summary(model: GatedModel) -> dict:
+    """The hard architecture, JSON-ready: per-layer widths with each layer's stage, role and
+    dense width, per-stage depths, and the removed blocks."""
     keep, removed = hard_architecture(model)
     depths: dict[int, int] = {}
-    for block, stage, _ in getattr(model, "residual_blocks", list)():
-        depths[stage] = depths.get(stage, 0) + (block not in removed)
-    widths = {}
+    for block in model.blocks():
+        depths[block.stage] = depths.get(block.stage, 0) + (block.name not in removed)
+    modules = dict(model.named_modules())
+    widths, layers = {}, {}
     for site in model.sites():
         if site.out_gate is None:
             continue
-        inside_removed = any(site.name.startswith(b + ".") for b in removed)
-        widths[site.name] = 0 if inside_removed else int(len(keep[site.out_gate]))
-    return {"widths": widths, "depths": {f"stage{k}": v for k, v in sorted(depths.items())},
+        width = 0 if inside(site, removed) else int(len(keep[site.out_gate]))
+        widths[site.name] = width
+        layers[site.name] = {"stage": site.stage, "role": site.role, "width": width,
+                             "dense_width": _out_width(modules[site.name])}
+    return {"widths": widths, "layers": layers,
+            "depths": {f"stage{k}": v for k, v in sorted(depths.items())},
             "removed_blocks": sorted(removed),
             "block_gates": sum(isinstance(g, BlockGate) for _, g in gates_of(model))}
+
+
+def _out_width(layer: nn.Module) -> int:
+    return int(layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features)

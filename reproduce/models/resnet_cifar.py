@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..method.costs import Site
 from ..method.gates import BlockGate, ChannelGate
+from ..method.structure import Block, GatedModel, Site
 from .layers import BatchNorm2d, Conv2d, initialise, scaled
+from .registry import register_class, register_model, register_pattern
 
 
 class BasicBlock(nn.Module):
@@ -65,7 +66,8 @@ class Stage(nn.Module):
         return x
 
 
-class ResNetCIFAR(nn.Module):
+@register_class
+class ResNetCIFAR(GatedModel):
     """Basic-block ResNet for 32×32 inputs; `sizes`/`removed` build a compact (exported) copy."""
 
     def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
@@ -114,7 +116,7 @@ class ResNetCIFAR(nn.Module):
     def _gate(self, name: str) -> str | None:
         return name if self.gate_channels else None
 
-    def residual_blocks(self) -> list[tuple[str, int, str | None]]:
+    def blocks(self) -> list[Block]:
         out = []
         for k, depth in enumerate(self.arch["depths"]):
             for j in range(depth):
@@ -122,26 +124,41 @@ class ResNetCIFAR(nn.Module):
                 if name in self.removed:
                     continue
                 gated = self.gate_blocks and j > 0
-                out.append((name, k + 1, f"{name}.block_gate" if gated else None))
+                out.append(Block(name, k + 1, f"{name}.block_gate" if gated else None))
         return out
 
     def sites(self) -> list[Site]:
         g = self._gate
-        sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1)]
+        sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1, role="stream")]
         prev = g("layer1.gate")
-        for name, stage, block_gate in self.residual_blocks():
+        for block in self.blocks():
+            name, stage, block_gate = block.name, block.stage, block.gate
             stream = g(f"layer{stage}.gate")
             sites += [
-                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), block_gate, f"{name}.bn1", stage),
-                Site(f"{name}.conv2", g(f"{name}.gate1"), stream, block_gate, f"{name}.bn2", stage),
+                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), block_gate, f"{name}.bn1", stage,
+                     role="inner"),
+                Site(f"{name}.conv2", g(f"{name}.gate1"), stream, block_gate, f"{name}.bn2", stage,
+                     role="stream"),
             ]
             if name.endswith(".0") and stage > 1:
                 sites.append(Site(f"{name}.shortcut.0", prev, stream, None, f"{name}.shortcut.1",
-                                  stage))
+                                  stage, role="shortcut"))
             prev = stream
-        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"])))
+        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
         return sites
 
-    def compact(self, sizes: dict[str, int], removed: set[str]) -> "ResNetCIFAR":
-        return ResNetCIFAR(**self.arch, gate_channels=False, gate_blocks=False, sizes=sizes,
-                           removed=removed)
+
+def _resnet(n: int):
+    @register_model(f"resnet{6 * n + 2}", family="resnet_cifar")
+    def build(**kwargs) -> ResNetCIFAR:
+        return ResNetCIFAR(depths=(n, n, n), **kwargs)
+    return build
+
+
+for _n in (3, 5, 7, 9, 18):
+    _resnet(_n)
+
+
+@register_pattern("basic3resnet-A-B-C", r"basic3resnet-(\d+)-(\d+)-(\d+)$", family="resnet_cifar")
+def _basic3resnet(*depths: str):
+    return lambda **kwargs: ResNetCIFAR(depths=tuple(map(int, depths)), **kwargs)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..method.costs import Site
 from ..method.gates import ChannelGate
+from ..method.structure import GatedModel, Site
 from .layers import BatchNorm2d, Conv2d, MaxPool2d, initialise, scaled
+from .registry import register_class, register_model
 
 CONFIGS = {
     "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
@@ -22,7 +23,8 @@ CONFIGS = {
 }
 
 
-class VGGCIFAR(nn.Module):
+@register_class
+class VGGCIFAR(GatedModel):
     def __init__(self, stages=tuple(map(tuple, CONFIGS["vgg16"])), num_classes: int = 10,
                  in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
                  gate_blocks: bool = False, sizes: dict[str, int] | None = None,
@@ -59,12 +61,18 @@ class VGGCIFAR(nn.Module):
     def sites(self) -> list[Site]:
         def g(i):
             return f"gate{i}" if self.gate_channels and i > 0 else None
-        sites = [Site(f"conv{i}", g(i - 1), g(i), None, f"bn{i}", stage) for i, stage in self.plan]
-        sites.append(Site("fc", g(self.plan[-1][0]), None, stage=self.plan[-1][1]))
+        sites = [Site(f"conv{i}", g(i - 1), g(i), None, f"bn{i}", stage, role="plain")
+                 for i, stage in self.plan]
+        sites.append(Site("fc", g(self.plan[-1][0]), None, stage=self.plan[-1][1], role="head"))
         return sites
 
-    def residual_blocks(self) -> list:
-        return []
 
-    def compact(self, sizes: dict[str, int], removed: set[str]) -> "VGGCIFAR":
-        return VGGCIFAR(**self.arch, gate_channels=False, sizes=sizes)
+def _vgg(name: str, stages: list[list[int]]):
+    @register_model(name, family="vgg_cifar")
+    def build(**kwargs) -> VGGCIFAR:
+        return VGGCIFAR(stages=stages, **kwargs)
+    return build
+
+
+for _name, _stages in CONFIGS.items():
+    _vgg(_name, _stages)

@@ -1,0 +1,80 @@
+"""What the method needs to know about a network: its gated layers and its removable blocks.
+
+A model the method can grow is a `GatedModel`. It declares
+
+    sites()    every conv / linear layer whose cost depends on gates (`Site`): which channel gate
+               feeds its input channels, which one gates its outputs, which block gate contains
+               it, the BatchNorm right after it, its stage and its role in the network;
+    blocks()   every block that counts toward a stage's depth (`Block`), with its block gate, or
+               None when the block can never be removed;
+    arch       the constructor arguments that rebuild the same network;
+    compact()  the same network with `sizes[gate]` channels per channel gate and the `removed`
+               blocks replaced by what a closed block computes (the identity for a residual block).
+
+Costs, export, the growth controller and the tracked architecture summaries read only this
+interface, so a new model family plugs in by implementing it (see models/resnet_cifar.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+# A layer's role (recorded per layer in architecture.json, so figures never parse layer names).
+ROLES = ("stream", "inner", "plain", "shortcut", "head")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One conv or linear layer whose cost depends on gates."""
+    name: str                   # module path of the conv / linear layer
+    in_gate: str | None         # channel gate on its input channels (None: fixed width)
+    out_gate: str | None        # channel gate on its output channels (None: fixed width)
+    block: str | None = None    # block gate of the removable block containing it
+    bn: str | None = None       # BatchNorm right after it (sliced with the outputs on export)
+    stage: int = 0
+    depthwise: bool = False
+    role: str = "plain"         # one of ROLES
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"site {self.name}: unknown role {self.role!r}; choose one of "
+                             f"{', '.join(ROLES)}")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block that counts toward its stage's depth; `gate` is None if it is never removed."""
+    name: str                   # module path of the block
+    stage: int
+    gate: str | None = None
+
+
+class GatedModel(nn.Module):
+    """Base class of every model the method can grow (see the module docstring)."""
+
+    arch: dict
+
+    def sites(self) -> list[Site]:
+        raise NotImplementedError
+
+    def blocks(self) -> list[Block]:
+        return []
+
+    def removable_blocks(self) -> list[Block]:
+        return [b for b in self.blocks() if b.gate is not None]
+
+    def compact(self, sizes: dict[str, int], removed: set[str]) -> "GatedModel":
+        """A gate-free copy of this architecture with the given widths and removed blocks."""
+        return type(self)(**self.arch, gate_channels=False, gate_blocks=False, sizes=sizes,
+                          removed=removed)
+
+    def layer_info(self) -> dict[str, dict]:
+        """Stage and role of every gated layer, in network order (JSON-ready)."""
+        return {s.name: {"stage": s.stage, "role": s.role} for s in self.sites()}
+
+
+def inside(site: Site, removed: set[str]) -> bool:
+    """Whether a layer lies inside one of the removed blocks."""
+    return any(site.name.startswith(b + ".") for b in removed)

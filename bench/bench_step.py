@@ -20,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from reproduce.method.options import BudgetOptions
 from reproduce.method import GrowthController, export
 from reproduce.models import create_model
 
@@ -67,7 +68,8 @@ def main() -> None:
     dense_step = plain_step(create_model(args.model, gate_channels=False).to(device))
 
     gated = create_model(args.model).to(device)
-    grow = GrowthController(gated, (3, args.size, args.size), epochs=10, target=0.5)
+    grow = GrowthController(gated, (3, args.size, args.size), epochs=10,
+                            budget=BudgetOptions(target=0.5))
     opt_w = torch.optim.SGD(grow.weight_parameters(), lr=0.01, momentum=0.9)
     opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.01, momentum=0.9)
 

@@ -37,9 +37,12 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from . import contract
 from .config import ConfigError, RunConfig
 from .data import DataBundle
 from .method import ChannelGate, CostModel, GatedModel, Site
+from .tasks import Task
+from .train import Phase, TrainState, build, evaluate, run_epochs
 
 LOGIT_ON, LOGIT_OFF = 1.0, -1.0
 
@@ -241,46 +244,45 @@ def internal_config(cfg: RunConfig) -> RunConfig:
     return inner
 
 
-def phase_config(inner: RunConfig, epochs: int, lr: float, warmup: int | None = None) -> RunConfig:
+def phase_schedule(inner: RunConfig, epochs: int, lr: float, warmup: int | None = None):
     """The schedule of one phase: `epochs` epochs at `lr`, the run's LR schedule shape."""
-    phase = copy.deepcopy(inner)
-    phase.train.epochs, phase.train.lr = epochs, lr
+    schedule = copy.deepcopy(inner.train)
+    schedule.epochs, schedule.lr = epochs, lr
     if warmup is not None:
-        phase.train.warmup_epochs = warmup
-    return phase
+        schedule.warmup_epochs = warmup
+    return schedule
 
 
-def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.device,
-                           on_epoch=None, progress: bool = True):
-    from .train import TrainResult, build, evaluate, run_epochs
-
+def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
+                           on_epoch=None, progress: bool = True) -> TrainState:
     b = cfg.baseline
     inner = internal_config(cfg)
-    model, controller = build(inner, data, device)
+    state = build(inner, data, device)
+    model, controller = state.model, state.controller
     gates = prunable_gates(model, b.scope)
     if not gates:
         raise ConfigError(f"baseline.scope = {b.scope!r}: {cfg.model.name} has no prunable channel "
                           f"gates in that scope; use scope: all")
-    result = TrainResult(model, controller)
     if on_epoch is not None:
-        on_epoch(0, {**controller.architecture_stats(), "phase": 0.0}, controller)
+        on_epoch(0, {**controller.architecture_stats(), contract.PHASE: 0.0}, controller)
 
     regularizer = None
     if b.criterion == "slimming" and b.slimming_l1 > 0:
         regularizer = slimming_regularizer(model, gates, b.slimming_l1)
-    run_epochs(phase_config(inner, b.pretrain_epochs, cfg.train.lr), model, controller, data,
-               device, result, on_epoch, progress, train_masks=False, first_step=1,
-               regularizer=regularizer, extra_stats={"phase": 0.0}, desc=" pretrain")
+    label = f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}"
+    pretrain = Phase(phase_schedule(inner, b.pretrain_epochs, cfg.train.lr), regularizer=regularizer,
+                     extra_stats={contract.PHASE: 0.0}, name=" pretrain")
+    run_epochs(state, pretrain, data, task, device, on_epoch, progress, label)
 
     masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
     apply_masks(model, masks)
     amp = cfg.train.amp and device.type == "cuda"
-    info["prune/val_acc_before_finetune"] = evaluate(model, data.val, amp)[0]
-    run_epochs(phase_config(inner, b.finetune_epochs, b.finetune_lr, warmup=0), model, controller,
-               data, device, result, on_epoch, progress, train_masks=False,
-               first_step=1 + b.pretrain_epochs, extra_stats={"phase": 1.0, **info},
-               desc=" finetune")
-    return result
+    info["prune/val_acc_before_finetune"] = evaluate(model, data.val, task, amp)[task.main_metric]
+    state.phase = 1
+    finetune = Phase(phase_schedule(inner, b.finetune_epochs, b.finetune_lr, warmup=0),
+                     extra_stats={contract.PHASE: 1.0, **info}, name=" finetune")
+    run_epochs(state, finetune, data, task, device, on_epoch, progress, label)
+    return state
 
 
 __all__ = ["apply_masks", "bisect_ratio", "bisect_threshold", "choose_masks", "l1_scores",

@@ -5,7 +5,9 @@ fields of it; the resolved config is what gets hashed, tracked and shown to the 
 that changes a result hides in code. Unknown keys and invalid values stop with a message naming
 the key, the file and the accepted values.
 
-Defaults marked [ours] are this suite's choices where the paper's value is unknown (see PAPER.md).
+Defaults marked [ours] are this suite's choices where the paper's value is unknown (see
+docs/METHOD.md). The method's vocabularies and ranges are defined once, in reproduce/method/options.py;
+this schema takes them from there and adds what belongs to a run (data, model, schedule, baselines).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, get_args, get_origin, get_type_hints
 
+from .errors import ConfigError
+from .method import options as M
 
-class ConfigError(ValueError):
-    """A bad experiment file or override; the message names the key and the fix."""
+
 
 
 def choice(*options: str) -> dict:
@@ -53,12 +56,11 @@ class ModelConfig:
 
 @dataclass
 class GateConfig:
-    sampling: str = field(default="bernoulli", metadata=choice(
-        "bernoulli", "straight_through", "deterministic", "hard"))   # hard: fixed masks (baselines)
+    sampling: str = field(default="bernoulli", metadata=choice(*M.SAMPLING_MODES))  # hard: fixed masks
     # Seed architecture [ours]: a fraction of each channel group and one block per stage start on.
     seed_fraction: float = 0.25     # 1.0 with seed_blocks=all is "prune from the full network"
-    seed_blocks: str = field(default="one_per_stage", metadata=choice("one_per_stage", "all"))
-    seed_selection: str = field(default="first", metadata=choice("first", "random"))
+    seed_blocks: str = field(default="one_per_stage", metadata=choice(*M.SEED_BLOCKS))
+    seed_selection: str = field(default="first", metadata=choice(*M.SEED_SELECTIONS))
     s_on: float = 0.5               # initial logit of seed structures
     s_off: float = -0.1             # initial logit of the rest; near 0 lets sampling explore early
     min_channels: int = 1           # channels every channel gate keeps on (0 allows zero-width layers)
@@ -68,8 +70,7 @@ class GateConfig:
 
 @dataclass
 class TemperatureConfig:
-    schedule: str = field(default="global", metadata=choice(
-        "global", "separate", "separate_decayed"))
+    schedule: str = field(default="global", metadata=choice(*M.SCHEDULES))
     beta_0: float = 1.0             # [ancestor] β starts at 1 ...
     beta_final: float = 200.0       # [ancestor] ... and reaches 200 in the last epoch
     decay: float = 0.9              # separate_decayed: β_i ← max(β_0, δ·β_i) while inactive [ours]
@@ -77,15 +78,15 @@ class TemperatureConfig:
 
 @dataclass
 class BudgetConfig:
-    metric: str = field(default="macs", metadata=choice("macs", "params", "none"))
+    metric: str = field(default="macs", metadata=choice(*M.BUDGET_METRICS))
     target: float = 0.5             # τ: fraction of the dense model's MACs (or params)
     lambda_base: float = 0.05       # [ours] effective range 0.03-0.1 with mean-normalised costs
-    usage: str = field(default="hard", metadata=choice("hard", "expected"))
-    cost: str = field(default="macs", metadata=choice("macs", "params", "uniform"))
-    normalize: str = field(default="mean", metadata=choice("mean", "total"))
+    usage: str = field(default="hard", metadata=choice(*M.USAGES))
+    cost: str = field(default="macs", metadata=choice(*M.COSTS))
+    normalize: str = field(default="mean", metadata=choice(*M.NORMALIZATIONS))
     # Under budget (λ < 0) a cost-weighted push grows the most expensive channels first; a
     # uniform one lets the task loss decide what grows. Over budget pruning is always cost-weighted.
-    growth_push: str = field(default="uniform", metadata=choice("uniform", "cost"))
+    growth_push: str = field(default="uniform", metadata=choice(*M.GROWTH_PUSHES))
 
 
 @dataclass
@@ -200,12 +201,6 @@ def _merge(obj: Any, overrides: dict, prefix: str = "") -> None:
 
 def _check_ranges(cfg: RunConfig) -> None:
     rules = [
-        ("gates.seed_fraction", 0.0 < cfg.gates.seed_fraction <= 1.0, "in (0, 1]"),
-        ("budget.target", 0.0 < cfg.budget.target <= 1.0, "in (0, 1]"),
-        ("temperature.beta_0", cfg.temperature.beta_0 > 0, "positive"),
-        ("temperature.beta_final", cfg.temperature.beta_final >= cfg.temperature.beta_0,
-         ">= temperature.beta_0"),
-        ("temperature.decay", 0.0 < cfg.temperature.decay <= 1.0, "in (0, 1]"),
         ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "positive"),
         ("data.batch_size", cfg.data.batch_size >= 1, ">= 1"),
@@ -220,12 +215,22 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
         ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),
-        ("gates.min_channels", cfg.gates.min_channels >= 0, ">= 0"),
     ]
     for path, ok, expected in rules:
         if not ok:
             section, key = path.split(".")
             raise ConfigError(f"{path} = {getattr(getattr(cfg, section), key)!r}: must be {expected}")
+    try:                              # the method checks its own options
+        method_options(cfg)
+    except M.OptionError as e:
+        raise ConfigError(str(e)) from None
+
+
+def method_options(cfg: RunConfig) -> tuple[M.GateOptions, M.TemperatureOptions, M.BudgetOptions]:
+    """The run's method options, as the method itself takes them."""
+    return (M.from_fields(M.GateOptions, cfg.gates),
+            M.from_fields(M.TemperatureOptions, cfg.temperature),
+            M.from_fields(M.BudgetOptions, cfg.budget))
 
 
 def resolve(*layers: dict, source: str = "config") -> RunConfig:

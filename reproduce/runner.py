@@ -15,9 +15,32 @@ from typing import Callable
 
 import yaml
 
-from . import tracking
-from .config import flatten, to_dict
+import torch
+
+from . import baselines, contract, train, tracking
+from .config import RunConfig, flatten, to_dict
+from .data import DataBundle, build_data
 from .experiments import PlannedRun, plan
+from .tasks import task_class, task_for
+from .train import EpochCallback, TrainState
+
+# Which training procedure a run's `method` uses. Every trainer has the signature
+# trainer(cfg, data, device, task, on_epoch, progress) -> TrainState.
+TRAINERS = {
+    "grow": train.train,                                # the method
+    "dense": train.train,                               # the model without gates
+    "prune": baselines.train_pruning_baseline,          # train dense, prune once, fine-tune
+}
+
+
+def execute(cfg: RunConfig, on_epoch: EpochCallback | None = None, progress: bool = True,
+            data: DataBundle | None = None) -> TrainState:
+    """Train one resolved config, untracked: device, data, task, then the method's trainer."""
+    device = train.pick_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = data or build_data(cfg.data, device, seed=cfg.seed)
+    return TRAINERS[cfg.method](cfg, data, device, task_for(cfg, data), on_epoch, progress)
 
 
 class RunStopped(Exception):
@@ -61,10 +84,11 @@ def run_experiment(path: str | Path, profile: str = "smoke", force: bool = False
 
 
 def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
-    keys = ("val/acc", "cost/macs", "cost/dense_macs", "cost/params", "cost/train_macs_total",
-            "budget/usage")
+    main = task_class(pr.cfg).main_metric
+    keys = (main, contract.MACS, contract.DENSE_MACS, contract.PARAMS, contract.TRAIN_MACS_TOTAL,
+            contract.USAGE)
     return {"run_id": run_id, "variant": pr.cfg.variant, "seed": pr.cfg.seed, "reused": reused,
-            "model": pr.cfg.model.name, "dataset": pr.cfg.data.dataset,
+            "model": pr.cfg.model.name, "dataset": pr.cfg.data.dataset, "main_metric": main,
             **{k: metrics.get(k, math.nan) for k in keys}}
 
 
@@ -80,8 +104,6 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
     called once the run exists, and `epoch_hook(step, stats)` after each step's metrics are
     logged; the hook may raise `RunStopped` to end the run early (see there).
     """
-    from .train import train
-
     cfg = pr.cfg
     tags = {"model": cfg.model.name, "dataset": cfg.data.dataset, "profile": pr.profile,
             "variant": cfg.variant, "seed": str(cfg.seed), "figures": ",".join(pr.figures),
@@ -107,7 +129,7 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
             epoch_hook(epoch, stats)
 
     try:
-        result = train(cfg, on_epoch=on_epoch, progress=progress)
+        result = execute(cfg, on_epoch=on_epoch, progress=progress)
         _log_final_artifacts(c, run_id, result, traces)
     except RunStopped as e:
         e.run_id = run_id
@@ -143,8 +165,6 @@ def _log_traces(c, run_id: str, traces: list[dict]) -> None:
 
 
 def _log_final_artifacts(c, run_id: str, result, traces: list[dict]) -> None:
-    import torch
-
     from .method import architecture_summary, export
     from .checkpoint import compact_checkpoint
 

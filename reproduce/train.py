@@ -1,37 +1,101 @@
 """The training loop: one run of the method (or of a dense baseline) from a resolved config.
 
-Plain PyTorch. Whoever calls `train` decides what to do with each epoch's numbers through the
-`on_epoch` callback (the runner sends them to MLflow; tests just collect them). `run_epochs` is
-the epoch loop itself; the pruning baselines (reproduce/baselines.py) reuse it for their
-pre-training and fine-tuning phases.
+Plain PyTorch, readable top to bottom. `build` makes the run's `TrainState` (model, growth
+controller, optimizers, epoch, history: the one object a checkpoint saves); `run_epochs` trains
+it through one `Phase` (a stretch of epochs with one LR schedule and fresh optimizers); `train`
+is the method's single phase. The `Task` decides the loss and the metrics. Whoever calls `train`
+decides what to do with each epoch's numbers through `on_epoch` (the runner sends them to MLflow;
+tests just collect them). The pruning baselines (baselines.py) build on these pieces; which
+trainer a run uses is chosen by the runner's table, not here.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
-from .data import DataBundle, build_data
+from . import contract
+from .config import RunConfig, TrainConfig, method_options
+from .data import DataBundle
 from .method import GrowthController
 from .models import create_model
-
+from .tasks import Task
 
 @dataclass
-class TrainResult:
+class TrainState:
+    """Everything a run is made of while it trains: what a checkpoint saves and a resume loads."""
     model: nn.Module
     controller: GrowthController
+    opt_weights: torch.optim.Optimizer | None = None
+    opt_masks: torch.optim.Optimizer | None = None
+    scaler: torch.amp.GradScaler | None = None   # unused with bf16 autocast; kept for fp16
+    epoch: int = 0                     # epochs completed, over every phase (= the tracked step)
+    phase: int = 0                     # index of the current phase (the baselines have two)
     history: list[dict] = field(default_factory=list)
 
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
+
+    def state_dict(self) -> dict:
+        opt = {k: o.state_dict() for k, o in (("weights", self.opt_weights),
+                                                ("masks", self.opt_masks)) if o is not None}
+        return {"model": self.model.state_dict(), "controller": self.controller.state_dict(),
+                "optimizers": opt, "scaler": self.scaler.state_dict() if self.scaler else None,
+                "epoch": self.epoch, "phase": self.phase, "history": list(self.history),
+                "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.controller.load_state_dict(state["controller"])
+        for key, opt in (("weights", self.opt_weights), ("masks", self.opt_masks)):
+            if opt is not None and key in state["optimizers"]:
+                opt.load_state_dict(state["optimizers"][key])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.phase = state["epoch"], state["phase"]
+        self.history = list(state["history"])
+        set_rng_state(state["rng"])
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Phase:
+    """A stretch of epochs with one LR schedule and fresh optimizers.
+
+    The method trains in one phase; the pruning baselines pre-train, prune, then fine-tune.
+    `mask_lr` 0 freezes the mask logits (no mask optimizer: a pruned net's fixed masks);
+    `regularizer()` is added to the loss (e.g. network slimming's L1 on BN scales);
+    `extra_stats` are merged into every epoch's stats.
+    """
+    schedule: TrainConfig
+    mask_lr: float = 0.0
+    mask_momentum: float = 0.9
+    regularizer: Callable[[], torch.Tensor] | None = None
+    extra_stats: dict = field(default_factory=dict)
+    name: str = ""
 
 
 # on_epoch(step, stats, controller): step 0 is the seed before training, step e follows epoch e
@@ -44,8 +108,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> tuple[nn.Module, GrowthController]:
-    """The gated model and its growth controller, seeded as the config says."""
+def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
+    """The run's model and growth controller, seeded as the config says (no optimizers yet)."""
     torch.manual_seed(cfg.seed)
     gated = cfg.method != "dense"       # the dense baseline is the model without gates
     model = create_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
@@ -55,20 +119,15 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> tuple[nn.Mo
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    g, t, b = cfg.gates, cfg.temperature, cfg.budget
-    controller = GrowthController(
-        model, (data.in_channels, data.image_size, data.image_size), epochs=cfg.train.epochs,
-        sampling=g.sampling, seed_fraction=g.seed_fraction, seed_blocks=g.seed_blocks,
-        seed_selection=g.seed_selection, s_on=g.s_on, s_off=g.s_off, min_channels=g.min_channels,
-        temperature=t.schedule, beta_0=t.beta_0, beta_final=t.beta_final, beta_decay=t.decay,
-        budget=b.metric, target=b.target, lambda_base=b.lambda_base, usage=b.usage, cost=b.cost,
-        normalize=b.normalize, growth_push=b.growth_push, seed=cfg.seed)
-    return model, controller
+    gates, temperature, budget = method_options(cfg)
+    controller = GrowthController(model, (data.in_channels, data.image_size, data.image_size),
+                                  epochs=cfg.train.epochs, gates=gates, temperature=temperature,
+                                  budget=budget, rng_seed=cfg.seed)
+    return TrainState(model, controller)
 
 
-def lr_factor(cfg: RunConfig, progress: float) -> float:
-    """LR multiplier at `progress` epochs (fractional) into training."""
-    tc = cfg.train
+def lr_factor(tc: TrainConfig, progress: float) -> float:
+    """LR multiplier at `progress` epochs (fractional) into a phase scheduled by `tc`."""
     if tc.warmup_epochs and progress < tc.warmup_epochs:
         return (progress + 1e-3) / tc.warmup_epochs
     if tc.lr_schedule == "constant":
@@ -80,69 +139,59 @@ def lr_factor(cfg: RunConfig, progress: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, amp: bool = False) -> tuple[float, float]:
-    """(top-1 %, mean loss) with hard gates."""
+def evaluate(model: nn.Module, batches, task: Task, amp: bool = False) -> dict[str, float]:
+    """The task's validation metrics with hard gates (`val/acc`, `val/loss`, ... for classification)."""
     model.eval()
-    correct = total = 0
-    loss_sum = 0.0
+    meter = task.meter("val")
     for x, y in batches:
         with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
             out = model(x)
-        loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
-        total += y.numel()
-    return 100.0 * correct / max(1, total), loss_sum / max(1, total)
+        meter.update(out, y)
+    return meter.compute()
 
 
-def train(cfg: RunConfig, data: DataBundle | None = None, on_epoch: EpochCallback | None = None,
-          progress: bool = True) -> TrainResult:
-    device = pick_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = data or build_data(cfg.data, device, seed=cfg.seed)
-    if cfg.method == "prune":
-        from .baselines import train_pruning_baseline
-        return train_pruning_baseline(cfg, data, device, on_epoch, progress)
-    model, controller = build(cfg, data, device)
-    result = TrainResult(model, controller)
+def train(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
+          on_epoch: EpochCallback | None = None, progress: bool = True) -> TrainState:
+    """The method (or the dense baseline): one phase of `cfg.train.epochs` epochs."""
+    state = build(cfg, data, device)
     if on_epoch is not None:       # step 0: the seed architecture, before any training
-        on_epoch(0, controller.architecture_stats(), controller)
-    run_epochs(cfg, model, controller, data, device, result, on_epoch, progress)
-    return result
+        on_epoch(0, state.controller.architecture_stats(), state.controller)
+    phase = Phase(cfg.train, mask_lr=cfg.gates.mask_lr, mask_momentum=cfg.gates.mask_momentum)
+    run_epochs(state, phase, data, task, device, on_epoch, progress, label=_label(cfg))
+    return state
 
 
-def run_epochs(cfg: RunConfig, model: nn.Module, controller: GrowthController, data: DataBundle,
-               device: torch.device, result: TrainResult, on_epoch: EpochCallback | None = None,
-               progress: bool = True, *, train_masks: bool = True, first_step: int = 1,
-               regularizer: Callable[[], torch.Tensor] | None = None,
-               extra_stats: dict | None = None, desc: str = "") -> None:
-    """Train `cfg.train.epochs` epochs at `cfg.train.lr` with cfg's LR schedule (fresh optimizers).
+def start_phase(state: TrainState, phase: Phase) -> None:
+    """Fresh optimizers for a phase: SGD on the weights, and on the mask logits unless frozen."""
+    tc = phase.schedule
+    state.opt_weights = torch.optim.SGD(
+        state.controller.weight_parameters(), lr=tc.lr, momentum=tc.momentum,
+        nesterov=tc.nesterov and tc.momentum > 0, weight_decay=tc.weight_decay)
+    masks = state.controller.mask_parameters()
+    state.opt_masks = torch.optim.SGD(masks, lr=phase.mask_lr, momentum=phase.mask_momentum) \
+        if masks and phase.mask_lr > 0 else None
 
-    The method and the baselines share this loop. train_masks=False freezes the mask logits (no
-    mask optimizer: a pruned net's fixed masks). `regularizer()` is added to the loss (e.g.
-    network slimming's L1 on BN scales). Epoch e's stats go to on_epoch(first_step + e, ...) with
-    `extra_stats` merged in, and to result.history.
-    """
-    tc = cfg.train
+
+def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
+               device: torch.device, on_epoch: EpochCallback | None = None,
+               progress: bool = True, label: str = "") -> None:
+    """Train the epochs of one phase; epoch e's stats go to on_epoch and to state.history."""
+    tc = phase.schedule
+    model, controller = state.model, state.controller
     amp = tc.amp and device.type == "cuda"
-    opt_w = torch.optim.SGD(controller.weight_parameters(), lr=tc.lr, momentum=tc.momentum,
-                            nesterov=tc.nesterov and tc.momentum > 0, weight_decay=tc.weight_decay)
-    masks = controller.mask_parameters()
-    opt_m = torch.optim.SGD(masks, lr=cfg.gates.mask_lr, momentum=cfg.gates.mask_momentum) \
-        if train_masks and masks and cfg.gates.mask_lr > 0 else None
+    start_phase(state, phase)
+    opt_w, opt_m = state.opt_weights, state.opt_masks
     steps_per_epoch = max(1, len(data.train))
 
-    bar = _progress(range(tc.epochs), progress, cfg, desc)
+    bar = _progress(range(tc.epochs), progress, f"{label}{phase.name}")
     for epoch in bar:
         controller.start_epoch()
         model.train()
         start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
+        meter = task.meter("train")
         for i, (x, y) in enumerate(data.train):
-            factor = lr_factor(cfg, epoch + i / steps_per_epoch)
-            for opt, base in ((opt_w, tc.lr), (opt_m, cfg.gates.mask_lr)):
+            factor = lr_factor(tc, epoch + i / steps_per_epoch)
+            for opt, base in ((opt_w, tc.lr), (opt_m, phase.mask_lr)):
                 if opt is not None:
                     for group in opt.param_groups:
                         group["lr"] = base * factor
@@ -151,10 +200,10 @@ def run_epochs(cfg: RunConfig, model: nn.Module, controller: GrowthController, d
             controller.sample()
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
                 out = model(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=tc.label_smoothing)
+                loss = task.loss(out, y)
             total = loss + controller.penalty()
-            if regularizer is not None:
-                total = total + regularizer()
+            if phase.regularizer is not None:
+                total = total + phase.regularizer()
             opt_w.zero_grad(set_to_none=True)
             if opt_m is not None:
                 opt_m.zero_grad(set_to_none=True)
@@ -162,33 +211,33 @@ def run_epochs(cfg: RunConfig, model: nn.Module, controller: GrowthController, d
             opt_w.step()
             if opt_m is not None:
                 opt_m.step()
-            controller.after_step(y.numel())
-            loss_sum += loss.detach() * y.numel()
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += y.numel()
-        if not math.isfinite(float(loss_sum)):
+            controller.after_step(task.samples(y))
+            meter.update(out, y, loss)
+        train_stats = meter.compute()
+        if not math.isfinite(train_stats.get(contract.TRAIN_LOSS, 0.0)):
             raise FloatingPointError(f"training loss is not finite in epoch {epoch}; "
                                      f"lower train.lr or budget.lambda_base")
-        val_acc, val_loss = evaluate(model, data.val, amp)
-        stats = {"val/acc": val_acc, "val/loss": val_loss,
-                 "train/loss": float(loss_sum) / max(1, seen),
-                 "train/acc": 100.0 * float(correct) / max(1, seen),
-                 "lr": tc.lr * lr_factor(cfg, epoch + 1 - 1e-9),
-                 "time/epoch_s": time.perf_counter() - start}
+        stats = {**evaluate(model, data.val, task, amp), **train_stats,
+                 contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9),
+                 contract.EPOCH_TIME: time.perf_counter() - start}
         stats.update(controller.end_epoch())
-        if extra_stats:
-            stats.update(extra_stats)
-        result.history.append(stats)
+        stats.update(phase.extra_stats)
+        state.epoch += 1
+        state.history.append(stats)
         if on_epoch is not None:
-            on_epoch(first_step + epoch, stats, controller)   # step = epochs completed
+            on_epoch(state.epoch, stats, controller)   # step = epochs completed
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(acc=f"{val_acc:.1f}", macs=f"{stats['budget/usage']:.2f}",
-                            lam=f"{stats['budget/lambda']:+.3f}", refresh=False)
+            bar.set_postfix(metric=f"{stats[task.main_metric]:.1f}",
+                            macs=f"{stats[contract.USAGE]:.2f}",
+                            lam=f"{stats[contract.LAMBDA]:+.3f}", refresh=False)
 
 
-def _progress(it, enabled: bool, cfg: RunConfig, desc: str = ""):
+def _label(cfg: RunConfig) -> str:
+    return f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}"
+
+
+def _progress(it, enabled: bool, desc: str):
     if not enabled:
         return it
     from tqdm.auto import tqdm
-    return tqdm(it, desc=f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}{desc}", unit="epoch",
-                dynamic_ncols=True)
+    return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True)

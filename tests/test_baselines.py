@@ -8,9 +8,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from reproduce import baselines
 from reproduce.config import ConfigError, resolve
+from reproduce.method.options import BudgetOptions, GateOptions
 from reproduce.method import CostModel, GrowthController, export
 from reproduce.models import create_model
-from reproduce.train import TrainResult, build, run_epochs, train
+from reproduce.runner import execute
+from reproduce.tasks import task_for
+from reproduce.train import Phase, build, run_epochs
 
 SHAPE = (1, 8, 8)
 
@@ -19,8 +22,9 @@ def gated(name: str = "resnet20", seed: int = 0):
     """A gated model with every gate open and hard (fixed-mask) sampling, random weights."""
     torch.manual_seed(seed)
     model = create_model(name, num_classes=4, in_channels=1)
-    controller = GrowthController(model, SHAPE, epochs=2, sampling="hard", seed_fraction=1.0,
-                                  seed_blocks="all", s_on=1.0, lambda_base=0.0)
+    controller = GrowthController(
+        model, SHAPE, epochs=2, budget=BudgetOptions(lambda_base=0.0),
+        gates=GateOptions(sampling="hard", seed_fraction=1.0, seed_blocks="all", s_on=1.0))
     with torch.no_grad():                      # BN scales away from 1 so |γ| ranks something
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -123,14 +127,14 @@ def test_hard_masks_stay_closed_and_output_zero_while_finetuning(tiny):
                          "baseline": {"pretrain_epochs": 0, "finetune_epochs": 1}})
     inner = baselines.internal_config(cfg)
     data = build_data(cfg.data, torch.device("cpu"), seed=0)
-    model, controller = build(inner, data, torch.device("cpu"))
+    state = build(inner, data, torch.device("cpu"))
+    model, controller = state.model, state.controller
     gates = baselines.prunable_gates(model, "auto")
     masks, _ = baselines.choose_masks(model, controller.costs, gates, "l1_norm", 0.5)
     baselines.apply_masks(model, masks)
     before = {n: g.logits.detach().clone() for n, g in controller.named_gates}
-    result = TrainResult(model, controller)
-    run_epochs(baselines.phase_config(inner, 1, 0.05), model, controller, data,
-               torch.device("cpu"), result, progress=False, train_masks=False)
+    run_epochs(state, Phase(baselines.phase_schedule(inner, 1, 0.05)), data, task_for(cfg, data),
+               torch.device("cpu"), progress=False)
     for n, g in controller.named_gates:
         assert torch.equal(g.logits.detach(), before[n])
     seen = {}
@@ -151,7 +155,7 @@ def test_baseline_run_reports_phases_and_counts_pretraining(tiny):
     cfg = resolve(tiny, {"method": "prune", "model": {"name": "resnet20"},
                          "baseline": {"criterion": "slimming", "pretrain_epochs": 2,
                                       "finetune_epochs": 1, "prune_target": 0.4}})
-    result = train(cfg, on_epoch=lambda s, st, c: steps.append((s, dict(st))), progress=False)
+    result = execute(cfg, on_epoch=lambda s, st, c: steps.append((s, dict(st))), progress=False)
     assert [s for s, _ in steps] == [0, 1, 2, 3]
     assert [st["phase"] for _, st in steps] == [0, 0, 0, 1]
     pre, post = steps[2][1], steps[3][1]
@@ -161,7 +165,7 @@ def test_baseline_run_reports_phases_and_counts_pretraining(tiny):
     assert post["cost/train_macs"] == pytest.approx(epoch_dense * post["cost/macs"] / pre["cost/macs"])
     assert post["cost/train_macs_total"] == pytest.approx(2 * epoch_dense + post["cost/train_macs"])
     assert "prune/val_acc_before_finetune" in post and "val/acc" in post
-    assert len(result.history) == 3
+    assert len(result.history) == 3 and result.epoch == 3 and result.phase == 1
 
 
 def test_baseline_config_ranges():

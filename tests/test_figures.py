@@ -23,14 +23,15 @@ from analysis import style
 from analysis.variants import si_scale
 from reproduce import tracking
 from reproduce.experiments import plan
-from reproduce.train import TrainResult, build
+from reproduce import runner
+from reproduce.train import build
 
 
-def fake_train(cfg, data=None, on_epoch=None, progress=True):
-    """`reproduce.train.train` without SGD: logits take seeded random steps every epoch."""
+def fake_train(cfg, data, device, task, on_epoch=None, progress=True):
+    """The method's trainer without SGD: logits take seeded random steps every epoch."""
     shape = types.SimpleNamespace(num_classes=4, in_channels=1, image_size=8)
-    model, controller = build(cfg, shape, torch.device("cpu"))
-    result = TrainResult(model, controller)
+    result = build(cfg, shape, torch.device("cpu"))
+    controller = result.controller
     gen = torch.Generator().manual_seed(cfg.seed + 7)
     on_epoch(0, controller.architecture_stats(), controller)
     for epoch in range(cfg.train.epochs):
@@ -57,7 +58,8 @@ def shared_store(tmp_path_factory):
 def fake(monkeypatch, shared_store):
     """Fake training into the module's shared store (figure outputs still go to tmp_path)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_store)
-    monkeypatch.setattr("reproduce.train.train", fake_train)
+    for method in runner.TRAINERS:
+        monkeypatch.setitem(runner.TRAINERS, method, fake_train)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reproduce.method.options import GateOptions
 from reproduce.method import GrowthController
 from reproduce.method.gates import (SAMPLING_MODES, BlockGate, ChannelGate, gates_of, open_all,
                                     sample_gates, set_sampling)
@@ -189,7 +190,8 @@ def test_sample_gates_is_identical_for_identically_seeded_generators():
 def test_controllers_with_the_same_seed_sample_the_same_architecture():
     seed = int(torch.randint(0, 10_000, ()))
     models = [create_model("vgg11", in_channels=1, width_multiplier=0.125) for _ in range(2)]
-    ctrls = [GrowthController(m, (1, 8, 8), epochs=3, seed=seed, s_off=0.0) for m in models]
+    ctrls = [GrowthController(m, (1, 8, 8), epochs=3, gates=GateOptions(s_off=0.0), rng_seed=seed)
+             for m in models]
     for _ in range(4):
         for c in ctrls:
             c.sample()

@@ -10,6 +10,7 @@ import random
 import pytest
 import torch
 
+from reproduce.method.options import BudgetOptions, GateOptions, TemperatureOptions
 from reproduce.method import (BudgetController, CostModel, GrowthController, TemperatureSchedule,
                               init_seed)
 from reproduce.method.gates import BlockGate, ChannelGate, gates_of
@@ -144,9 +145,10 @@ def test_budget_closed_loop_reaches_the_target(name, target, seed_fraction, seed
     hard usage moves in steps of whole structures (with block gates, of whole blocks, ~11 %)."""
     model = create_model("resnet20", in_channels=1, gate_blocks=False) if name == "resnet20" \
         else small_vgg()
-    ctrl = GrowthController(model, (1, 8, 8), epochs=10, seed_fraction=seed_fraction,
-                            seed_blocks=seed_blocks, target=target, lambda_base=0.05,
-                            seed=int(torch.randint(0, 10_000, ())))
+    ctrl = GrowthController(model, (1, 8, 8), epochs=10,
+                            gates=GateOptions(seed_fraction=seed_fraction, seed_blocks=seed_blocks),
+                            budget=BudgetOptions(target=target, lambda_base=0.05),
+                            rng_seed=int(torch.randint(0, 10_000, ())))
     with torch.no_grad():
         for p in ctrl.mask_parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -203,11 +205,11 @@ def test_init_seed_fraction_and_blocks(blocks):
 
 def test_controller_seed_one_per_stage_keeps_one_block_per_stage():
     model = small_resnet(gate_blocks=True)
-    ctrl = GrowthController(model, (1, 8, 8), epochs=2, seed_fraction=0.25)
+    ctrl = GrowthController(model, (1, 8, 8), epochs=2, gates=GateOptions(seed_fraction=0.25))
     stats = ctrl.architecture_stats()
     assert [stats[f"blocks/stage{k}"] for k in (1, 2, 3)] == [1.0, 1.0, 1.0]
-    full = GrowthController(small_resnet(gate_blocks=True), (1, 8, 8), epochs=2, seed_fraction=1.0,
-                            seed_blocks="all")
+    full = GrowthController(small_resnet(gate_blocks=True), (1, 8, 8), epochs=2,
+                            gates=GateOptions(seed_fraction=1.0, seed_blocks="all"))
     assert full.costs.hard() == (full.costs.dense_macs, full.costs.dense_params)
     assert full.budget.usage == 1.0
 
@@ -222,10 +224,11 @@ def _equalise(ctrl, logit, beta):
 
 
 def test_penalty_is_zero_when_lambda_is_zero():
-    ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3, budget="none", lambda_base=0.0)
+    ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3,
+                            budget=BudgetOptions(metric="none", lambda_base=0.0))
     pen = ctrl.penalty()
     assert pen.item() == 0.0
-    ctrl2 = GrowthController(small_vgg(), (1, 8, 8), epochs=3, target=0.5)
+    ctrl2 = GrowthController(small_vgg(), (1, 8, 8), epochs=3, budget=BudgetOptions(target=0.5))
     ctrl2.budget.lam = 0.0
     assert ctrl2.penalty().item() == 0.0
     ctrl2.budget.lam = 0.1
@@ -256,8 +259,9 @@ def test_growth_push_uniform_vs_cost(make):
     logit = float(torch.empty(()).uniform_(-1.5, 1.5))
     beta = float(torch.empty(()).uniform_(0.5, 2.0))
     lam = -float(torch.empty(()).uniform_(0.01, 1.0))
-    uniform = GrowthController(make(), (1, 8, 8), epochs=3, growth_push="uniform")
-    cost = GrowthController(make(), (1, 8, 8), epochs=3, growth_push="cost")
+    uniform = GrowthController(make(), (1, 8, 8), epochs=3,
+                               budget=BudgetOptions(growth_push="uniform"))
+    cost = GrowthController(make(), (1, 8, 8), epochs=3, budget=BudgetOptions(growth_push="cost"))
     p = 1 / (1 + math.exp(-beta * logit))
     marginal = _marginal_macs(cost.costs, cost)
     assert torch.all(marginal > 0)
@@ -283,8 +287,8 @@ def test_growth_push_uniform_vs_cost(make):
 
 def test_after_step_accounts_three_times_sampled_macs_per_image():
     model = small_resnet(gate_blocks=True)
-    ctrl = GrowthController(model, (1, 8, 8), epochs=2, s_off=0.0,
-                            seed=int(torch.randint(0, 10_000, ())))
+    ctrl = GrowthController(model, (1, 8, 8), epochs=2, gates=GateOptions(s_off=0.0),
+                            rng_seed=int(torch.randint(0, 10_000, ())))
     expected, dense = 0.0, 0.0
     twin_costs = CostModel(model, (1, 8, 8))
     for _ in range(4):
@@ -318,8 +322,9 @@ def test_after_step_accounts_three_times_sampled_macs_per_image():
 
 @pytest.mark.parametrize("mode", ["deterministic", "hard"])
 def test_unsampled_modes_count_dense_or_hard_macs(mode):
-    ctrl = GrowthController(small_resnet(gate_blocks=True), (1, 8, 8), epochs=2, sampling=mode,
-                            seed_fraction=float(torch.empty(()).uniform_(0.1, 0.6)))
+    ctrl = GrowthController(small_resnet(gate_blocks=True), (1, 8, 8), epochs=2,
+                            gates=GateOptions(sampling=mode, seed_fraction=float(
+                                torch.empty(()).uniform_(0.1, 0.6))))
     with torch.no_grad():
         for g in ctrl.gates:
             g.logits.copy_(torch.randn(g.n))
@@ -336,7 +341,8 @@ def test_unsampled_modes_count_dense_or_hard_macs(mode):
 @pytest.mark.parametrize("make", [small_resnet, small_vgg])
 def test_end_epoch_returns_the_contract_keys(make):
     model = make()
-    ctrl = GrowthController(model, (1, 8, 8), epochs=4, temperature=random.choice(SCHEDULES))
+    ctrl = GrowthController(model, (1, 8, 8), epochs=4,
+                            temperature=TemperatureOptions(schedule=random.choice(SCHEDULES)))
     named = dict(ctrl.named_gates)
     with torch.no_grad():
         for g in ctrl.gates:

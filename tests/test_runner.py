@@ -67,10 +67,12 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
 
     from reproduce.data import build_data
     from reproduce.checkpoint import load_compact
+    from reproduce.tasks import task_for
     from reproduce.train import evaluate
     cfg = plan("figure-7", "smoke", tiny)[0].cfg
     compact = load_compact(c.download_artifacts(run_id, tracking.ARTIFACT_MODEL))
-    acc_compact, _ = evaluate(compact, build_data(cfg.data, "cpu", seed=cfg.seed).val)
+    data = build_data(cfg.data, "cpu", seed=cfg.seed)
+    acc_compact = evaluate(compact, data.val, task_for(cfg, data))["val/acc"]
     assert acc_compact == pytest.approx(run.data.metrics["val/acc"], abs=1e-6)
 
     # the figure and its sidecar name exactly this run
@@ -91,22 +93,22 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
 
 
 def test_failed_and_interrupted_runs_are_marked(tiny, monkeypatch):
-    import reproduce.train as train_module
+    from reproduce import runner
 
-    def exploding(cfg, data=None, on_epoch=None, progress=True):
+    def exploding(cfg, data, device, task, on_epoch=None, progress=True):
         raise FloatingPointError("loss is nan")
 
-    monkeypatch.setattr(train_module, "train", exploding)
+    monkeypatch.setitem(runner.TRAINERS, "grow", exploding)
     with pytest.raises(FloatingPointError):
         run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
     c, runs = runs_of()
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "loss is nan" in runs[0].data.tags["failure_reason"]
 
-    def interrupted(cfg, data=None, on_epoch=None, progress=True):
+    def interrupted(cfg, data, device, task, on_epoch=None, progress=True):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "train", interrupted)
+    monkeypatch.setitem(runner.TRAINERS, "grow", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
     statuses = sorted(r.info.status for r in runs_of()[1])

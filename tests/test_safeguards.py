@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reproduce.method.options import BudgetOptions, GateOptions
 from reproduce.method import ChannelGate, GrowthController, export, sample_gates
 from reproduce.models import create_model
 
@@ -41,7 +42,7 @@ def test_samples_keep_at_least_min_active():
 def test_min_channels_zero_still_allows_zero_width_and_floor_applies_to_export():
     for floor in (0, 1):
         model = create_model("resnet20", in_channels=1)
-        grow = GrowthController(model, (1, 8, 8), epochs=2, min_channels=floor)
+        grow = GrowthController(model, (1, 8, 8), epochs=2, gates=GateOptions(min_channels=floor))
         with torch.no_grad():
             for g in grow.gates:
                 g.logits.uniform_(-1, 1)
@@ -62,14 +63,13 @@ def test_non_finite_probabilities_stop_with_a_clear_message():
         sample_gates([gate], torch.Generator().manual_seed(0))
 
 
-def test_temperature_trace_and_metric_agree_and_end_at_beta_final():
+def test_temperature_trace_and_metric_agree_and_end_at_beta_final(tiny):
     from reproduce.config import resolve
-    from reproduce.train import train
-    from tests.conftest import TINY
+    from reproduce.runner import execute
 
     epochs = int(torch.randint(3, 6, ()).item())
     beta_final = float(torch.randint(20, 300, ()).item())
-    cfg = resolve(TINY, {"train": {"epochs": epochs}, "temperature": {"beta_final": beta_final,
+    cfg = resolve(tiny, {"train": {"epochs": epochs}, "temperature": {"beta_final": beta_final,
                                                                       "schedule": "global"}})
     seen = {}
 
@@ -77,7 +77,7 @@ def test_temperature_trace_and_metric_agree_and_end_at_beta_final():
         state = controller.structure_state()
         seen[step] = (stats["temperature/conv1"], max(state["beta"]))
 
-    train(cfg, on_epoch=on_epoch, progress=False)
+    execute(cfg, on_epoch=on_epoch, progress=False)
     assert sorted(seen) == list(range(epochs + 1))
     for step, (metric, trace) in seen.items():
         assert metric == pytest.approx(trace), step
@@ -87,7 +87,8 @@ def test_temperature_trace_and_metric_agree_and_end_at_beta_final():
 
 def test_a_model_without_gates_reports_no_budget_pressure():
     model = create_model("vgg11", in_channels=1, gate_channels=False)
-    grow = GrowthController(model, (1, 8, 8), epochs=2, lambda_base=float(torch.rand(()) + 0.1))
+    grow = GrowthController(model, (1, 8, 8), epochs=2,
+                            budget=BudgetOptions(lambda_base=float(torch.rand(()) + 0.1)))
     grow.after_step(8)
     stats = grow.end_epoch()
     assert stats["budget/lambda"] == 0.0 and stats["budget/usage"] == pytest.approx(1.0)

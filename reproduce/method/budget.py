@@ -10,7 +10,7 @@ penalty prunes; under budget λ < 0 and it grows. `metric = none` keeps λ = λ_
 
 from __future__ import annotations
 
-METRICS = ("macs", "params", "none")
+from .options import BUDGET_METRICS as METRICS
 
 
 class BudgetController:

@@ -21,7 +21,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic", "hard")
+from .options import SAMPLING_MODES
 
 
 class Gate(nn.Module):

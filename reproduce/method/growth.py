@@ -1,6 +1,8 @@
 """The growing method in one object: what it adds to an ordinary training loop.
 
-    controller = GrowthController(model, input_shape=(3, 32, 32), epochs=160, ...)
+    controller = GrowthController(model, input_shape=(3, 32, 32), epochs=160,
+                                  gates=GateOptions(), temperature=TemperatureOptions(),
+                                  budget=BudgetOptions(target=0.5), rng_seed=0)
     for epoch in range(epochs):
         controller.start_epoch()                      # temperature schedule (from epoch 2 on)
         for x, y in data:
@@ -23,6 +25,9 @@ from torch import Tensor, nn
 from .budget import BudgetController
 from .costs import CostModel
 from .gates import BlockGate, ChannelGate, Gate, gates_of, open_all, sample_gates, set_sampling
+from .options import (SEED_BLOCKS, SEED_SELECTIONS, BudgetOptions, GateOptions,
+                      OptionError, TemperatureOptions)
+from .structure import GatedModel
 from .temperature import TemperatureSchedule
 
 
@@ -34,6 +39,10 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
     Blocks without a block gate (the first of each stage) are always on, so `one_per_stage` closes
     every gated block. fraction = 1 with blocks = "all" starts from the full network (pruning).
     """
+    if blocks not in SEED_BLOCKS or selection not in SEED_SELECTIONS:
+        raise OptionError(f"seed architecture: blocks must be one of {', '.join(SEED_BLOCKS)} and "
+                          f"selection one of {', '.join(SEED_SELECTIONS)}; got {blocks!r}, "
+                          f"{selection!r}")
     with torch.no_grad():
         for _, g in gates:
             if isinstance(g, BlockGate):
@@ -49,41 +58,60 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
 
 
 class GrowthController:
-    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int], *, epochs: int,
-                 sampling: str = "bernoulli",
-                 seed_fraction: float = 0.25, seed_blocks: str = "one_per_stage",
-                 seed_selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
-                 min_channels: int = 1,
-                 temperature: str = "global", beta_0: float = 1.0, beta_final: float = 200.0,
-                 beta_decay: float = 0.9,
-                 budget: str = "macs", target: float = 0.5, lambda_base: float = 0.05,
-                 usage: str = "hard", cost: str = "macs", normalize: str = "mean",
-                 growth_push: str = "uniform", seed: int = 0):
+    """Gates, temperature, budget and costs of one model, attached to a training loop."""
+
+    def __init__(self, model: GatedModel, input_shape: tuple[int, ...], *, epochs: int,
+                 gates: GateOptions = GateOptions(),
+                 temperature: TemperatureOptions = TemperatureOptions(),
+                 budget: BudgetOptions = BudgetOptions(), rng_seed: int = 0):
         self.model = model
+        self.options = (gates, temperature, budget)
         self.named_gates = gates_of(model)
         self.gates = [g for _, g in self.named_gates]
         self._by_name = dict(self.named_gates)
-        set_sampling(model, sampling)
+        set_sampling(model, gates.sampling)
         for g in self.gates:
             if isinstance(g, ChannelGate):
-                g.min_active = min(min_channels, g.n)
-        self.sampling = sampling
+                g.min_active = min(gates.min_channels, g.n)
+        self.sampling = gates.sampling
         self.epochs_started = 0
-        self.generator = torch.Generator().manual_seed(seed)   # same stream on every rank
-        init_seed(self.named_gates, seed_fraction, seed_blocks, seed_selection, s_on, s_off,
-                  torch.Generator().manual_seed(seed + 1))
+        self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
+        init_seed(self.named_gates, gates.seed_fraction, gates.seed_blocks, gates.seed_selection,
+                  gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1))
         self.costs = CostModel(model, input_shape)
-        self.temperature = TemperatureSchedule(self.gates, temperature, beta_0, beta_final, epochs,
-                                               beta_decay)
+        t = temperature
+        self.temperature = TemperatureSchedule(self.gates, t.schedule, t.beta_0, t.beta_final,
+                                               epochs, t.decay)
         # a model without gates (the dense baseline) has nothing to push: λ stays 0
-        self.budget = BudgetController(budget if self.gates else "none", target,
-                                       lambda_base if self.gates else 0.0)
-        self.usage_mode, self.growth_push = usage, growth_push
-        self.cost_weights, self.uniform_weights = self._penalty_weights(cost, normalize, budget)
+        self.budget = BudgetController(budget.metric if self.gates else "none", budget.target,
+                                       budget.lambda_base if self.gates else 0.0)
+        self.usage_mode, self.growth_push = budget.usage, budget.growth_push
+        self.cost_weights, self.uniform_weights = self._penalty_weights(budget.cost,
+                                                                        budget.normalize)
         self.train_macs_epoch = 0.0
         self.train_macs_total = 0.0
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
         self.budget.update(self.current_usage())
+
+    # -- checkpointing ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What is not in the model's own state: sampling RNG, budget, schedule, cost totals.
+        (Logits, β and the current samples are model parameters and buffers.)"""
+        return {"generator": self.generator.get_state(), "epochs_started": self.epochs_started,
+                "lambda": self.budget.lam, "usage": self.budget.usage,
+                "temperature": self.temperature.state_dict(),
+                "train_macs_epoch": self.train_macs_epoch,
+                "train_macs_total": self.train_macs_total,
+                "dense_train_macs_total": self.dense_train_macs_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epochs_started = state["epochs_started"]
+        self.budget.lam, self.budget.usage = state["lambda"], state["usage"]
+        self.temperature.load_state_dict(state["temperature"])
+        self.train_macs_epoch = state["train_macs_epoch"]
+        self.train_macs_total = state["train_macs_total"]
+        self.dense_train_macs_total = state["dense_train_macs_total"]
 
     # -- parameters ---------------------------------------------------------------------------
     def mask_parameters(self) -> list[nn.Parameter]:
@@ -184,8 +212,9 @@ class GrowthController:
         return out
 
     # -- helpers ------------------------------------------------------------------------------
-    def _penalty_weights(self, cost: str, normalize: str, budget: str) -> tuple[Tensor, Tensor]:
-        per_gate = self.costs.structure_costs(cost if cost != "uniform" else "uniform")
+    def _penalty_weights(self, cost: str, normalize: str) -> tuple[Tensor, Tensor]:
+        """Per-structure penalty weights: cost-proportional, and uniform with the same mean."""
+        per_gate = self.costs.structure_costs(cost)
         c = torch.cat([torch.full((g.n,), per_gate[name]) for name, g in self.named_gates]) \
             if self.gates else torch.zeros(0)
         if normalize == "mean":
@@ -205,4 +234,4 @@ class GrowthController:
         return next(self.model.parameters()).device
 
 
-__all__ = ["GrowthController", "init_seed", "ChannelGate", "BlockGate"]
+__all__ = ["GrowthController", "init_seed"]

@@ -16,8 +16,7 @@ from typing import Iterable
 import torch
 
 from .gates import Gate
-
-SCHEDULES = ("global", "separate", "separate_decayed")
+from .options import SCHEDULES
 
 
 class TemperatureSchedule:

@@ -1,0 +1,103 @@
+"""The method's options: every vocabulary and range, defined and checked once, here.
+
+    GrowthController(model, input_shape, epochs=160,
+                     gates=GateOptions(sampling="bernoulli", seed_fraction=0.25),
+                     temperature=TemperatureOptions(schedule="separate"),
+                     budget=BudgetOptions(target=0.5), rng_seed=0)
+
+Anyone using the method in their own loop gets the same clear errors as an experiment file: the
+suite's config schema (reproduce/config.py) takes its vocabularies from here. "Seed" in
+`seed_fraction`, `seed_blocks` and `seed_selection` is the seed *architecture* the network grows
+from; the random-number seed is `rng_seed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic", "hard")
+SEED_BLOCKS = ("one_per_stage", "all")
+SEED_SELECTIONS = ("first", "random")
+SCHEDULES = ("global", "separate", "separate_decayed")
+BUDGET_METRICS = ("macs", "params", "none")
+USAGES = ("hard", "expected")
+COSTS = ("macs", "params", "uniform")
+NORMALIZATIONS = ("mean", "total")
+GROWTH_PUSHES = ("uniform", "cost")
+
+
+class OptionError(ValueError):
+    """An unknown or out-of-range method option; the message names it and what is accepted."""
+
+
+def _choice(group: str, name: str, value, options: tuple) -> None:
+    if value not in options:
+        raise OptionError(f"{group}.{name}: unknown value {value!r}; choose one of "
+                          f"{', '.join(options)}")
+
+
+def _check(group: str, name: str, ok: bool, expected: str, value) -> None:
+    if not ok:
+        raise OptionError(f"{group}.{name} = {value!r}: must be {expected}")
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """How gates behave in training and which architecture the network starts from."""
+    sampling: str = "bernoulli"         # SAMPLING_MODES (gates.py explains each)
+    seed_fraction: float = 0.25         # share of every channel gate's channels that start on
+    seed_blocks: str = "one_per_stage"  # SEED_BLOCKS: which removable blocks start on
+    seed_selection: str = "first"       # SEED_SELECTIONS: which channels form the seed
+    s_on: float = 0.5                   # initial logit of seed structures
+    s_off: float = -0.1                 # initial logit of the rest
+    min_channels: int = 1               # channels every channel gate keeps on (0: zero width ok)
+
+    def __post_init__(self):
+        _choice("gates", "sampling", self.sampling, SAMPLING_MODES)
+        _choice("gates", "seed_blocks", self.seed_blocks, SEED_BLOCKS)
+        _choice("gates", "seed_selection", self.seed_selection, SEED_SELECTIONS)
+        _check("gates", "seed_fraction", 0.0 < self.seed_fraction <= 1.0, "in (0, 1]",
+               self.seed_fraction)
+        _check("gates", "min_channels", self.min_channels >= 0, ">= 0", self.min_channels)
+
+
+@dataclass(frozen=True)
+class TemperatureOptions:
+    """How β rises so that σ(β·s) hardens into a binary mask (temperature.py)."""
+    schedule: str = "global"            # SCHEDULES
+    beta_0: float = 1.0
+    beta_final: float = 200.0
+    decay: float = 0.9                  # separate_decayed: β_i ← max(β_0, δ·β_i) while inactive
+
+    def __post_init__(self):
+        _choice("temperature", "schedule", self.schedule, SCHEDULES)
+        _check("temperature", "beta_0", self.beta_0 > 0, "positive", self.beta_0)
+        _check("temperature", "beta_final", self.beta_final >= self.beta_0,
+               ">= temperature.beta_0", self.beta_final)
+        _check("temperature", "decay", 0.0 < self.decay <= 1.0, "in (0, 1]", self.decay)
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """The resource target and the sparsity penalty that steers towards it (budget.py)."""
+    metric: str = "macs"                # BUDGET_METRICS; none keeps λ = λ_base fixed
+    target: float = 0.5                 # τ: fraction of the dense model's cost
+    lambda_base: float = 0.05
+    usage: str = "hard"                 # USAGES: the hard architecture's cost, or the expected one
+    cost: str = "macs"                  # COSTS: what one structure costs in the penalty
+    normalize: str = "mean"             # NORMALIZATIONS: structure costs over their mean or total
+    growth_push: str = "uniform"        # GROWTH_PUSHES: the penalty's weights while growing
+
+    def __post_init__(self):
+        _choice("budget", "metric", self.metric, BUDGET_METRICS)
+        _choice("budget", "usage", self.usage, USAGES)
+        _choice("budget", "cost", self.cost, COSTS)
+        _choice("budget", "normalize", self.normalize, NORMALIZATIONS)
+        _choice("budget", "growth_push", self.growth_push, GROWTH_PUSHES)
+        _check("budget", "target", 0.0 < self.target <= 1.0, "in (0, 1]", self.target)
+        _check("budget", "lambda_base", self.lambda_base >= 0, ">= 0", self.lambda_base)
+
+
+def from_fields(cls, source) -> object:
+    """Build an options dataclass from any object with attributes of the same names."""
+    return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})

@@ -1,0 +1,123 @@
+"""Tasks: what a run optimises and how it is measured, apart from the training loop.
+
+A task owns its loss, its metrics (names and whether higher is better) and its main metric. The
+loop, the runner, the search and the figures ask the task, so segmentation (mIoU) or language
+modelling (perplexity) plug in as new tasks without touching any of them.
+
+    task = task_for(cfg, data)
+    loss = task.loss(model(x), y)
+    meter = task.meter("train"); meter.update(out, y, loss); meter.compute()  # {"train/acc": ...}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import contract
+
+MAXIMIZE, MINIMIZE = "maximize", "minimize"
+
+
+class Meter:
+    """Accumulates a task's metrics over batches on the device; one host sync in `compute`."""
+
+    def update(self, out: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class Task:
+    name: str = ""
+    main_metric: str = ""                  # e.g. val/acc: what tables, searches and demos report
+    directions: dict[str, str] = {}        # metric -> maximize | minimize
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def meter(self, split: str) -> Meter:
+        """Metrics of one pass over `split` ("train" or "val"), named `<split>/<metric>`."""
+        raise NotImplementedError
+
+    def samples(self, y: Tensor) -> int:
+        """How many samples a batch holds (what training cost is multiplied by)."""
+        return int(y.shape[0])
+
+    def direction(self, metric: str) -> str:
+        return self.directions[metric]
+
+
+class _ClassificationMeter(Meter):
+    def __init__(self, split: str, topk: int, label_smoothing: float):
+        self.split, self.topk, self.label_smoothing = split, topk, label_smoothing
+        self.loss_sum = self.correct = self.correct_k = None
+        self.seen = 0
+
+    def update(self, out: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
+        out = out.detach().float()
+        if loss is None:
+            loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+        n = y.numel()
+        top = out.topk(min(self.topk, out.shape[1]), dim=1).indices
+        hits = top == y[:, None]
+        batch = (loss.detach().float() * n, hits[:, 0].sum(), hits.any(1).sum())
+        if self.loss_sum is None:
+            self.loss_sum, self.correct, self.correct_k = batch
+        else:
+            self.loss_sum = self.loss_sum + batch[0]
+            self.correct = self.correct + batch[1]
+            self.correct_k = self.correct_k + batch[2]
+        self.seen += n
+
+    def compute(self) -> dict[str, float]:
+        n = max(1, self.seen)
+        if self.loss_sum is None:
+            return {f"{self.split}/acc": 0.0, f"{self.split}/loss": float("nan")}
+        loss, c1, ck = (float(v) for v in torch.stack(
+            [self.loss_sum, self.correct.float(), self.correct_k.float()]).cpu())
+        out = {f"{self.split}/acc": 100.0 * c1 / n, f"{self.split}/loss": loss / n}
+        if self.split == "val":
+            out[contract.VAL_TOP5] = 100.0 * ck / n
+        return out
+
+
+@dataclass
+class Classification(Task):
+    """Image classification: cross-entropy (optional label smoothing), top-1 and top-5 in %.
+
+    Top-5 is logged as `val/top5` (with fewer than 5 classes it is top-k over all classes, 100 %).
+    """
+    num_classes: int = 10
+    label_smoothing: float = 0.0
+
+    name = "classification"
+    main_metric = contract.VAL_ACC
+    directions = {contract.VAL_ACC: MAXIMIZE, contract.VAL_TOP5: MAXIMIZE,
+                  contract.VAL_LOSS: MINIMIZE, contract.TRAIN_ACC: MAXIMIZE,
+                  contract.TRAIN_LOSS: MINIMIZE}
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out.float(), y, label_smoothing=self.label_smoothing)
+
+    def meter(self, split: str) -> Meter:
+        # validation loss is the plain cross-entropy; training loss is what was optimised
+        return _ClassificationMeter(split, 5, self.label_smoothing if split == "train" else 0.0)
+
+
+TASKS = {"classification": Classification}
+
+
+def task_class(cfg) -> type[Task]:
+    """Which task a run is (today every dataset of the suite is a classification dataset)."""
+    return Classification
+
+
+def task_for(cfg, data) -> Task:
+    """The task object a run trains with."""
+    return task_class(cfg)(num_classes=data.num_classes,
+                           label_smoothing=cfg.train.label_smoothing)

@@ -10,7 +10,6 @@ thin (green: on at the end, red: off). Figure 13 is the same plot for `separate_
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,18 +17,17 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from . import style
-from .runs import structure_traces
+from .runs import gate_info, structure_traces
 
 EXPERIMENTS = ["figure-12"]
 
 
-def gate_label(gate: str) -> str:
-    """layer2.gate -> stage 2 stream, layer2.0.gate1 -> layer2.0 inner, gate3 -> conv3."""
-    if m := re.fullmatch(r"layer(\d+)\.gate", gate):
-        return f"stage {m.group(1)} stream"
-    if m := re.fullmatch(r"(layer\d+\.\d+)\.gate\d*", gate):
-        return f"{m.group(1)} inner"
-    return re.sub(r"^gate(\d+)$", r"conv\1", gate)
+def gate_label(info: dict) -> str:
+    """A gate by what it gates (from architecture.json): a stage's stream, or its writing layer."""
+    if info["role"] == "stream":
+        return f"stage {info['stage']} stream"
+    writer = info["layers"][0]
+    return f"{writer} (inner)" if info["role"] == "inner" else writer
 
 
 def quantiles(traces):
@@ -44,6 +42,7 @@ def draw_traces(runs, stem: Path, figure: str, uri=None, examples: int = 3) -> l
     run = runs.sort_values("seed").iloc[[0]]
     r = run.iloc[0]
     traces = structure_traces(r["run_id"], uri)
+    info = gate_info(r["run_id"], uri)
     gates = list(dict.fromkeys(traces["gate"]))                    # network order
     q = quantiles(traces)
     last = traces[traces["epoch"] == traces["epoch"].max()].set_index(["gate", "index"])["active"]
@@ -70,7 +69,7 @@ def draw_traces(runs, stem: Path, figure: str, uri=None, examples: int = 3) -> l
             ax.plot(s["epoch"], s["beta"], color="C2" if on else "C3", lw=0.8, alpha=0.9,
                     label="one channel, on at end" if on else "one channel, off at end")
         n_on, n = int(last.loc[gate].sum()), int(last.loc[gate].size)
-        ax.set_title(f"{gate_label(gate)} ({n_on}/{n} on)", fontsize=9)
+        ax.set_title(f"{gate_label(info[gate])} ({n_on}/{n} on)", fontsize=9)
         ax.set_yscale("log")
     for ax in axes.flat[len(gates):]:
         ax.set_visible(False)

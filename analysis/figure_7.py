@@ -3,38 +3,35 @@
 One panel per stage. Solid lines: the inner convs of each block (their own gates). Dashed: the
 stage's residual stream, which the stem / every block's second conv / the projection shortcut
 write through one shared gate, so those layers always have the same ratio and are drawn once.
-Epoch 0 is the seed architecture before training.
+Epoch 0 is the seed architecture before training. Each layer's stage and role come from the
+run's architecture.json.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from reproduce import contract
+
 from . import style
-from .runs import histories
+from .runs import histories, layer_info
 
 EXPERIMENTS = ["figure-7"]
-
-
-def layer_stage(layer: str) -> int:
-    m = re.match(r"layer(\d+)\.", layer)
-    return int(m.group(1)) if m else 1
-
-
-def writes_stream(layer: str) -> bool:
-    return layer == "conv1" or layer.endswith((".conv2", ".shortcut.0"))
+STREAM_ROLES = ("stream", "shortcut")     # layers writing a stage's shared residual stream
 
 
 def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
+    layers = layer_info(runs["run_id"].iloc[0], uri).set_index("layer")
     h = histories(runs, r"channels/(?!stage).*", uri)
-    h["layer"] = h["key"].str.removeprefix("channels/")
-    h["stage"] = h["layer"].map(layer_stage)
-    h.loc[h["layer"].map(writes_stream), "layer"] = "stream"
+    h["layer"] = h["key"].str.removeprefix(contract.CHANNELS)
+    h = h[h["layer"].isin(layers.index)]
+    h["stage"] = h["layer"].map(layers["stage"])
+    h["order"] = h["layer"].map(layers["order"])
+    h.loc[h["layer"].map(layers["role"]).isin(STREAM_ROLES), ["layer", "order"]] = ("stream", 1e9)
     h = h.drop_duplicates(["run_id", "layer", "stage", "epoch"])
     stats = h.groupby(["stage", "layer", "epoch"])["value"].agg(["mean", "min", "max"]).reset_index()
     stages = sorted(stats["stage"].unique())
@@ -42,7 +39,8 @@ def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
                              squeeze=False, layout="constrained")
     for ax, stage in zip(axes[0], stages):
         d_stage = stats[stats["stage"] == stage]
-        inner = sorted((la for la in d_stage["layer"].unique() if la != "stream"), key=_order)
+        order = h.drop_duplicates("layer").set_index("layer")["order"]
+        inner = sorted((la for la in d_stage["layer"].unique() if la != "stream"), key=order.get)
         colors = style.stage_colors(stage, len(inner) + 1)
         for layer, color in zip(inner + ["stream"], colors):
             d = d_stage[d_stage["layer"] == layer]
@@ -59,7 +57,3 @@ def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
     fig.suptitle("Figure 7 - retained channels per layer during growth (epoch 0 = seed)\n"
                  + style.subtitle(runs), fontsize=11)
     return style.save(fig, stem)
-
-
-def _order(layer: str):
-    return [int(n) for n in re.findall(r"\d+", layer)]

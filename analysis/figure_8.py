@@ -12,26 +12,22 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-from reproduce.models.vgg_cifar import CONFIGS     # the static layer plan: stage of each conv
+from reproduce import contract
 
 from . import style
-from .runs import histories
+from .runs import histories, layer_info
 
 EXPERIMENTS = ["figure-8"]
-
-
-def layer_stages(model: str) -> dict[str, int]:
-    """conv<i> -> stage, from the model's layer plan."""
-    plan = [k + 1 for k, widths in enumerate(CONFIGS[model]) for _ in widths]
-    return {f"conv{i + 1}": stage for i, stage in enumerate(plan)}
 
 
 def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
-    h = histories(runs, r"channels/conv\d+", uri)
-    h["layer"] = h["key"].str.removeprefix("channels/")
-    h["stage"] = h["layer"].map(layer_stages(runs["model"].iloc[0]))
+    layers = layer_info(runs["run_id"].iloc[0], uri).set_index("layer")   # stage of each conv
+    h = histories(runs, r"channels/(?!stage).*", uri)
+    h["layer"] = h["key"].str.removeprefix(contract.CHANNELS)
+    h = h[h["layer"].isin(layers.index)]
+    h["stage"] = h["layer"].map(layers["stage"])
     stats = h.groupby(["stage", "layer", "epoch"])["value"].agg(["mean", "min", "max"])
     stats = stats.reset_index()
     stages = sorted(stats["stage"].unique())
@@ -39,8 +35,8 @@ def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
                              squeeze=False, layout="constrained")
     for ax, stage in zip(axes[0], stages):
         d_stage = stats[stats["stage"] == stage]
-        layers = sorted(d_stage["layer"].unique(), key=lambda la: int(la.removeprefix("conv")))
-        for layer, color in zip(layers, style.stage_colors(stage, len(layers))):
+        names = sorted(d_stage["layer"].unique(), key=layers["order"].get)
+        for layer, color in zip(names, style.stage_colors(stage, len(names))):
             d = d_stage[d_stage["layer"] == layer]
             ax.plot(d["epoch"], d["mean"], color=color, lw=1.6, label=layer)
             if runs["seed"].nunique() > 1:

@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from reproduce import tracking
+from reproduce import contract, tracking
 
 # Figures read a few small artifacts per run: no per-file download progress bars.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -39,7 +39,7 @@ def load_runs(profile: str, hashes: set[str] | None = None, figure: str | None =
         if figure is not None and figure not in tags.get("figures", "").split(","):
             continue
         rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time,
-                     **{t: tags.get(t) for t in tracking.TAGS},
+                     **{t: tags.get(t) for t in contract.TAGS},
                      **{f"param.{k}": v for k, v in r.data.params.items()},
                      **r.data.metrics})
     frame = pd.DataFrame(rows)
@@ -76,10 +76,32 @@ def artifact_json(run_id: str, path: str, uri: str | None = None) -> dict:
         return json.load(f)
 
 
+def architecture(run_id: str, uri: str | None = None) -> dict:
+    """A run's architecture.json; stops clearly for runs tracked before it named stage and role."""
+    arch = artifact_json(run_id, contract.ARTIFACT_ARCH, uri)
+    if "layers" not in arch or "gates" not in arch:
+        raise ValueError(f"run {run_id} was tracked before architecture.json recorded each "
+                         f"layer's stage and role; retrain it (FORCE=1) to draw this figure")
+    return arch
+
+
+def layer_info(run_id: str, uri: str | None = None) -> pd.DataFrame:
+    """Per gated layer of a run, in network order: layer, order, stage, role, dense_width."""
+    layers = architecture(run_id, uri)["layers"]
+    return pd.DataFrame([{"layer": name, "order": i, "stage": v["stage"], "role": v["role"],
+                          "dense_width": v["dense_width"]} for i, (name, v) in enumerate(layers.items())],
+                        columns=["layer", "order", "stage", "role", "dense_width"])
+
+
+def gate_info(run_id: str, uri: str | None = None) -> dict[str, dict]:
+    """Per gate of a run: kind (channel or block), stage, role and the layers writing it."""
+    return architecture(run_id, uri)["gates"]
+
+
 def structure_traces(run_id: str, uri: str | None = None) -> pd.DataFrame:
     """Per-structure β, logit and hard state per epoch (columns epoch, gate, index, kind, ...)."""
     c = tracking.client(uri)
-    return pd.read_csv(c.download_artifacts(run_id, tracking.ARTIFACT_TRACES))
+    return pd.read_csv(c.download_artifacts(run_id, contract.ARTIFACT_TRACES))
 
 
 def architectures(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
@@ -91,7 +113,7 @@ def architectures(runs: pd.DataFrame, uri: str | None = None) -> pd.DataFrame:
     """
     rows = []
     for r in runs.to_dict("records"):
-        widths = artifact_json(r["run_id"], tracking.ARTIFACT_ARCH, uri).get("widths", {})
+        widths = artifact_json(r["run_id"], contract.ARTIFACT_ARCH, uri).get("widths", {})
         for order, (layer, width) in enumerate(widths.items()):
             rows.append({"run_id": r["run_id"], "variant": r["variant"], "seed": r["seed"],
                          "layer": layer, "order": order, "width": width,

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reproduce.config import RunConfig
-
 from . import tables
 
 EXPERIMENTS = ["table-ablation"]
@@ -27,19 +25,16 @@ TITLE = "Table: ablations of growing on ResNet-20"
 # the table's groups, in order: the setting a row changes against the reference run
 AXES = ["sampling", "budget", "temperature", "seed", "start"]
 METRIC_LABELS = {"macs": "MACs", "params": "params"}
-
-def _defaults() -> dict[str, str]:
-    from reproduce.config import flatten, to_dict
-    return {k: str(v) for k, v in flatten(to_dict(RunConfig())).items()}
+REFERENCE_VARIANT = "grow-50"     # experiments/table-ablation.yaml: the run every row changes
 
 
 def settings(runs: pd.DataFrame) -> pd.DataFrame:
     """Per run: the four display settings, from its params ("–" for the dense network)."""
     def p(key):
-        return runs.get(f"param.{key}", pd.Series(_defaults()[key], index=runs.index)).astype(str)
-    seed_fraction = pd.to_numeric(p("gates.seed_fraction"))
+        return runs.get(f"param.{key}", pd.Series("–", index=runs.index)).astype(str)
+    seed_fraction = pd.to_numeric(p("gates.seed_fraction"), errors="coerce")
     full = (seed_fraction >= 1.0) & (p("gates.seed_blocks") == "all")
-    metric, target = p("budget.metric"), pd.to_numeric(p("budget.target"))
+    metric, target = p("budget.metric"), pd.to_numeric(p("budget.target"), errors="coerce")
     out = pd.DataFrame({
         "run_id": runs["run_id"],
         "sampling": p("gates.sampling").str.replace("_", "-"),
@@ -70,12 +65,8 @@ def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
     measured = tables.per_run(runs).merge(settings(runs), on="run_id")
     out = tables.aggregate(measured)
     out = tables.attach_paper(out, TABLE, reference_path)
-    d = _defaults()
     grown = out[out["kind"] == "grow"]
-    is_ref = (grown["sampling"] == d["gates.sampling"].replace("_", "-")) \
-        & (grown["temperature"] == d["temperature.schedule"].replace("_", "-")) \
-        & grown["budget"].str.startswith("MACs") \
-        & (grown["start"] == f"seed {100 * float(d['gates.seed_fraction']):g} % (grow)")
+    is_ref = grown["variant"] == REFERENCE_VARIANT
     reference = grown[is_ref].iloc[0] if is_ref.any() else (grown.iloc[0] if len(grown) else None)
     groups = []
     for _, r in out.iterrows():

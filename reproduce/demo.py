@@ -8,16 +8,16 @@ from . import tracking
 
 
 def main(profile: str = "smoke", force: bool = False) -> int:
-    from analysis import draw
+    from analysis.runs import load_runs
+
+    from .experiments import plan
+    from .pipeline import make
 
     start = time.perf_counter()
     print(f"Growing ResNet-20 from a 25% channel seed to a 50% MACs budget ({profile} profile).")
     print(f"Runs are tracked in {tracking.tracking_uri()}\n")
-    outputs = draw("figure-7", profile=profile, force=force)
-    outputs += draw("figure-9", profile=profile, run_missing=False)
-
-    from analysis.runs import load_runs
-    from .experiments import plan
+    outputs = make("figure-7", profile=profile, force=force)
+    outputs += make("figure-9", profile=profile, run_missing=False)
     runs = load_runs(profile, {p.hash for p in plan("figure-7", profile)})
     r = runs.iloc[0]
     print("\nSummary (" + ", ".join(f"run {x}" for x in runs["run_id"]) + ")")

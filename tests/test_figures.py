@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import analysis
+from reproduce.pipeline import make
 from analysis import style
 from analysis.variants import si_scale
 from reproduce import tracking
@@ -96,7 +97,7 @@ def metric(run_id, key) -> pd.Series:
 def draw(name, tiny, **extra) -> pd.DataFrame:
     """Draw a figure (training what is missing); check its files; return the runs it planned."""
     overrides = {**tiny, **extra}
-    paths = analysis.draw(name, profile="smoke", overrides=overrides, progress=False)
+    paths = make(name, profile="smoke", overrides=overrides, progress=False)
     for suffix in (".png", ".pdf"):
         path = next(p for p in paths if p.suffix == suffix)
         assert path.stat().st_size > 1000, path

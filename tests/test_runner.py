@@ -22,7 +22,7 @@ def runs_of(profile: str = "smoke"):
 
 @pytest.mark.slow
 def test_run_track_reuse_and_draw(tiny, tmp_path):
-    from analysis import draw
+    from reproduce.pipeline import make as draw
 
     epochs = tiny["train"]["epochs"]
     outputs = draw("figure-7", profile="smoke", overrides=tiny, progress=False)
@@ -166,3 +166,19 @@ def test_cli_flops_json_matches_flop_counter(capsys):
     assert info["macs"] == counter.get_total_flops() // 2
     assert info["params"] == sum(p.numel() for n, p in model.named_parameters()
                                  if "bn" not in n and "shortcut.1" not in n)
+
+
+def test_figures_draw_from_a_store_at_a_non_default_uri(tiny, tmp_path, monkeypatch):
+    """A store copied elsewhere: drawing from it by URI finds its runs, not the default store's."""
+    from reproduce.pipeline import make
+
+    other = f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    (tmp_path / "elsewhere").mkdir()
+    summaries = run_experiment("figure-7", "smoke", overrides=tiny, progress=False, uri=other)
+    default_c = tracking.client()
+    assert tracking.experiment_id(default_c, "smoke", create=False) is None   # nothing here
+    outputs = make("figure-7", profile="smoke", overrides=tiny, run_missing=False, uri=other)
+    sidecar = json.loads(next(p for p in outputs if p.suffix == ".json").read_text())
+    assert [r["run_id"] for r in sidecar["runs"]] == [summaries[0]["run_id"]]
+    with pytest.raises(ConfigError, match="no finished runs"):   # the default store has none
+        make("figure-7", profile="smoke", overrides=tiny, run_missing=False)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from analysis import reference, tables
+from reproduce.pipeline import make
 
 PROFILES = {"tiny": {"seeds": [0], "config": {
     "data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_val": 32, "batch_size": 32,
@@ -114,7 +115,6 @@ def _store_runs(uri: str) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_table_cifar_end_to_end(tmp_path, monkeypatch, isolated_stores):
-    import analysis
     from analysis import table_cifar
 
     prune = {"method": "prune", "baseline": {"criterion": "l1_norm", "prune_target": 0.5,
@@ -137,7 +137,7 @@ def test_table_cifar_end_to_end(tmp_path, monkeypatch, isolated_stores):
     monkeypatch.setattr(reference, "REFERENCE_FILE", ref)
     monkeypatch.setattr(table_cifar, "EXPERIMENTS", [exp])
 
-    outputs = analysis.draw("table-cifar", profile="tiny", progress=False)
+    outputs = make("table-cifar", profile="tiny", progress=False)
     out_dir = tmp_path / "figures"
     assert {p.name for p in outputs} == {"table-cifar.md", "table-cifar.csv", "table-cifar.tex",
                                          "table-cifar.runs.json"}
@@ -184,13 +184,12 @@ def test_table_cifar_end_to_end(tmp_path, monkeypatch, isolated_stores):
     assert r"\toprule" in tex and r"top-1 (\%)" in tex and all(i in tex for i in store)
 
     # redraw from the store alone
-    again = analysis.draw("table-cifar", profile="tiny", run_missing=False, progress=False)
+    again = make("table-cifar", profile="tiny", run_missing=False, progress=False)
     assert (out_dir / "table-cifar.csv").read_text() == again[1].read_text()
 
 
 @pytest.mark.slow
 def test_table_ablation_end_to_end(tmp_path, monkeypatch, isolated_stores):
-    import analysis
     from analysis import table_ablation
 
     grow = {"method": "grow", "budget": {"metric": "macs", "target": 0.5}}
@@ -204,7 +203,7 @@ def test_table_ablation_end_to_end(tmp_path, monkeypatch, isolated_stores):
         {"variant": "no-budget", "config": {**grow, "budget": {"metric": "none"}}},
     ], ["table-ablation"])
     monkeypatch.setattr(table_ablation, "EXPERIMENTS", [exp])
-    analysis.draw("table-ablation", profile="tiny", progress=False)
+    make("table-ablation", profile="tiny", progress=False)
     out_dir = tmp_path / "figures"
     csv = pd.read_csv(out_dir / "table-ablation.csv")
     assert list(csv["variant"]) == ["dense", "grow-50", "sampling-deterministic", "no-budget",

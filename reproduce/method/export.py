@@ -74,7 +74,7 @@ def _copy_bn(s: nn.BatchNorm2d, d: nn.BatchNorm2d, site: Site, take) -> None:
 
 def architecture_summary(model: GatedModel) -> dict:
     """The hard architecture, JSON-ready: per-layer widths with each layer's stage, role and
-    dense width, per-stage depths, and the removed blocks."""
+    dense width; every gate's kind, stage, role and writers; per-stage depths; removed blocks."""
     keep, removed = hard_architecture(model)
     depths: dict[int, int] = {}
     for block in model.blocks():
@@ -88,7 +88,20 @@ def architecture_summary(model: GatedModel) -> dict:
         widths[site.name] = width
         layers[site.name] = {"stage": site.stage, "role": site.role, "width": width,
                              "dense_width": _out_width(modules[site.name])}
-    return {"widths": widths, "layers": layers,
+    gates = {}
+    for site in model.sites():           # every gate: stage, role and the layers writing it
+        for name, kind in ((site.out_gate, "channel"), (site.block, "block")):
+            if name is None:
+                continue
+            info = gates.setdefault(name, {"kind": kind, "stage": site.stage, "role": site.role,
+                                           "layers": []})
+            if kind == "block":
+                info["role"] = "block"
+            elif site.role == "stream":      # a stream gate is named by the stream it gates
+                info["role"] = "stream"
+            if site.name not in info["layers"]:
+                info["layers"].append(site.name)
+    return {"widths": widths, "layers": layers, "gates": gates,
             "depths": {f"stage{k}": v for k, v in sorted(depths.items())},
             "removed_blocks": sorted(removed),
             "block_gates": sum(isinstance(g, BlockGate) for _, g in gates_of(model))}

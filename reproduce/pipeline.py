@@ -1,0 +1,61 @@
+"""What `make figure-N` and `make table-NAME` do: plan, train what is missing, draw from the store.
+
+    make("figure-7", profile="smoke")
+
+1. plan every run the figure's experiment files declare (validated before anything trains);
+2. train the runs not yet finished in the store (reused by config hash, unless forced);
+3. select exactly those runs from the store and hand them to the figure's analysis module,
+   which reads the store only;
+4. write the sidecar `<name>.runs.json` naming the runs, and refresh figures/INDEX.md.
+
+Training lives here, on the package side; `analysis/` never imports it, so any figure can be
+redrawn from a store copied to another machine (`run_missing=False`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+import analysis
+from analysis.index import write_index
+from analysis.runs import load_runs
+
+from .errors import ConfigError
+from .experiments import plan
+from .runner import run_experiment
+
+
+def make(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,
+         overrides: dict | None = None, out_dir: Path | None = None, progress: bool = True,
+         uri: str | None = None) -> list[Path]:
+    name = analysis.canonical(target)
+    module = importlib.import_module(analysis.targets()[name])
+    experiments = list(module.EXPERIMENTS)
+    planned = [p for e in experiments for p in plan(e, profile, overrides)]
+    if run_missing:
+        for e in experiments:
+            run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
+    hashes = {p.hash for p in planned}
+    runs = load_runs(profile, hashes, uri=uri)
+    if runs.empty:
+        raise ConfigError(f"{name}: no finished runs in the tracking store for profile {profile!r}; "
+                          f"train them with `make {name} PROFILE={profile}` "
+                          f"(or `python -m reproduce run {' '.join(experiments)} --profile {profile}`)")
+    if len(runs) < len(hashes):
+        print(f"{name}: {len(hashes) - len(runs)} of {len(hashes)} planned runs are not tracked "
+              f"yet; drawing from the {len(runs)} that are")
+    out_dir = Path(out_dir or analysis.figures_dir())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = module.draw(runs, out_dir / name, profile=profile, uri=uri)
+    sidecar = out_dir / f"{name}.runs.json"
+    sidecar.write_text(json.dumps({
+        "output": name, "profile": profile, "experiments": experiments,
+        "runs": [{"run_id": r.run_id, "experiment": r.experiment, "variant": r.variant,
+                  "seed": int(r.seed), "config_hash": r.config_hash} for r in runs.itertuples()],
+        "drawn_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }, indent=2))
+    write_index(out_dir)           # figures/INDEX.md: every output present and the runs behind it
+    return [*outputs, sidecar]

@@ -1,0 +1,108 @@
+"""The package's structure: one-way imports, a store-only analysis layer, stable run identities."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from reproduce.experiments import EXPERIMENTS_DIR, PROFILES_FILE, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PINS = Path(__file__).with_name("config_hashes.json")
+# what analysis may import from the package: the store reader's needs and the contract
+ANALYSIS_MAY_IMPORT = {"reproduce.contract", "reproduce.tracking", "reproduce.errors",
+                       "reproduce.search.results"}
+
+
+def imports_of(path: Path, package: str) -> set[str]:
+    """Every module a file imports (top level and inside functions), as absolute names."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    base = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = base.split(".")
+                prefix = ".".join(parts[:len(parts) - node.level + 1])
+                name = f"{prefix}.{node.module}" if node.module else prefix
+            else:
+                name = node.module
+            out.add(name)
+            out.update(f"{name}.{a.name}" for a in node.names)    # `from pkg import module`
+    return {m for m in out if m.split(".")[0] == package}
+
+
+def package_graph(package: str) -> dict[str, set[str]]:
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / package).rglob("*.py")}
+    return {m: {i for i in imports_of(p, package) if i in files and i != m}
+            for m, p in files.items()}
+
+
+def test_analysis_reads_the_store_only():
+    for path in (ROOT / "analysis").glob("*.py"):
+        reaching = {m for m in imports_of(path, "reproduce")
+                    if m != "reproduce" and not any(m == a or m.startswith(a + ".")
+                                                    for a in ANALYSIS_MAY_IMPORT)}
+        assert not reaching, f"{path.name} imports {sorted(reaching)}"
+
+
+def test_the_method_core_imports_only_torch_and_itself():
+    for path in (ROOT / "reproduce" / "method").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for name in names:
+                assert name.split(".")[0] in {"torch", "__future__", "dataclasses", "typing",
+                                              "warnings", "math"}, f"{path.name}: {name}"
+
+
+def test_no_import_cycle_in_the_package():
+    graph = package_graph("reproduce")
+    state: dict[str, int] = {}
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                pytest.fail("import cycle: " + " -> ".join(trail[trail.index(n):] + [n]))
+            if n not in state:
+                visit(n, trail + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def resolved_hashes() -> dict[str, list[str]]:
+    out = {}
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        if path.name == PROFILES_FILE or path.stem.startswith("search-"):
+            continue
+        for profile in ("smoke", "paper"):
+            out[f"{path.stem}:{profile}"] = sorted(
+                {f"{r.cfg.variant}/s{r.cfg.seed}={r.hash}" for r in plan(path.stem, profile)})
+    return out
+
+
+def test_every_experiment_resolves_to_its_pinned_config_hashes():
+    """Runs already tracked are found again: a refactoring must not change any run's identity.
+
+    A deliberate change of a default changes hashes; regenerate the pins with
+    `UPDATE_HASH_PINS=1 pytest tests/test_architecture.py` and say why in the commit.
+    """
+    now = resolved_hashes()
+    if os.environ.get("UPDATE_HASH_PINS") == "1":
+        PINS.write_text(json.dumps(now, indent=1) + "\n")
+    pinned = json.loads(PINS.read_text())
+    assert set(now) == set(pinned), "experiment files were added or removed: update the pins"
+    for key in pinned:
+        assert now[key] == pinned[key], f"{key}: config hashes changed"

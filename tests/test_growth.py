@@ -386,3 +386,25 @@ def test_end_epoch_returns_the_contract_keys(make):
             assert stats[f"blocks/stage{k}"] == on
     else:
         assert not any(k.startswith("blocks/") for k in stats)
+
+
+def test_the_method_checks_its_own_options_for_users_of_their_own_loop():
+    """Someone using the method without the suite's config gets the same clear errors."""
+    from reproduce.method.options import (BudgetOptions, GateOptions, OptionError,
+                                          TemperatureOptions)
+    with pytest.raises(OptionError, match="gates.sampling: unknown value 'gumbel'.*bernoulli"):
+        GateOptions(sampling="gumbel")
+    with pytest.raises(OptionError, match="budget.growth_push: unknown value 'fast'"):
+        BudgetOptions(growth_push="fast")
+    with pytest.raises(OptionError, match="budget.target = 1.5: must be in"):
+        BudgetOptions(target=1.5)
+    with pytest.raises(OptionError, match="temperature.beta_final"):
+        TemperatureOptions(beta_0=10.0, beta_final=5.0)
+    with pytest.raises(OptionError, match="gates.seed_blocks"):
+        GateOptions(seed_blocks="some")
+    # the config schema takes the method's vocabularies: one definition, one message
+    from reproduce.config import ConfigError, resolve
+    with pytest.raises(ConfigError, match="gates.sampling: unknown value 'gumbel'"):
+        resolve({"gates": {"sampling": "gumbel"}})
+    with pytest.raises(ConfigError, match="budget.target"):
+        resolve({"budget": {"target": 0.0}})

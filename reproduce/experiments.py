@@ -42,6 +42,7 @@ class PlannedRun:
     experiment: str
     figures: list[str]
     profile: str
+    description: str = ""           # the experiment file's description (the run's MLflow note)
 
     @property
     def hash(self) -> str:
@@ -123,7 +124,8 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
             cfg = resolve(shared.get("config"), exp.get("base"), own.get("config"), run.get("config"),
                           run_profile.get("config"), overrides, {"variant": variant, "seed": seed},
                           source=f"{path} (profile {profile}, run {variant!r})")
-            planned.append(PlannedRun(cfg, name, figures, profile))
+            description = str(run.get("description") or exp.get("description") or "").strip()
+            planned.append(PlannedRun(cfg, name, figures, profile, description))
     if only and not planned:
         raise ConfigError(f"{path}: no run named {', '.join(only)}; variants: "
                           f"{', '.join(str(r.get('variant')) for r in runs)}")

@@ -92,6 +92,11 @@ def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
             **{k: metrics.get(k, math.nan) for k in keys}}
 
 
+def run_name_of(pr: PlannedRun) -> str:
+    """`figure-7/resnet20-grow-s0`: one name per experiment, so runs table rows are told apart."""
+    return f"{pr.experiment}/{pr.cfg.model.name}-{pr.cfg.variant}-s{pr.cfg.seed}"
+
+
 def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
                   parent_run_id: str | None = None, extra_tags: dict | None = None,
                   epoch_hook: Callable[[int, dict], None] | None = None,
@@ -111,8 +116,9 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(exp_id, run_name=run_name or f"{cfg.model.name}-{cfg.variant}-s{cfg.seed}",
-                       tags=tags)
+    if pr.description:
+        tags["mlflow.note.content"] = pr.description          # shown as the run's description
+    run = c.create_run(exp_id, run_name=run_name or run_name_of(pr), tags=tags)
     run_id = run.info.run_id
     if on_start is not None:
         on_start(run_id)

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from .contract import ARTIFACT_ARCH, ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_TRACES, TAGS  # noqa: F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_PREFIX = "reproduce"
-
-from .contract import ARTIFACT_ARCH, ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_TRACES, TAGS  # noqa: F401
 
 
 class StoreError(RuntimeError):
@@ -68,14 +68,26 @@ def experiment_name(profile: str) -> str:
     return f"{EXPERIMENT_PREFIX}-{profile}"
 
 
+# MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(c, profile: str, create: bool = True) -> str | None:
     name = experiment_name(profile)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if create and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     if not create:
         return None
-    return c.create_experiment(name, artifact_location=_artifact_root(c.tracking_uri))
+    return c.create_experiment(name, artifact_location=_artifact_root(c.tracking_uri),
+                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def runs_table_url(experiment: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The direct link to an experiment's runs table in `mlflow ui`."""
+    return f"{base}/#/experiments/{experiment}/runs"
 
 
 def find_finished(c, exp_id: str, config_hash: str):

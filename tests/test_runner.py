@@ -40,6 +40,12 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert set(tags["figures"].split(",")) == {"figure-7", "figure-9"}
     assert tags["config_hash"] == plan("figure-7", "smoke", tiny)[0].hash
     assert run.data.params["budget.target"] == "0.5"
+    # found under one name (experiment/model-variant-seed), described by its experiment file,
+    # in an experiment that MLflow's UI opens on the runs table
+    assert run.info.run_name == "figure-7/resnet20-grow-s0"
+    assert tags["mlflow.note.content"].startswith("ResNet-20 channel growing")
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
     # per-epoch metrics: step 0 is the seed, steps 1..E follow each epoch
     hist = c.get_metric_history(run_id, "channels/stage1")
@@ -48,7 +54,7 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     acc = c.get_metric_history(run_id, "val/acc")
     assert [m.step for m in acc] == list(range(1, epochs + 1))
     keys = set(run.data.metrics)
-    for key in ("cost/macs", "cost/params", "cost/train_macs", "cost/train_macs_total",
+    for key in ("val/top5", "val/loss", "cost/macs", "cost/params", "cost/train_macs", "cost/train_macs_total",
                 "cost/dense_macs", "budget/lambda", "budget/usage", "lr", "train/loss",
                 "channels/layer1.0.conv1", "temperature/layer1.0.conv1", "blocks/stage2"):
         assert key in keys, key

@@ -2,10 +2,12 @@
 hyper-parameter importances.
 
 Reads the Optuna storage only (each trial's final metrics, constraint values and MLflow run id are
-stored as trial user attributes by `reproduce.search`), so it works for a copied storage file and
-for any spec, single- or multi-objective. Called by `python -m reproduce pareto SPEC`
-(`make figure-pareto SEARCH=name`). Not named figure_*.py: it is not a figure of the paper and is
-not drawn by `make figures`.
+stored as trial user attributes by `reproduce.search.objective`), so it works for a copied storage
+file and for any spec, single- or multi-objective. Feasibility, the best trial and Pareto dominance
+come from `reproduce.search.results`, the same rules the search and search-best use.
+
+Called by `python -m reproduce pareto SPEC` (`make figure-pareto SEARCH=name`). Not named
+figure_*.py: it is not a figure of the paper and is not drawn by `make figures`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import optuna
 import pandas as pd
+from optuna.trial import TrialState
+
+from reproduce.contract import MACS_RATIO as MACS, USAGE, VAL_ACC as ACC
+from reproduce.search.results import best_trial, is_feasible, pareto_mask
 
 from . import figures_dir, style
-
-ACC, MACS = "val/acc", "cost/macs_ratio"
+from .index import write_index
 
 
 def trials_frame(study, spec=None) -> pd.DataFrame:
@@ -28,10 +35,9 @@ def trials_frame(study, spec=None) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         m = t.user_attrs.get("metrics") or {}
-        cv = list(t.constraints.values())
         rows.append({"number": t.number, "state": t.state.name,
                      "acc": m.get(ACC, math.nan), "macs": m.get(MACS, math.nan),
-                     "feasible": all(v <= 0 for v in cv) if cv else not getattr(spec, "constraints", None),
+                     "feasible": is_feasible(t),
                      "values": list(t.values) if t.values else None,
                      "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
                      "reason": t.user_attrs.get("fail_reason") or t.user_attrs.get("stop_reason") or "",
@@ -39,22 +45,19 @@ def trials_frame(study, spec=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pareto_mask(acc: pd.Series, macs: pd.Series) -> pd.Series:
-    """True where no other point is at least as accurate and as cheap, and better in one."""
-    keep = []
-    for a, m in zip(acc, macs):
-        dominated = ((acc >= a) & (macs <= m) & ((acc > a) | (macs < m))).any()
-        keep.append(not dominated)
-    return pd.Series(keep, index=acc.index)
+def front_of(points: pd.DataFrame) -> pd.DataFrame:
+    """The rows no other row beats on both accuracy (higher) and MACs (lower)."""
+    mask = pareto_mask(list(zip(points["acc"], points["macs"])), ("maximize", "minimize"))
+    return points[mask]
 
 
 def _best(feasible: pd.DataFrame, study):
     """Single-objective studies: the best feasible complete trial (the one search-best writes)."""
     if len(study.directions) != 1 or feasible.empty:
         return None
-    vals = feasible["values"].map(lambda v: v[0])
-    idx = vals.idxmax() if study.direction.name == "MAXIMIZE" else vals.idxmin()
-    return feasible.loc[idx]
+    best = best_trial(study)
+    match = feasible[feasible["number"] == best.number] if best is not None else feasible.iloc[:0]
+    return match.iloc[0] if len(match) else None
 
 
 def _subtitle(study, spec) -> str:
@@ -82,12 +85,12 @@ def draw_pareto(study, spec, stem: Path) -> list[Path]:
     if len(infeas):
         ax.scatter(infeas["macs"], infeas["acc"], s=40, facecolors="none", edgecolors="tab:red",
                    label=f"complete, violates constraint ({len(infeas)})", zorder=3)
-    off_front = done.drop(feas[pareto_mask(feas["acc"], feas["macs"])].index) if len(feas) else done
+    off_front = done.drop(front_of(feas).index) if len(feas) else done
     for r in off_front.itertuples():                   # small grey numbers off the front
         ax.annotate(f"#{r.number}", (r.macs, r.acc), textcoords="offset points", xytext=(4, 3),
                     fontsize=6, color="0.45")
     if len(feas):
-        front = feas[pareto_mask(feas["acc"], feas["macs"])].sort_values("macs")
+        front = front_of(feas).sort_values("macs")
         rest = feas.drop(front.index)
         if len(rest):
             ax.scatter(rest["macs"], rest["acc"], s=36, color="tab:blue", alpha=0.55,
@@ -104,7 +107,7 @@ def draw_pareto(study, spec, stem: Path) -> list[Path]:
                        lw=0.8, label=f"best trial #{best.number} ({study.metric_names[0]})"
                        if study.metric_names else f"best trial #{best.number}", zorder=6)
     for cn in getattr(spec, "constraints", []) or []:
-        if cn.metric in ("budget/usage", MACS):
+        if cn.metric in (USAGE, MACS):
             for bound in (cn.max, cn.min):
                 if bound is not None:
                     ax.axvline(bound, color="tab:red", ls="--", lw=1,
@@ -127,11 +130,6 @@ def draw_pareto(study, spec, stem: Path) -> list[Path]:
 
 def importances(study, spec) -> tuple[dict[str, dict[str, float]], str | None]:
     """{objective: {param: importance}}, or ({}, why not)."""
-    import warnings
-
-    import optuna
-    from optuna.trial import TrialState
-
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(done) < 2:
         return {}, (f"parameter importances need at least 2 complete trials; the study has "
@@ -169,7 +167,6 @@ def draw_importance(study, spec, stem: Path) -> tuple[list[Path], str | None]:
         ax.set_xlabel("importance (fANOVA, normalised)")
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0, max(1e-9, max(vals.values())) * 1.2)
-    from optuna.trial import TrialState
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     fig.suptitle(f"Hyper-parameter importance ({n} complete trials)\n" + _subtitle(study, spec),
                  fontsize=9)
@@ -196,6 +193,5 @@ def draw_search(spec, study, out_dir: Path | None = None) -> list[Path]:
                    for r in df.itertuples()],
         "drawn_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }, indent=2))
-    from .index import write_index
     write_index(out_dir)
     return [*outputs, sidecar]

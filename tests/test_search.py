@@ -117,7 +117,7 @@ def test_invalid_spec_on_the_command_line(tmp_path, tiny, capsys):
 
 def test_shipped_specs_are_valid():
     for path in sorted(EXPERIMENTS_DIR.glob("search-*.yaml")):
-        if not search._is_spec(path):
+        if not search.is_spec(path):
             continue                                    # e.g. a written search-*-best.yaml
         for profile in ("smoke", "paper"):
             spec = search.load_spec(str(path), profile)
@@ -128,17 +128,86 @@ def test_pareto_front_and_dominance():
     import optuna
     from optuna.distributions import FloatDistribution
 
-    spec = search.SearchSpec.__new__(search.SearchSpec)
-    spec.objectives = [search.Objective("val/acc", "maximize"),
-                       search.Objective("cost/macs_ratio", "minimize")]
+    study = optuna.create_study(directions=["maximize", "minimize"])
     points = [(90, 0.5), (95, 0.8), (85, 0.3), (89, 0.6), (95, 0.9)]
-    trials = [optuna.trial.create_trial(values=list(v), params={"x": 0.1},
-                                        distributions={"x": FloatDistribution(0, 1)})
-              for v in points]
-    for i, t in enumerate(trials):
-        t.number = i
-    front = search.pareto_trials(spec, trials)
+    study.add_trials([optuna.trial.create_trial(values=list(v), params={"x": 0.1},
+                                                distributions={"x": FloatDistribution(0, 1)})
+                      for v in points])
+    front = search.pareto_trials(study)
     assert [t.number for t in front] == [1, 0, 2]    # best accuracy first; 3 and 4 dominated
+    # the figure's accuracy/MACs front uses the same dominance
+    assert search.pareto_mask(points, ("maximize", "minimize")) == [True, True, True, False, False]
+
+
+def scored_study(tmp_path, tiny, outcomes):
+    """A study of the test spec whose trials were scored by the objective, without training:
+    each outcome is (val/acc, budget/usage); the spec's constraint is budget/usage <= 0.9."""
+    from reproduce.search.objective import TrialObjective
+
+    spec = search.load_spec(str(write_spec(tmp_path, tiny)), "smoke")
+    study, _ = search.open_study(spec, search.make_storage(search.storage_url(), spec.heartbeat))
+    objective = TrialObjective(spec, None, "0", "parent", search.storage_url())
+    for acc, usage in outcomes:
+        trial = study.ask()
+        values, _ = objective._score(trial, {"val/acc": acc, "budget/usage": usage})
+        study.tell(trial, values[0])
+    return spec, study
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_optuna_best_trial_is_the_suites_choice_under_constraints(tmp_path, tiny):
+    from optuna_dashboard import get_note
+
+    from analysis.search_plots import _best, trials_frame
+    from reproduce.search.study import record_best
+
+    # trial 0 is the most accurate but breaks the constraint
+    spec, study = scored_study(tmp_path, tiny, [(95.0, 0.95), (80.0, 0.5), (70.0, 0.4)])
+    trials = study.get_trials()
+    assert [t.user_attrs["feasible"] for t in trials] == [False, True, True]
+    assert [search.is_feasible(t) for t in trials] == [False, True, True]
+    assert study.best_trial.number == 1                     # Optuna applies the constraint
+    assert search.best_trial(study).number == 1
+    assert search.choose_trial(study, spec).number == 1      # what search-best writes
+    df = trials_frame(study, spec)
+    assert list(df["feasible"]) == [False, True, True]
+    assert _best(df[df["feasible"]], study).number == 1      # the Pareto figure's star
+    # optuna-dashboard ignores constraints when it marks a best trial: the study says which
+    record_best(study, spec)
+    assert study.user_attrs["best_feasible_trials"] == [1]
+    note = get_note(study)
+    assert "#1" in note and "budget/usage <= 0.9" in note
+    # a note someone wrote in the dashboard is left alone
+    from optuna_dashboard import save_note
+    save_note(study, "my own note")
+    record_best(study, spec)
+    assert get_note(study) == "my own note"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_resumed_study_must_keep_its_constraints(tmp_path, tiny):
+    spec, study = scored_study(tmp_path, tiny, [(80.0, 0.5)])
+    path = write_spec(tmp_path, tiny, constraints=[{"metric": "budget/usage", "max": 0.5}])
+    changed = search.load_spec(str(path), "smoke")
+    with pytest.raises(ConfigError, match=r"exists with constraints \['budget/usage <= 0\.9'\].*"
+                                          r"budget/usage <= 0\.5.*--study-name"):
+        search.load_study_for(changed)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_parent_run_is_terminated_with_an_end_time_when_the_study_is_complete(tmp_path, tiny):
+    from reproduce.search.mlflow_side import client_and_experiment, finish_parent, parent_run
+
+    spec, study = scored_study(tmp_path, tiny, [(80.0, 0.5)] * 3)
+    c, exp_id = client_and_experiment("smoke")
+    parent = parent_run(c, exp_id, study, spec, search.storage_url(), created=True)
+    assert c.get_run(parent).info.status == "RUNNING" and c.get_run(parent).info.end_time is None
+    assert not finish_parent(c, parent, study, spec)        # 3 of 4 trials: still running
+    assert c.get_run(parent).info.end_time is None
+    study.tell(study.ask(), 70.0)
+    assert finish_parent(c, parent, study, spec)
+    run = c.get_run(parent).info
+    assert run.status == "FINISHED" and run.end_time >= run.start_time
 
 
 # ----------------------------------------------------------------------- a tracked study
@@ -161,6 +230,7 @@ def test_search_tracks_a_nested_study_resumes_and_reuses(tmp_path, tiny, capsys)
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
+    assert parent.info.end_time >= parent.info.start_time   # the study's duration
     assert parent.data.tags["optuna.study_name"] == spec.study_name == "test-search-smoke"
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert parent.data.metrics["trials/complete"] == 4
@@ -206,8 +276,9 @@ def test_search_tracks_a_nested_study_resumes_and_reuses(tmp_path, tiny, capsys)
     shutil.copy(EXPERIMENTS_DIR / "profiles.yaml", tmp_path / "profiles.yaml")
     out = tmp_path / "best.yaml"
     assert main(["search-best", str(path), "--out", str(out)]) == 0
-    best = search.best_trial(study, spec)
+    best = search.best_trial(study)
     assert plan(out, "smoke")[0].hash == best.user_attrs["config_hash"]
+    assert study.user_attrs["best_feasible_trials"] == [best.number]    # shown by the dashboard
     assert yaml.safe_load(out.read_text())["name"] == "test-search-best"
 
     # figures: accuracy vs MACs with the Pareto front, importances
@@ -233,7 +304,7 @@ def test_multi_objective_search_and_pareto_point(tmp_path, tiny, capsys):
     spec, study = study_of(path)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
     assert study.metric_names == ["val/acc", "cost/macs_ratio"]
-    front = search.pareto_trials(spec, search.complete_trials(study, spec))
+    front = search.pareto_trials(study)
     capsys.readouterr()
     out = tmp_path / "best.yaml"
     last = len(front) - 1

@@ -21,6 +21,10 @@ WORKERS ?=
 PARETO_INDEX ?=
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+# `make mlflow-ui`: one worker and no background job runner serve a local store in ~0.5 GB;
+# MLFLOW_UI_WORKERS=4 MLFLOW_UI_JOBS=true gives MLflow's own default set-up (~3 GB)
+MLFLOW_UI_WORKERS ?= 1
+MLFLOW_UI_JOBS ?= false
 PYTEST_ARGS ?=
 
 export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE
@@ -29,22 +33,33 @@ export PYTHONUNBUFFERED := 1
 RUN := $(PY) -m reproduce
 
 # every analysis/figure_<N>.py and analysis/table_<name>.py is a target
-FIGURES := $(sort $(patsubst analysis/figure_%.py,%,$(wildcard analysis/figure_*.py)))
+FIGURES := $(shell printf "%s\n" $(patsubst analysis/figure_%.py,%,$(wildcard analysis/figure_*.py)) | sort -n)
 TABLES := $(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py)))
 
-.PHONY: help setup demo test test-fast figures tables run flops list-runs mlflow-ui \
-        optuna-dashboard data-cifar10 data-cifar100 lock clean-figures search search-best \
+.PHONY: help setup demo test test-fast figures tables run flops list-runs list-experiments mlflow-ui \
+        optuna-dashboard data-cifar10 data-cifar100 lock clean-figures clean search search-best \
         figure-pareto
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROFILE=smoke|paper] [FORCE=1] [DATA_DIR=...]"
 	@echo
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | \
+	  sed -e 's/$$(PORT)/$(PORT)/g' -e 's/$$(DASHBOARD_PORT)/$(DASHBOARD_PORT)/g' | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 	@echo
-	@echo "Variables: PROFILE=$(PROFILE)  DATA_DIR=$(DATA_DIR)"
-	@echo "           MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)"
-	@echo "           OPTUNA_STORAGE=$(OPTUNA_STORAGE)"
+	@echo "Figures: $(addprefix figure-,$(FIGURES))"
+	@echo "Tables:  $(addprefix table-,$(TABLES))"
+	@echo
+	@echo "Variables (current value):"
+	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10, full schedule)"
+	@echo "  FORCE=$(FORCE)   1 retrains runs already tracked"
+	@echo "  DATA_DIR=$(DATA_DIR)"
+	@echo "  MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)"
+	@echo "  OPTUNA_STORAGE=$(OPTUNA_STORAGE)"
+	@echo "  EXP=$(EXP)  SET=\"$(SET)\"   for make run;  MODEL=$(MODEL)   for make flops"
+	@echo "  SEARCH=$(SEARCH)  TRIALS=$(TRIALS)  WORKERS=$(WORKERS)  PARETO_INDEX=$(PARETO_INDEX)"
+	@echo "  PORT=$(PORT)  DASHBOARD_PORT=$(DASHBOARD_PORT)  MLFLOW_UI_WORKERS=$(MLFLOW_UI_WORKERS)  MLFLOW_UI_JOBS=$(MLFLOW_UI_JOBS)"
+	@echo "  PYTEST_ARGS=$(PYTEST_ARGS)   extra pytest arguments for make test"
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "Setting up $(VENV) from requirements.lock (first time: a few minutes)..."
@@ -86,6 +101,7 @@ figure-pareto: $(STAMP) ## Accuracy vs MACs of every trial of SEARCH, Pareto fro
 	@$(RUN) pareto $(SEARCH) --profile $(PROFILE)
 
 run: $(STAMP) ## Train one experiment file: make run EXP=figure-7 [SET="budget.target=0.3"]
+	@test -n "$(EXP)" || { echo "make run needs EXP=<experiment>, e.g. make run EXP=figure-7 (make list-experiments lists them)"; exit 2; }
 	@$(RUN) run $(EXP) --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
 
 flops: $(STAMP) ## Params and MACs of a dense model: make flops MODEL=vgg16
@@ -94,8 +110,14 @@ flops: $(STAMP) ## Params and MACs of a dense model: make flops MODEL=vgg16
 list-runs: $(STAMP) ## List tracked runs of PROFILE
 	@$(RUN) list runs --profile $(PROFILE)
 
-mlflow-ui: $(STAMP) ## Browse every tracked run at http://127.0.0.1:$(PORT)
-	@$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(PORT)
+list-experiments: $(STAMP) ## List experiment files and search specs
+	@$(RUN) list experiments
+
+mlflow-ui: $(STAMP) ## Browse every tracked run at http://127.0.0.1:$(PORT) (prints each runs table's link)
+	@$(RUN) links --port $(PORT) 2>/dev/null || true
+	@MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_UI_JOBS) $(VENV)/bin/mlflow ui \
+	  --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(PORT) \
+	  --workers $(MLFLOW_UI_WORKERS)
 
 optuna-dashboard: $(STAMP) ## Browse Optuna studies at http://127.0.0.1:$(DASHBOARD_PORT)
 	@$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
@@ -113,4 +135,8 @@ lock: $(STAMP) ## Rewrite requirements.lock from the current environment
 	@mv requirements.lock.new requirements.lock
 
 clean-figures: ## Delete generated figures and tables (tracked runs are kept)
+	@find figures -type f ! -name README.md -delete
+
+clean: ## Delete the virtual environment and generated figures (tracking stores are kept)
+	@rm -rf $(VENV) *.egg-info
 	@find figures -type f ! -name README.md -delete

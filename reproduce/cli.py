@@ -264,9 +264,39 @@ def _add_search_commands(sub) -> None:
     p.set_defaults(func=cmd_pareto)
 
 
+EXAMPLES = """examples:
+  python -m reproduce demo                                  # grow ResNet-20 on digits, draw Figures 7 and 9
+  python -m reproduce figure 7 --profile smoke              # train what Figure 7 needs, then draw it
+  python -m reproduce figure 7 --no-run                     # redraw from the tracked runs only
+  python -m reproduce table cifar ablation                  # write figures/table-cifar.md, ...
+  python -m reproduce run figure-7 --set budget.target=0.3  # any knob, from the command line
+  python -m reproduce list experiments                      # what can be run
+  python -m reproduce flops --model vgg16 --json            # dense params and MACs
+  python -m reproduce search search-resnet20-budget --trials 8 --workers 2
+  python -m reproduce links                                 # direct links to the runs tables
+
+Stores: MLFLOW_TRACKING_URI (default sqlite:///mlflow.db at the repository root), OPTUNA_STORAGE
+(default sqlite:///optuna.db), DATA_DIR (default ./data), PROFILE (default smoke).
+"""
+
+
+def cmd_links(args) -> int:
+    from . import tracking
+    c = tracking.client()
+    found = [e for e in c.search_experiments() if e.name.startswith(tracking.EXPERIMENT_PREFIX + "-")]
+    if not found:
+        print(f"no experiments yet in {tracking.tracking_uri()}; run `make demo` first")
+    base = f"http://{args.host}:{args.port}"
+    for e in found:
+        print(f"{e.name:24s} {tracking.runs_table_url(e.experiment_id, base)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
-    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__,
+                                     epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train (or reuse) every run of experiment files")
@@ -305,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="smoke")
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("links", help="direct links to each experiment's runs table in mlflow ui")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", default=os.environ.get("PORT", "5000"))
+    p.set_defaults(func=cmd_links)
 
     _add_search_commands(sub)
 

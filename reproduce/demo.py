@@ -32,7 +32,8 @@ def main(profile: str = "smoke", force: bool = False) -> int:
     print("\nFigures:")
     for p in outputs:
         print(f"  {p}")
-    print(f"\nBrowse the runs:  make mlflow-ui   (then open http://127.0.0.1:5000)")
+    exp_id = tracking.experiment_id(tracking.client(), profile, create=False)
+    print(f"\nBrowse the runs:  make mlflow-ui   (then open {tracking.runs_table_url(exp_id)})")
     print(f"Any other figure: make figure-9, or change a knob: "
           f"python -m reproduce run figure-7 --set budget.target=0.3")
     print(f"Done in {time.perf_counter() - start:.0f} s.")

@@ -254,7 +254,8 @@ def phase_schedule(inner: RunConfig, epochs: int, lr: float, warmup: int | None 
 
 
 def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
-                           on_epoch=None, progress: bool = True) -> TrainState:
+                           on_epoch=None, progress: bool = True, *, checkpoints=None,
+                           resume: dict | None = None) -> TrainState:
     b = cfg.baseline
     inner = internal_config(cfg)
     state = build(inner, data, device)
@@ -263,27 +264,33 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
     if not gates:
         raise ConfigError(f"baseline.scope = {b.scope!r}: {cfg.model.name} has no prunable channel "
                           f"gates in that scope; use scope: all")
-    if on_epoch is not None:
+    if resume is not None:
+        state.load_state_dict(resume)
+    elif on_epoch is not None:
         on_epoch(0, {**controller.architecture_stats(), contract.PHASE: 0.0}, controller)
-
-    regularizer = None
-    if b.criterion == "slimming" and b.slimming_l1 > 0:
-        regularizer = slimming_regularizer(model, gates, b.slimming_l1)
     label = f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}"
-    pretrain = Phase(phase_schedule(inner, b.pretrain_epochs, cfg.train.lr), regularizer=regularizer,
-                     extra_stats={contract.PHASE: 0.0}, name=" pretrain")
-    run_epochs(state, pretrain, data, task, device, on_epoch, progress, label)
 
-    masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
-    apply_masks(model, masks)
-    amp = cfg.train.amp and device.type == "cuda"
-    info["prune/val_acc_before_finetune"] = evaluate(model, data.val, task, amp)[task.main_metric]
-    state.phase = 1
+    if state.phase == 0:
+        regularizer = None
+        if b.criterion == "slimming" and b.slimming_l1 > 0:
+            regularizer = slimming_regularizer(model, gates, b.slimming_l1)
+        pretrain = Phase(phase_schedule(inner, b.pretrain_epochs, cfg.train.lr),
+                         regularizer=regularizer, extra_stats={contract.PHASE: 0.0},
+                         name=" pretrain")
+        run_epochs(state, pretrain, data, task, device, on_epoch, progress, label,
+                   checkpoints=checkpoints)
+        masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
+        apply_masks(model, masks)
+        amp = cfg.train.amp and device.type == "cuda"
+        info["prune/val_acc_before_finetune"] = \
+            evaluate(model, data.val, task, amp)[task.main_metric]
+        state.phase, state.extra["prune_info"] = 1, info
     finetune = Phase(phase_schedule(inner, b.finetune_epochs, b.finetune_lr, warmup=0),
-                     extra_stats={contract.PHASE: 1.0, **info}, name=" finetune")
-    run_epochs(state, finetune, data, task, device, on_epoch, progress, label)
+                     extra_stats={contract.PHASE: 1.0, **state.extra["prune_info"]},
+                     name=" finetune")
+    run_epochs(state, finetune, data, task, device, on_epoch, progress, label,
+               checkpoints=checkpoints)
     return state
-
 
 __all__ = ["apply_masks", "bisect_ratio", "bisect_threshold", "choose_masks", "l1_scores",
            "prunable_gates", "ratio_masks", "slimming_regularizer", "slimming_scores",

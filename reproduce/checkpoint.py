@@ -1,8 +1,18 @@
-"""Compact checkpoints: an exported model saved so that it rebuilds without the gated one."""
+"""Checkpoints: a run's whole training state while it trains, and its compact model after.
+
+`RunCheckpoints` saves a TrainState (plus the runner's per-structure traces) after every epoch
+and every `train.checkpoint_minutes` within an epoch, atomically: the state is written to a
+temporary file in the same folder and renamed over the previous checkpoint, so a kill at any
+moment leaves the last complete checkpoint loadable. `compact_checkpoint` is the exported model.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,6 +20,47 @@ from torch import nn
 from .method.export import hard_architecture
 from .method.structure import GatedModel
 from .models.registry import model_class
+from .train import Checkpoints, TrainState
+
+
+class RunCheckpoints(Checkpoints):
+    """The checkpoint file of one tracked run (`<folder>/<run id>.pt`)."""
+
+    def __init__(self, folder: Path, run_id: str, every_minutes: float = 0.0,
+                 extra: dict | None = None):
+        self.path = Path(folder) / f"{run_id}.pt"
+        self.every_s = 60.0 * every_minutes
+        self.extra = extra if extra is not None else {}     # saved alongside (e.g. traces)
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.every_s > 0 and time.monotonic() - self.last >= self.every_s
+
+    def save(self, state: TrainState, position: dict | None = None) -> None:
+        payload = {"train": {**state.state_dict(), "position": position}, "extra": self.extra,
+                   "saved_at": time.time()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.",
+                                   suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)             # atomic on POSIX: old or new, never half
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.last = time.monotonic()
+
+    def load(self) -> dict | None:
+        """The last checkpoint, or None when there is none."""
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def compact_checkpoint(gated: GatedModel, compact: nn.Module) -> dict:

@@ -115,6 +115,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     device: str = "auto"            # auto = cuda when available, else cpu
     threads: int = 0                # CPU threads for torch; 0 = torch's default
+    checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often (0: epoch ends only)
     channels_last: bool = False
     amp: bool = False               # bf16 autocast on CUDA
 
@@ -137,7 +138,7 @@ class RunConfig:
 
 # Fields that do not change a run's result: left out of its identity hash.
 NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_batch_size",
-                "train.device", "train.threads"}
+                "train.device", "train.threads", "train.checkpoint_minutes"}
 
 
 def _check_value(path: str, f: dataclasses.Field, value: Any, typ: Any) -> Any:
@@ -215,6 +216,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
         ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),
+        ("train.checkpoint_minutes", cfg.train.checkpoint_minutes >= 0, ">= 0"),
     ]
     for path, ok, expected in rules:
         if not ok:

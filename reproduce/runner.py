@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +25,8 @@ from .config import RunConfig, flatten, to_dict
 from .data import DataBundle, build_data
 from .experiments import PlannedRun, plan
 from .tasks import task_class, task_for
-from .train import EpochCallback, TrainState
+from .checkpoint import RunCheckpoints
+from .train import Checkpoints, EpochCallback, TrainState
 
 # Which training procedure a run's `method` uses. Every trainer has the signature
 # trainer(cfg, data, device, task, on_epoch, progress) -> TrainState.
@@ -34,13 +38,16 @@ TRAINERS = {
 
 
 def execute(cfg: RunConfig, on_epoch: EpochCallback | None = None, progress: bool = True,
-            data: DataBundle | None = None) -> TrainState:
-    """Train one resolved config, untracked: device, data, task, then the method's trainer."""
+            data: DataBundle | None = None, *, checkpoints: Checkpoints | None = None,
+            resume: dict | None = None) -> TrainState:
+    """Train one resolved config, untracked: device, data, task, then the method's trainer
+    (from a checkpoint's state when `resume` is given)."""
     device = train.pick_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or build_data(cfg.data, device, seed=cfg.seed)
-    return TRAINERS[cfg.method](cfg, data, device, task_for(cfg, data), on_epoch, progress)
+    return TRAINERS[cfg.method](cfg, data, device, task_for(cfg, data), on_epoch, progress,
+                                checkpoints=checkpoints, resume=resume)
 
 
 class RunStopped(Exception):
@@ -62,25 +69,49 @@ class RunStopped(Exception):
 def run_experiment(path: str | Path, profile: str = "smoke", force: bool = False,
                    overrides: dict | None = None, only: list[str] | None = None,
                    progress: bool = True, uri: str | None = None) -> list[dict]:
-    """Train (or reuse) every run of an experiment; returns one summary per run."""
+    """Train (or reuse, or resume) every run of an experiment; returns one summary per run.
+
+    A finished run with the same config hash is reused; an interrupted one (KILLED, or RUNNING
+    with no live process behind it) is resumed in place from its last checkpoint. A config that
+    another process is training right now is left to it: this one trains the other runs first,
+    then waits for it and reuses its result.
+    """
     runs = plan(path, profile, overrides, only)       # validate everything before training anything
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, profile)
-    summaries, seen = [], {}
+    summaries: dict[str, dict] = {}
+    waiting = []
     for pr in runs:
-        h = pr.hash
-        if h in seen:                                  # two entries resolving to the same config
-            summaries.append(seen[h])
+        if pr.hash in summaries:                      # two entries resolving to the same config
             continue
-        existing = None if force else tracking.find_finished(c, exp_id, h)
-        if existing is not None:
-            tracking.add_figures(c, existing, pr.figures)
-            summary = _summary(existing.info.run_id, pr, existing.data.metrics, reused=True)
-        else:
-            summary = train_tracked(c, exp_id, pr, progress)
-        seen[h] = summary
-        summaries.append(summary)
-    return summaries
+        lock = tracking.claim(uri, exp_id, pr.hash)
+        if lock is None:
+            print(f"{run_name_of(pr)}: another process is training it; coming back to it later")
+            waiting.append(pr)
+            continue
+        with lock:
+            summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, force, progress, uri)
+    for pr in waiting:
+        if pr.hash in summaries:
+            continue
+        print(f"{run_name_of(pr)}: waiting for the other process to finish it")
+        from filelock import FileLock
+        with FileLock(str(tracking.state_dir(uri) / "claims" / f"{exp_id}-{pr.hash}.lock")):
+            summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, False, progress, uri)
+    return [summaries[pr.hash] for pr in runs]
+
+
+def _reuse_resume_or_train(c, exp_id: str, pr: PlannedRun, force: bool, progress: bool,
+                           uri: str | None) -> dict:
+    """With the config's claim held: reuse a finished run, resume an interrupted one, or train."""
+    existing = None if force else tracking.find_finished(c, exp_id, pr.hash)
+    if existing is not None:
+        tracking.add_figures(c, existing, pr.figures)
+        return _summary(existing.info.run_id, pr, existing.data.metrics, reused=True)
+    unfinished = tracking.find_unfinished(c, exp_id, pr.hash)
+    if unfinished is not None and not force:
+        return train_tracked(c, exp_id, pr, progress, resume_run=unfinished.info.run_id, uri=uri)
+    return train_tracked(c, exp_id, pr, progress, uri=uri)
 
 
 def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
@@ -101,14 +132,22 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
                   parent_run_id: str | None = None, extra_tags: dict | None = None,
                   epoch_hook: Callable[[int, dict], None] | None = None,
                   on_start: Callable[[str], None] | None = None,
-                  run_name: str | None = None) -> dict:
+                  run_name: str | None = None, resume_run: str | None = None,
+                  uri: str | None = None) -> dict:
     """Train one planned run inside an MLflow run; failures and interrupts are recorded as such.
+
+    The run checkpoints its whole training state (beside the store, tracking.state_dir) after
+    every epoch and every `train.checkpoint_minutes`. `resume_run` continues an interrupted run
+    in place from its last checkpoint: steps already logged are not logged again, so every
+    metric keeps one value per step. The checkpoint is deleted once the run has finished.
 
     Optional, for callers such as the Optuna search: `parent_run_id` nests the run under another
     (tag mlflow.parentRunId), `extra_tags` are added to the contract's tags, `on_start(run_id)` is
     called once the run exists, and `epoch_hook(step, stats)` after each step's metrics are
     logged; the hook may raise `RunStopped` to end the run early (see there).
     """
+    if resume_run is not None:
+        return _train_in_run(c, pr, resume_run, progress, epoch_hook, uri, resumed=True)
     cfg = pr.cfg
     tags = {"model": cfg.model.name, "dataset": cfg.data.dataset, "profile": pr.profile,
             "variant": cfg.variant, "seed": str(cfg.seed), "figures": ",".join(pr.figures),
@@ -124,18 +163,39 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
         on_start(run_id)
     tracking.log_params(c, run_id, flatten(to_dict(cfg)))
     c.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), tracking.ARTIFACT_CONFIG)
-    traces: list[dict] = []
+    return _train_in_run(c, pr, run_id, progress, epoch_hook, uri, resumed=False)
+
+
+def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, uri: str | None,
+                  resumed: bool) -> dict:
+    cfg = pr.cfg
+    checkpoints = RunCheckpoints(tracking.state_dir(uri), run_id, cfg.train.checkpoint_minutes,
+                                 extra={"traces": []})
+    saved = checkpoints.load() if resumed else None
+    if saved is not None:
+        checkpoints.extra = saved["extra"]
+    traces: list[dict] = checkpoints.extra["traces"]
+    logged = tracking.last_step(c, run_id, contract.USAGE) if resumed else -1
+    if resumed:
+        c.update_run(run_id, "RUNNING")
+        where = "its start" if saved is None else f"epoch {saved['train']['epoch']}" + (
+            f", batch {saved['train']['position']['batch']}" if saved["train"]["position"] else "")
+        print(f"{run_name_of(pr)}: resuming run {run_id} from {where}")
+    _mark_alive(c, run_id)
 
     def on_epoch(epoch: int, stats: dict, controller) -> None:
-        tracking.log_metrics(c, run_id, stats, step=epoch)
+        if epoch > logged:                     # exactly once per step, across resumes
+            tracking.log_metrics(c, run_id, stats, step=epoch)
         state = controller.structure_state()
         state["epoch"] = [epoch] * len(state["gate"])
         traces.append(state)
+        _mark_alive(c, run_id)
         if epoch_hook is not None:
             epoch_hook(epoch, stats)
 
     try:
-        result = execute(cfg, on_epoch=on_epoch, progress=progress)
+        result = execute(cfg, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints,
+                         resume=saved["train"] if saved is not None else None)
         _log_final_artifacts(c, run_id, result, traces)
     except RunStopped as e:
         e.run_id = run_id
@@ -155,7 +215,14 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
         c.set_terminated(run_id, "FAILED")
         raise
     c.set_terminated(run_id, "FINISHED")
+    checkpoints.delete()                        # the compact model stays, as an artifact
     return _summary(run_id, pr, result.final, reused=False)
+
+
+def _mark_alive(c, run_id: str) -> None:
+    """Heartbeat: who trains the run and when it last reported (visible in the runs table)."""
+    c.set_tag(run_id, "heartbeat", time.strftime("%Y-%m-%d %H:%M:%S"))
+    c.set_tag(run_id, "host_pid", f"{socket.gethostname()}:{os.getpid()}")
 
 
 def _log_traces(c, run_id: str, traces: list[dict]) -> None:
@@ -171,8 +238,8 @@ def _log_traces(c, run_id: str, traces: list[dict]) -> None:
 
 
 def _log_final_artifacts(c, run_id: str, result, traces: list[dict]) -> None:
-    from .method import architecture_summary, export
     from .checkpoint import compact_checkpoint
+    from .method import architecture_summary, export
 
     model, controller = result.model, result.controller
     arch = architecture_summary(model)

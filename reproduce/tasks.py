@@ -23,13 +23,20 @@ MAXIMIZE, MINIMIZE = "maximize", "minimize"
 
 
 class Meter:
-    """Accumulates a task's metrics over batches on the device; one host sync in `compute`."""
+    """Accumulates a task's metrics over batches on the device; one host sync in `compute`.
+    `state_dict`/`load_state_dict` carry a partial epoch across a checkpoint."""
 
     def update(self, out: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
         raise NotImplementedError
 
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
 
 
 class Task:

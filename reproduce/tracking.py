@@ -98,6 +98,50 @@ def find_finished(c, exp_id: str, config_hash: str):
     return runs[0] if runs else None
 
 
+def find_unfinished(c, exp_id: str, config_hash: str):
+    """The newest run with this config hash that was interrupted (KILLED) or is still marked
+    RUNNING (its process may have died without a word), or None. FAILED runs are not resumed."""
+    runs = c.search_runs([exp_id], f"tags.config_hash = '{config_hash}'",
+                         order_by=["attributes.start_time DESC"], max_results=50)
+    runs = [r for r in runs if r.info.status in ("RUNNING", "KILLED")]
+    # runs stopped on purpose (a pruned search trial) and search trials are not resumed here
+    runs = [r for r in runs if "stop_reason" not in r.data.tags
+            and "mlflow.parentRunId" not in r.data.tags]
+    return runs[0] if runs else None
+
+
+def last_step(c, run_id: str, key: str) -> int:
+    """The last step logged for `key` in a run (-1 when none)."""
+    history = c.get_metric_history(run_id, key)
+    return max((m.step for m in history), default=-1)
+
+
+def state_dir(uri: str | None = None) -> Path:
+    """Where checkpoints and claims live: beside a SQLite store's file; for a server, in
+    $REPRODUCE_STATE_DIR (a folder every machine sharing the server can reach) or ./.state."""
+    uri = uri or tracking_uri()
+    if os.environ.get("REPRODUCE_STATE_DIR"):
+        return Path(os.environ["REPRODUCE_STATE_DIR"])
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve().parent / "checkpoints"
+    return REPO_ROOT / ".state"
+
+
+def claim(uri: str | None, exp_id: str, config_hash: str):
+    """A lock that one process at a time holds while it trains a config (None if another holds
+    it). The operating system releases it when the holder dies, however it dies."""
+    from filelock import FileLock, Timeout
+
+    folder = state_dir(uri) / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / f"{exp_id}-{config_hash}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
+
+
 def add_figures(c, run, figures: Iterable[str]) -> None:
     """Record that more figures use an existing run (union of the `figures` tag)."""
     have = [f for f in run.data.tags.get("figures", "").split(",") if f]

@@ -38,7 +38,13 @@ class TrainState:
     scaler: torch.amp.GradScaler | None = None   # unused with bf16 autocast; kept for fp16
     epoch: int = 0                     # epochs completed, over every phase (= the tracked step)
     phase: int = 0                     # index of the current phase (the baselines have two)
+    phase_start: int = 0               # the epoch the current phase started at
     history: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)    # what a trainer needs to resume (e.g. prune info)
+    # set by load_state_dict, consumed by the loop: optimizer states for the phase being resumed,
+    # and where inside an epoch a checkpoint was taken ({"batch": k, "meter": ...})
+    pending_optimizers: dict | None = None
+    position: dict | None = None
 
     @property
     def final(self) -> dict:
@@ -49,19 +55,20 @@ class TrainState:
                                                 ("masks", self.opt_masks)) if o is not None}
         return {"model": self.model.state_dict(), "controller": self.controller.state_dict(),
                 "optimizers": opt, "scaler": self.scaler.state_dict() if self.scaler else None,
-                "epoch": self.epoch, "phase": self.phase, "history": list(self.history),
-                "rng": rng_state()}
+                "epoch": self.epoch, "phase": self.phase, "phase_start": self.phase_start,
+                "history": list(self.history), "extra": dict(self.extra), "rng": rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a checkpoint; optimizers are restored when their phase restarts."""
         self.model.load_state_dict(state["model"])
         self.controller.load_state_dict(state["controller"])
-        for key, opt in (("weights", self.opt_weights), ("masks", self.opt_masks)):
-            if opt is not None and key in state["optimizers"]:
-                opt.load_state_dict(state["optimizers"][key])
+        self.pending_optimizers = state["optimizers"]
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.phase = state["epoch"], state["phase"]
-        self.history = list(state["history"])
+        self.phase_start = state["phase_start"]
+        self.history, self.extra = list(state["history"]), dict(state["extra"])
+        self.position = state.get("position")
         set_rng_state(state["rng"])
 
 
@@ -100,6 +107,17 @@ class Phase:
 
 # on_epoch(step, stats, controller): step 0 is the seed before training, step e follows epoch e
 EpochCallback = Callable[[int, dict, GrowthController], None]
+
+
+class Checkpoints:
+    """Where the loop saves its state: after every epoch, and within an epoch when `due()`.
+    The runner's implementation writes atomically beside the tracking store (runner.py)."""
+
+    def due(self) -> bool:
+        return False
+
+    def save(self, state: TrainState, position: dict | None = None) -> None:
+        """`position` is None at the end of an epoch, else {"batch": k, "meter": ...}."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -151,18 +169,26 @@ def evaluate(model: nn.Module, batches, task: Task, amp: bool = False) -> dict[s
 
 
 def train(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
-          on_epoch: EpochCallback | None = None, progress: bool = True) -> TrainState:
-    """The method (or the dense baseline): one phase of `cfg.train.epochs` epochs."""
+          on_epoch: EpochCallback | None = None, progress: bool = True, *,
+          checkpoints: Checkpoints | None = None, resume: dict | None = None) -> TrainState:
+    """The method (or the dense baseline): one phase of `cfg.train.epochs` epochs.
+
+    `resume` is a checkpoint saved through `checkpoints`: training continues from it exactly
+    (on CPU the resumed run's numbers equal an uninterrupted run's)."""
     state = build(cfg, data, device)
-    if on_epoch is not None:       # step 0: the seed architecture, before any training
+    if resume is not None:
+        state.load_state_dict(resume)
+    elif on_epoch is not None:     # step 0: the seed architecture, before any training
         on_epoch(0, state.controller.architecture_stats(), state.controller)
     phase = Phase(cfg.train, mask_lr=cfg.gates.mask_lr, mask_momentum=cfg.gates.mask_momentum)
-    run_epochs(state, phase, data, task, device, on_epoch, progress, label=_label(cfg))
+    run_epochs(state, phase, data, task, device, on_epoch, progress, label=_label(cfg),
+               checkpoints=checkpoints)
     return state
 
 
 def start_phase(state: TrainState, phase: Phase) -> None:
-    """Fresh optimizers for a phase: SGD on the weights, and on the mask logits unless frozen."""
+    """Optimizers for a phase: SGD on the weights, and on the mask logits unless frozen; fresh,
+    or restored from the checkpoint being resumed."""
     tc = phase.schedule
     state.opt_weights = torch.optim.SGD(
         state.controller.weight_parameters(), lr=tc.lr, momentum=tc.momentum,
@@ -170,26 +196,49 @@ def start_phase(state: TrainState, phase: Phase) -> None:
     masks = state.controller.mask_parameters()
     state.opt_masks = torch.optim.SGD(masks, lr=phase.mask_lr, momentum=phase.mask_momentum) \
         if masks and phase.mask_lr > 0 else None
+    saved, state.pending_optimizers = state.pending_optimizers, None
+    for key, opt in (("weights", state.opt_weights), ("masks", state.opt_masks)):
+        if saved and opt is not None and key in saved:
+            opt.load_state_dict(saved[key])
 
 
 def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
                device: torch.device, on_epoch: EpochCallback | None = None,
-               progress: bool = True, label: str = "") -> None:
-    """Train the epochs of one phase; epoch e's stats go to on_epoch and to state.history."""
+               progress: bool = True, label: str = "", *,
+               checkpoints: Checkpoints | None = None) -> None:
+    """Train the epochs of one phase; epoch e's stats go to on_epoch and to state.history.
+
+    A state restored from a checkpoint continues where it stopped: at its epoch within this
+    phase, and inside that epoch after the batches already trained."""
     tc = phase.schedule
     model, controller = state.model, state.controller
     amp = tc.amp and device.type == "cuda"
+    resuming = state.pending_optimizers is not None
+    if not resuming:
+        state.phase_start = state.epoch
     start_phase(state, phase)
     opt_w, opt_m = state.opt_weights, state.opt_masks
     steps_per_epoch = max(1, len(data.train))
+    checkpoints = checkpoints or Checkpoints()
 
-    bar = _progress(range(tc.epochs), progress, f"{label}{phase.name}")
+    bar = _progress(range(state.epoch - state.phase_start, tc.epochs), progress,
+                    f"{label}{phase.name}")
     for epoch in bar:
-        controller.start_epoch()
+        position, state.position = state.position, None
+        if position is None:
+            controller.start_epoch()   # (a mid-epoch checkpoint was taken after it)
+        if hasattr(data.train, "epoch"):
+            data.train.epoch = state.epoch          # the data order of this epoch, on resume too
         model.train()
         start = time.perf_counter()
         meter = task.meter("train")
+        skip = 0
+        if position is not None:
+            meter.load_state_dict(position["meter"])
+            skip = position["batch"]
         for i, (x, y) in enumerate(data.train):
+            if i < skip:
+                continue
             factor = lr_factor(tc, epoch + i / steps_per_epoch)
             for opt, base in ((opt_w, tc.lr), (opt_m, phase.mask_lr)):
                 if opt is not None:
@@ -213,6 +262,8 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
                 opt_m.step()
             controller.after_step(task.samples(y))
             meter.update(out, y, loss)
+            if checkpoints.due():
+                checkpoints.save(state, {"batch": i + 1, "meter": meter.state_dict()})
         train_stats = meter.compute()
         if not math.isfinite(train_stats.get(contract.TRAIN_LOSS, 0.0)):
             raise FloatingPointError(f"training loss is not finite in epoch {epoch}; "
@@ -226,6 +277,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
         state.history.append(stats)
         if on_epoch is not None:
             on_epoch(state.epoch, stats, controller)   # step = epochs completed
+        checkpoints.save(state)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(metric=f"{stats[task.main_metric]:.1f}",
                             macs=f"{stats[contract.USAGE]:.2f}",

@@ -28,7 +28,7 @@ from reproduce import runner
 from reproduce.train import build
 
 
-def fake_train(cfg, data, device, task, on_epoch=None, progress=True):
+def fake_train(cfg, data, device, task, on_epoch=None, progress=True, **_):
     """The method's trainer without SGD: logits take seeded random steps every epoch."""
     shape = types.SimpleNamespace(num_classes=4, in_channels=1, image_size=8)
     result = build(cfg, shape, torch.device("cpu"))

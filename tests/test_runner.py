@@ -101,7 +101,7 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
 def test_failed_and_interrupted_runs_are_marked(tiny, monkeypatch):
     from reproduce import runner
 
-    def exploding(cfg, data, device, task, on_epoch=None, progress=True):
+    def exploding(cfg, data, device, task, on_epoch=None, progress=True, **_):
         raise FloatingPointError("loss is nan")
 
     monkeypatch.setitem(runner.TRAINERS, "grow", exploding)
@@ -111,7 +111,7 @@ def test_failed_and_interrupted_runs_are_marked(tiny, monkeypatch):
     assert [r.info.status for r in runs] == ["FAILED"]
     assert "loss is nan" in runs[0].data.tags["failure_reason"]
 
-    def interrupted(cfg, data, device, task, on_epoch=None, progress=True):
+    def interrupted(cfg, data, device, task, on_epoch=None, progress=True, **_):
         raise KeyboardInterrupt
 
     monkeypatch.setitem(runner.TRAINERS, "grow", interrupted)

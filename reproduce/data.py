@@ -260,6 +260,27 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
                       len(train.classes), 3, size, len(train), len(val), "imagefolder")
 
 
+def check_available(cfg: DataConfig) -> None:
+    """Stop with DatasetMissing (the path looked at, the command that fetches it) before anything
+    is trained or tracked; a dataset that downloads on demand (data.download) passes."""
+    root = data_root(cfg)
+    if cfg.dataset in CIFAR and not cfg.download:
+        missing = _cifar_missing(cfg.dataset, root)
+        if missing:
+            spec = CIFAR[cfg.dataset]
+            raise DatasetMissing(
+                f"{spec['title']} not found: looked for {os.path.join(root, spec['folder'])} "
+                f"(missing {', '.join(missing)}). Fetch it with `make data-{cfg.dataset}` (or set "
+                f"DATA_DIR / data.root to where it lives).")
+    elif cfg.dataset == "imagefolder":
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(root, split)):
+                raise DatasetMissing(f"image folder not found: looked for "
+                                     f"{os.path.join(root, split)}. Lay it out as "
+                                     f"{root}/train/<class>/* and {root}/val/<class>/*, or set "
+                                     f"DATA_DIR / data.root to such a tree.")
+
+
 def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0) -> DataBundle:
     """The dataset named by cfg as train/val batch streams on `device` (see module docstring)."""
     device = torch.device(device)

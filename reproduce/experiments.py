@@ -85,10 +85,16 @@ def check_keys(where: str, data: dict, allowed: set[str]) -> None:
 
 
 def load_profiles(directory: Path) -> dict:
-    path = directory / PROFILES_FILE
-    profiles = load_yaml(path) if path.exists() else {}
-    for name, body in profiles.items():
-        check_keys(f"{path}: profile {name!r}", body or {}, PROFILE_KEYS)
+    """The suite's profiles (experiments/profiles.yaml), and those of a profiles.yaml beside an
+    experiment file kept elsewhere, which add to or replace them by name."""
+    profiles: dict = {}
+    for folder in dict.fromkeys([EXPERIMENTS_DIR, Path(directory)]):
+        path = folder / PROFILES_FILE
+        if not path.exists():
+            continue
+        for name, body in load_yaml(path).items():
+            check_keys(f"{path}: profile {name!r}", body or {}, PROFILE_KEYS)
+            profiles[name] = body
     return profiles
 
 
@@ -97,6 +103,10 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
     """Every run an experiment file declares for a profile, fully resolved and validated."""
     path = experiment_path(str(path))
     exp = load_yaml(path)
+    if not exp:
+        raise ConfigError(f"{path} is empty; an experiment file declares its runs, e.g. "
+                          f"`runs: [{{variant: grow, config: {{budget: {{target: 0.5}}}}}}]` "
+                          f"(see experiments/figure-7.yaml)")
     if "space" in exp and "objectives" in exp:
         raise ConfigError(f"{path} is a search spec, not an experiment file; run it with "
                           f"`python -m reproduce search {path.stem}` (make search SEARCH={path.stem})")
@@ -112,6 +122,14 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
     name = exp.get("name", path.stem)
     figures = [str(f) for f in exp.get("figures", [name])]
     runs = exp.get("runs") or [{"variant": "grow"}]
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError(f"{path}: runs: expected a list of mappings like "
+                          f"[{{variant: grow, config: {{...}}}}], got {runs!r}")
+    names = [str(r.get("variant", f"run{i}")) for i, r in enumerate(runs)]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"{path}: variant {duplicated[0]!r} is declared more than once; give "
+                          f"every run its own variant name")
     planned = []
     for i, run in enumerate(runs):
         check_keys(f"{path}: runs[{i}]", run, RUN_KEYS)

@@ -22,7 +22,7 @@ import torch
 
 from . import baselines, contract, train, tracking
 from .config import RunConfig, flatten, to_dict
-from .data import DataBundle, build_data
+from .data import DataBundle, build_data, check_available
 from .experiments import PlannedRun, plan
 from .tasks import task_class, task_for
 from .checkpoint import RunCheckpoints
@@ -77,6 +77,8 @@ def run_experiment(path: str | Path, profile: str = "smoke", force: bool = False
     then waits for it and reuses its result.
     """
     runs = plan(path, profile, overrides, only)       # validate everything before training anything
+    for pr in runs:
+        check_available(pr.cfg.data)                  # a missing dataset stops before tracking
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, profile)
     summaries: dict[str, dict] = {}

@@ -6,6 +6,7 @@ opens stores and writes to them. The method core never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -49,19 +50,52 @@ def _client(uri: str):
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
+    lock = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).resolve().parent
-        if not parent.is_dir():
-            raise StoreError(f"MLflow store {uri}: directory {parent} does not exist. Create it or "
-                             f"point MLFLOW_TRACKING_URI at a writable sqlite:///path/mlflow.db.")
+        path = Path(uri[len("sqlite:///"):]).resolve()
+        if not path.parent.is_dir():
+            raise StoreError(f"MLflow store {uri}: directory {path.parent} does not exist. Create "
+                             f"it or point MLFLOW_TRACKING_URI at a writable sqlite:///path/mlflow.db.")
+        # creating or upgrading the schema is not safe from two processes at once: serialise it
+        from filelock import FileLock
+        lock = FileLock(str(path) + ".init.lock", timeout=300)
     try:
-        c = MlflowClient(tracking_uri=uri)
-        c.search_experiments(max_results=1)
+        with lock:
+            c = MlflowClient(tracking_uri=uri)
+            c.search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        raise StoreError(f"MLflow store {uri} cannot be used ({type(e).__name__}: {e}). Start the "
-                         f"server or set MLFLOW_TRACKING_URI to a reachable store, e.g. "
-                         f"sqlite:///mlflow.db.") from None
+        raise StoreError(describe_store_error(uri, e)) from None
     return c
+
+
+def describe_store_error(uri: str, e: BaseException) -> str:
+    """What went wrong with a store, in words that say what to do."""
+    first = (str(e).strip().splitlines() or [""])[0]     # not the SQL statement that failed
+    text = f"{type(e).__name__}: {first}"
+    low = text.lower()
+    where = f"MLflow store {uri}"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+            return (f"{where} is corrupted or not an SQLite database ({text}). Nothing was written "
+                    f"to it. Keep it aside (mv {path} {path}.broken) and a new store is created, "
+                    f"or set MLFLOW_TRACKING_URI to another store.")
+        if "readonly" in low or "read-only" in low or "permission denied" in low:
+            return (f"{where} is read-only ({text}). Nothing was written to it. Make {path} and "
+                    f"its folder writable, or set MLFLOW_TRACKING_URI to a writable store.")
+        if "database is locked" in low:
+            return (f"{where} is locked by another process ({text}). Nothing was written to it. "
+                    f"Retry when the other process has finished, or use a tracking server "
+                    f"(docs/SEARCH.md) for many concurrent writers.")
+        if "no space left" in low or "disk is full" in low or "database or disk is full" in low:
+            return (f"{where}: the disk is full ({text}). Free space and run the same command "
+                    f"again: interrupted runs resume from their last checkpoint.")
+        return (f"{where} cannot be used ({text}). Set MLFLOW_TRACKING_URI to a working store, "
+                f"e.g. sqlite:///mlflow.db.")
+    if uri.startswith(("http://", "https://")):
+        return (f"{where} does not answer ({text}). Start the server (scripts/services.sh start "
+                f"starts a local one) or set MLFLOW_TRACKING_URI to a reachable store.")
+    return f"{where} cannot be used ({text}). Set MLFLOW_TRACKING_URI to a working store."
 
 
 def experiment_name(profile: str) -> str:
@@ -73,16 +107,29 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 
 
 def experiment_id(c, profile: str, create: bool = True) -> str | None:
+    """The profile's experiment; with `create`, made if missing and checked writable (a store
+    that cannot be written stops here, before anything is trained)."""
     name = experiment_name(profile)
-    exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if create and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-        return exp.experiment_id
-    if not create:
-        return None
-    return c.create_experiment(name, artifact_location=_artifact_root(c.tracking_uri),
-                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    try:
+        exp = c.get_experiment_by_name(name)
+        if exp is not None:
+            if create:                     # also the write probe
+                c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return exp.experiment_id
+        if not create:
+            return None
+        try:
+            return c.create_experiment(name, artifact_location=_artifact_root(c.tracking_uri),
+                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # noqa: BLE001 - created meanwhile by another process?
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a store that answers reads but not writes
+        raise StoreError(describe_store_error(c.tracking_uri, e)) from None
 
 
 def runs_table_url(experiment: str, base: str = "http://127.0.0.1:5000") -> str:

@@ -48,8 +48,11 @@ def draw_traces(runs, stem: Path, figure: str, uri=None, examples: int = 3) -> l
     last = traces[traces["epoch"] == traces["epoch"].max()].set_index(["gate", "index"])["active"]
     epochs = int(r["param.train.epochs"])
     b0, bT = float(r["param.temperature.beta_0"]), float(r["param.temperature.beta_final"])
+    ramp = float(r.get("param.temperature.ramp_fraction", 1.0))
+    ramp_epochs = max(1, min(epochs, round(ramp * epochs)))
     t = np.arange(traces["epoch"].max() + 1)
-    reference = b0 * (bT / b0) ** (t / max(1, epochs - 1))      # global: β_T in the last epoch
+    # global schedule: β_0 in epoch 1 (step 1), β_T after `ramp_epochs` epochs, then flat
+    reference = np.minimum(bT, b0 * (bT / b0) ** (np.clip(t - 1, 0, None) / max(1, ramp_epochs - 1)))
     ncols = 4
     nrows = -(-len(gates) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.35 * nrows + 0.9), sharex=True,

@@ -95,11 +95,13 @@ class Phase:
     The method trains in one phase; the pruning baselines pre-train, prune, then fine-tune.
     `mask_lr` 0 freezes the mask logits (no mask optimizer: a pruned net's fixed masks);
     `regularizer()` is added to the loss (e.g. network slimming's L1 on BN scales);
-    `extra_stats` are merged into every epoch's stats.
+    `extra_stats` are merged into every epoch's stats. `recalibrate_bn` training batches
+    re-estimate BatchNorm statistics for the hard architecture before each evaluation.
     """
     schedule: TrainConfig
     mask_lr: float = 0.0
     mask_momentum: float = 0.9
+    recalibrate_bn: int = 0
     regularizer: Callable[[], torch.Tensor] | None = None
     extra_stats: dict = field(default_factory=dict)
     name: str = ""
@@ -180,7 +182,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
         state.load_state_dict(resume)
     elif on_epoch is not None:     # step 0: the seed architecture, before any training
         on_epoch(0, state.controller.architecture_stats(), state.controller)
-    phase = Phase(cfg.train, mask_lr=cfg.gates.mask_lr, mask_momentum=cfg.gates.mask_momentum)
+    phase = Phase(cfg.train, mask_lr=cfg.gates.mask_lr, mask_momentum=cfg.gates.mask_momentum,
+                  recalibrate_bn=cfg.gates.bn_recalibrate if cfg.method == "grow" else 0)
     run_epochs(state, phase, data, task, device, on_epoch, progress, label=_label(cfg),
                checkpoints=checkpoints)
     return state
@@ -268,6 +271,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
         if not math.isfinite(train_stats.get(contract.TRAIN_LOSS, 0.0)):
             raise FloatingPointError(f"training loss is not finite in epoch {epoch}; "
                                      f"lower train.lr or budget.lambda_base")
+        controller.recalibrate_bn(data.train, phase.recalibrate_bn)   # BN of the evaluated net
         stats = {**evaluate(model, data.val, task, amp), **train_stats,
                  contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9),
                  contract.EPOCH_TIME: time.perf_counter() - start}

@@ -109,3 +109,15 @@ def test_every_shipped_experiment_resolves():
     for path in files:
         for profile in profiles:
             assert plan(path, profile), path
+
+
+def test_the_schema_and_the_method_agree_on_every_method_default():
+    """Config sections repeat the method's option fields; their defaults must be the same."""
+    from dataclasses import fields
+
+    from reproduce.config import BudgetConfig, GateConfig, TemperatureConfig
+    from reproduce.method.options import BudgetOptions, GateOptions, TemperatureOptions
+    for config, options in ((GateConfig, GateOptions), (TemperatureConfig, TemperatureOptions),
+                            (BudgetConfig, BudgetOptions)):
+        for f in fields(options):
+            assert getattr(config(), f.name) == f.default, f"{config.__name__}.{f.name}"

@@ -59,6 +59,21 @@ def test_global_schedule_is_geometric_and_ends_at_beta_final():
         assert torch.allclose(g.beta, torch.full((g.n,), beta_final), rtol=1e-5)
 
 
+def test_ramp_fraction_reaches_beta_final_early_and_stays():
+    epochs, ramp = 10, 0.5
+    gates = rand_gates()
+    sched = TemperatureSchedule(gates, "global", 2.0, 200.0, epochs, ramp_fraction=ramp)
+    seen = []
+    for t in range(epochs):
+        seen.append(float(gates[0].beta[0]))
+        if t < epochs - 1:
+            sched.step()
+    assert seen[0] == pytest.approx(2.0)
+    assert seen[4] == pytest.approx(200.0, rel=1e-5)          # R = round(0.5·10) = 5 epochs of ramp
+    assert all(b == pytest.approx(200.0, rel=1e-5) for b in seen[4:])
+    assert all(a < b for a, b in zip(seen[:4], seen[1:5]))
+
+
 @pytest.mark.parametrize("schedule", ["separate", "separate_decayed"])
 def test_separate_schedules_move_only_what_they_should(schedule):
     epochs = int(torch.randint(3, 30, ()))
@@ -77,7 +92,7 @@ def test_separate_schedules_move_only_what_they_should(schedule):
         for g, e in zip(gates, expected):
             active = g.logits.detach() > 0
             before = e.clone()
-            e[active] *= gamma
+            e[active] = torch.clamp(e[active] * gamma, max=beta_final)   # capped at β_T
             if schedule == "separate_decayed":
                 e[~active] = torch.clamp(e[~active] * decay, min=beta_0)
             went_up |= bool((e > before).any())
@@ -146,7 +161,8 @@ def test_budget_closed_loop_reaches_the_target(name, target, seed_fraction, seed
     model = create_model("resnet20", in_channels=1, gate_blocks=False) if name == "resnet20" \
         else small_vgg()
     ctrl = GrowthController(model, (1, 8, 8), epochs=10,
-                            gates=GateOptions(seed_fraction=seed_fraction, seed_blocks=seed_blocks),
+                            gates=GateOptions(seed_fraction=seed_fraction, seed_blocks=seed_blocks,
+                                              s_on=0.5, s_off_spread=0.0),
                             budget=BudgetOptions(target=target, lambda_base=0.05),
                             rng_seed=int(torch.randint(0, 10_000, ())))
     with torch.no_grad():
@@ -408,3 +424,57 @@ def test_the_method_checks_its_own_options_for_users_of_their_own_loop():
         resolve({"gates": {"sampling": "gumbel"}})
     with pytest.raises(ConfigError, match="budget.target"):
         resolve({"budget": {"target": 0.0}})
+
+
+def test_spread_seed_logits_cross_zero_one_by_one(fresh_seed):
+    spread = float(torch.empty(()).uniform_(0.2, 2.0))
+    s_off = -float(torch.rand(())) * 0.3
+    ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed,
+                            gates=GateOptions(s_on=2.5, s_off=s_off, s_off_spread=spread))
+    for name, g in ctrl.named_gates:
+        if isinstance(g, BlockGate):
+            assert g.logits.item() == pytest.approx(s_off)       # blocks are not spread
+            continue
+        seed = g.logits.detach() == 2.5
+        rest = g.logits.detach()[~seed]
+        assert int(seed.sum()) == max(1, round(0.25 * g.n))
+        assert torch.all(rest <= s_off) and torch.all(rest >= s_off - spread)
+        if rest.numel() > 1:
+            assert rest.unique().numel() == rest.numel()           # distinct: no whole-gate jump
+
+
+def test_bn_recalibration_measures_the_hard_architecture_and_counts_its_cost(fresh_seed):
+    """Running stats become the plain average over N batches of the hard-gated net's batch
+    statistics; sampling, momenta, mode and the loader's epoch are restored; MACs are counted."""
+    model = small_vgg()
+    ctrl = GrowthController(model, (1, 8, 8), epochs=3, rng_seed=fresh_seed)
+    with torch.no_grad():
+        for g in ctrl.gates:
+            g.logits.uniform_(-1, 1)
+
+    class Loader:
+        epoch = 7
+        def __iter__(self):
+            gen = torch.Generator().manual_seed(fresh_seed)
+            for _ in range(5):
+                yield torch.randn(6, 1, 8, 8, generator=gen), None
+
+    n = int(torch.randint(1, 5, ()))
+    # expected: per BN layer, the mean of the batch means over the first n batches (hard gates)
+    bn = model.bn2
+    seen = []
+    handle = bn.register_forward_hook(lambda m, i, o: seen.append(i[0].mean(dim=(0, 2, 3))))
+    model.eval()
+    ctrl.recalibrate_bn(Loader(), n)
+    handle.remove()
+    assert len(seen) == n
+    assert torch.allclose(bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
+    assert int(bn.num_batches_tracked) == n and bn.momentum == 0.1
+    assert not model.training and all(g.sampling == "bernoulli" for g in ctrl.gates)
+    assert ctrl.train_macs_epoch == pytest.approx(ctrl.costs.hard()[0] * 6 * n)
+    loader = Loader()
+    ctrl.recalibrate_bn(loader, 2)
+    assert loader.epoch == 7
+    before = ctrl.train_macs_epoch
+    ctrl.recalibrate_bn(loader, 0)                                  # 0 = off
+    assert ctrl.train_macs_epoch == before

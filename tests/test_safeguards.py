@@ -82,7 +82,7 @@ def test_temperature_trace_and_metric_agree_and_end_at_beta_final(tiny):
     for step, (metric, trace) in seen.items():
         assert metric == pytest.approx(trace), step
     assert seen[epochs][0] == pytest.approx(beta_final)
-    assert seen[0][0] == pytest.approx(1.0)
+    assert seen[0][0] == pytest.approx(cfg.temperature.beta_0)
 
 
 def test_a_model_without_gates_reports_no_budget_pressure():

@@ -32,9 +32,15 @@ from .temperature import TemperatureSchedule
 
 
 def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str = "one_per_stage",
-              selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
-              generator: torch.Generator | None = None) -> None:
+              selection: str = "first", s_on: float = 3.0, s_off: float = -0.1,
+              generator: torch.Generator | None = None, s_off_spread: float = 0.0) -> None:
     """Seed architecture: a fraction of every channel group and (optionally) no optional block on.
+
+    Seed channels start at logit s_on; the other channels at s_off − spread·u_i, u_i ~ U(0, 1)
+    (from `generator`). With spread = 0 all non-seed channels of a gate share one logit, so a
+    uniform push moves them across 0 together and the hard usage jumps by a whole gate at once;
+    a spread makes them cross one after another, so growth is gradual and the budget controller
+    sees the usage rise.
 
     Blocks without a block gate (the first of each stage) are always on, so `one_per_stage` closes
     every gated block. fraction = 1 with blocks = "all" starts from the full network (pruning).
@@ -54,6 +60,9 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
             else:
                 idx = torch.arange(k)
             g.logits.fill_(s_off)
+            if s_off_spread:
+                u = torch.rand(g.n, generator=generator)
+                g.logits.sub_(s_off_spread * u.to(g.logits.device))
             g.logits[idx.to(g.logits.device)] = s_on
 
 
@@ -77,11 +86,12 @@ class GrowthController:
         self.epochs_started = 0
         self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
         init_seed(self.named_gates, gates.seed_fraction, gates.seed_blocks, gates.seed_selection,
-                  gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1))
+                  gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1),
+                  gates.s_off_spread)
         self.costs = CostModel(model, input_shape)
         t = temperature
         self.temperature = TemperatureSchedule(self.gates, t.schedule, t.beta_0, t.beta_final,
-                                               epochs, t.decay)
+                                               epochs, t.decay, t.ramp_fraction)
         # a model without gates (the dense baseline) has nothing to push: λ stays 0
         self.budget = BudgetController(budget.metric if self.gates else "none", budget.target,
                                        budget.lambda_base if self.gates else 0.0)
@@ -146,6 +156,44 @@ class GrowthController:
         self.train_macs_epoch += 3.0 * self.costs.sampled_macs() * batch_size
         self.dense_train_macs_total += 3.0 * self.costs.dense_macs * batch_size
         self.budget.update(self.current_usage())
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches, num_batches: int) -> None:
+        """Re-estimate BatchNorm statistics for the hard architecture g = 1[s > 0].
+
+        In training BN's running statistics are collected under the sampled gates (q·p), whose
+        activations differ from the hard architecture that is evaluated. Before an evaluation,
+        reset every BN's running mean/var and recompute them as the plain average over
+        `num_batches` training batches, forward only, in train mode with hard gates (as
+        slimmable networks do). Weights and logits are untouched. The forward MACs of these
+        passes (hard architecture × batch size, no backward) are counted in the epoch's training
+        cost; the dense reference does not do them, so the savings stay honest.
+        """
+        if num_batches <= 0 or not self.gates:
+            return
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None                   # cumulative average over the batches
+        was_training = self.model.training
+        self.model.train()
+        set_sampling(self.model, "hard")
+        hard_macs = self.costs.hard()[0]
+        epoch = getattr(batches, "epoch", None)  # do not advance a loader's epoch counter
+        try:
+            for i, (x, _) in enumerate(batches):
+                if i >= num_batches:
+                    break
+                self.model(x)
+                self.train_macs_epoch += float(hard_macs) * x.shape[0]
+        finally:
+            if epoch is not None:
+                batches.epoch = epoch
+            set_sampling(self.model, self.sampling)
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+            self.model.train(was_training)
 
     def current_usage(self) -> float:
         if self.budget.metric == "none":

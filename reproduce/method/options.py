@@ -48,8 +48,9 @@ class GateOptions:
     seed_fraction: float = 0.25         # share of every channel gate's channels that start on
     seed_blocks: str = "one_per_stage"  # SEED_BLOCKS: which removable blocks start on
     seed_selection: str = "first"       # SEED_SELECTIONS: which channels form the seed
-    s_on: float = 0.5                   # initial logit of seed structures
-    s_off: float = -0.1                 # initial logit of the rest
+    s_on: float = 3.0                   # initial logit of seed structures
+    s_off: float = -0.1                 # initial logit of the rest ...
+    s_off_spread: float = 0.5           # ... minus spread·U(0, 1), so they cross 0 one by one
     min_channels: int = 1               # channels every channel gate keeps on (0: zero width ok)
 
     def __post_init__(self):
@@ -59,15 +60,17 @@ class GateOptions:
         _check("gates", "seed_fraction", 0.0 < self.seed_fraction <= 1.0, "in (0, 1]",
                self.seed_fraction)
         _check("gates", "min_channels", self.min_channels >= 0, ">= 0", self.min_channels)
+        _check("gates", "s_off_spread", self.s_off_spread >= 0, ">= 0", self.s_off_spread)
 
 
 @dataclass(frozen=True)
 class TemperatureOptions:
     """How β rises so that σ(β·s) hardens into a binary mask (temperature.py)."""
     schedule: str = "global"            # SCHEDULES
-    beta_0: float = 1.0
+    beta_0: float = 5.0
     beta_final: float = 200.0
     decay: float = 0.9                  # separate_decayed: β_i ← max(β_0, δ·β_i) while inactive
+    ramp_fraction: float = 0.5          # β reaches beta_final after this fraction of the epochs
 
     def __post_init__(self):
         _choice("temperature", "schedule", self.schedule, SCHEDULES)
@@ -75,6 +78,8 @@ class TemperatureOptions:
         _check("temperature", "beta_final", self.beta_final >= self.beta_0,
                ">= temperature.beta_0", self.beta_final)
         _check("temperature", "decay", 0.0 < self.decay <= 1.0, "in (0, 1]", self.decay)
+        _check("temperature", "ramp_fraction", 0.0 < self.ramp_fraction <= 1.0, "in (0, 1]",
+               self.ramp_fraction)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@
   separate_decayed  as separate, and β_i ← max(β_0, δ·β_i) in epochs where it was inactive
 
 "Active in an epoch" = on in the hard architecture at the end of that epoch [ours].
+
+`ramp_fraction` f ≤ 1 compresses the schedule: with R = max(1, round(f·T)) epochs of ramp,
+γ = (β_T/β_0)^(1/(R−1)) and β is capped at β_T, so the global β reaches β_T in epoch R and stays
+there (f = 1 is the plain schedule above).
 `step()` is called between epochs (GrowthController.start_epoch), never after the last one, so β
 reaches β_T exactly in the final epoch.
 """
@@ -21,13 +25,16 @@ from .options import SCHEDULES
 
 class TemperatureSchedule:
     def __init__(self, gates: Iterable[Gate], schedule: str = "global", beta_0: float = 1.0,
-                 beta_final: float = 200.0, epochs: int = 1, decay: float = 0.9):
+                 beta_final: float = 200.0, epochs: int = 1, decay: float = 0.9,
+                 ramp_fraction: float = 1.0):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown temperature schedule {schedule!r}; choose one of "
                              f"{', '.join(SCHEDULES)}")
         self.gates = list(gates)
-        self.schedule, self.beta_0, self.decay = schedule, beta_0, decay
-        self.gamma = (beta_final / beta_0) ** (1.0 / max(1, epochs - 1))
+        self.schedule, self.beta_0, self.beta_final = schedule, beta_0, beta_final
+        self.decay = decay
+        self.ramp_epochs = max(1, min(epochs, round(ramp_fraction * epochs)))
+        self.gamma = (beta_final / beta_0) ** (1.0 / max(1, self.ramp_epochs - 1))
         self.epoch = 0
         for g in self.gates:
             g.beta.fill_(beta_0)
@@ -38,10 +45,11 @@ class TemperatureSchedule:
         self.epoch += 1
         for g in self.gates:
             if self.schedule == "global":
-                g.beta.fill_(self.beta_0 * self.gamma ** self.epoch)
+                g.beta.fill_(min(self.beta_final,
+                                 self.beta_0 * self.gamma ** min(self.epoch, self.ramp_epochs - 1)))
                 continue
             active = g.hard() > 0
-            grown = g.beta * self.gamma
+            grown = (g.beta * self.gamma).clamp_max(self.beta_final)
             if self.schedule == "separate":
                 g.beta.copy_(torch.where(active, grown, g.beta))
             else:

@@ -26,8 +26,11 @@ DASHBOARD_PORT ?= 8080
 MLFLOW_UI_WORKERS ?= 1
 MLFLOW_UI_JOBS ?= false
 PYTEST_ARGS ?=
+# processes training at once for figure/table/run targets (each run is trained by exactly one);
+# smoke runs use one thread each, so the smoke profile defaults to one process per core
+JOBS ?= $(if $(filter smoke,$(PROFILE)),$(shell nproc 2>/dev/null || echo 1),1)
 
-export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE
+export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE JOBS
 export PYTHONUNBUFFERED := 1
 
 RUN := $(PY) -m reproduce
@@ -53,6 +56,7 @@ help: ## Show this help
 	@echo "Variables (current value):"
 	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10, full schedule)"
 	@echo "  FORCE=$(FORCE)   1 retrains runs already tracked"
+	@echo "  JOBS=$(JOBS)   processes training at once (default: one per core for smoke, else 1)"
 	@echo "  DATA_DIR=$(DATA_DIR)"
 	@echo "  MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)"
 	@echo "  OPTUNA_STORAGE=$(OPTUNA_STORAGE)"

@@ -38,13 +38,32 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=None, metavar="VARIANT",
                    help="train only this variant of the experiment (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 1), metavar="N",
+                   help="train with N processes at once (each run is trained by exactly one)")
+    # how `--jobs` hands the parent's overrides to its helper processes
+    p.add_argument("--overrides-json", default="{}", help=argparse.SUPPRESS)
+
+
+def _run_overrides(args) -> dict:
+    """--set overrides on top of those a parent process handed over (--overrides-json)."""
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+    return merge(json.loads(args.overrides_json), _overrides(args.overrides))
 
 
 def cmd_run(args) -> int:
+    from .pipeline import train_all
     from .runner import run_experiment
 
+    overrides = _run_overrides(args)
+    if args.jobs > 1 and not args.only:
+        train_all(args.experiments, args.profile, args.force, overrides, args.jobs,
+                  progress=not args.quiet)
     for exp in args.experiments:
-        summaries = run_experiment(exp, args.profile, args.force, _overrides(args.overrides),
+        summaries = run_experiment(exp, args.profile, args.force and args.jobs <= 1, overrides,
                                    args.only, progress=not args.quiet)
         for s in summaries:
             state = "reused" if s["reused"] else "trained"
@@ -55,11 +74,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_figure(args) -> int:
-    from .pipeline import make
+    from .pipeline import experiments_of, make, train_all
 
+    overrides = _run_overrides(args)
+    if not args.no_run:      # everything the targets need first, with --jobs processes at once
+        train_all(experiments_of(args.targets), args.profile, args.force, overrides, args.jobs,
+                  progress=not args.quiet)
     for target in args.targets:
-        outputs = make(target, profile=args.profile, run_missing=not args.no_run,
-                       force=args.force, overrides=_overrides(args.overrides),
+        outputs = make(target, profile=args.profile, run_missing=False, overrides=overrides,
                        out_dir=Path(args.out) if args.out else None, progress=not args.quiet)
         for path in outputs:
             print(f"wrote {path}")

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,42 @@ from analysis.runs import load_runs
 from .errors import ConfigError
 from .experiments import plan
 from .runner import run_experiment
+
+
+def experiments_of(targets: list[str]) -> list[str]:
+    """The experiment files behind figure/table targets, each once, in order."""
+    names = []
+    for target in targets:
+        module = importlib.import_module(analysis.targets()[analysis.canonical(target)])
+        names += [e for e in module.EXPERIMENTS if e not in names]
+    return names
+
+
+def train_all(experiments: list[str], profile: str = "smoke", force: bool = False,
+              overrides: dict | None = None, jobs: int = 1, progress: bool = True,
+              uri: str | None = None) -> None:
+    """Train what the experiments need with `jobs` processes working through the same list.
+
+    Every process walks all runs; a run's claim (tracking.claim) makes sure exactly one trains
+    it, while the others move on and later reuse its result. With jobs = 1 this is one
+    run_experiment per file.
+    """
+    for e in experiments:                      # validate everything before anything trains
+        plan(e, profile, overrides)
+    helpers = []
+    if jobs > 1 and not force:                 # (forcing retrains in one process)
+        command = [sys.executable, "-m", "reproduce", "run", *experiments, "--profile", profile,
+                   "--quiet", "--jobs", "1", "--overrides-json", json.dumps(overrides or {})]
+        env = {**os.environ, **({"MLFLOW_TRACKING_URI": uri} if uri else {})}
+        helpers = [subprocess.Popen(command, env=env) for _ in range(jobs - 1)]
+    try:
+        for e in experiments:
+            run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
+    finally:
+        codes = [h.wait() for h in helpers]
+    if any(codes):
+        raise RuntimeError(f"{sum(1 for c in codes if c)} of {len(helpers)} helper processes "
+                           f"failed; their runs are marked FAILED in the store with the reason")
 
 
 def make(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,

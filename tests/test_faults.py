@@ -134,3 +134,19 @@ def test_two_processes_on_a_new_store_train_each_config_once(tmp_path, tiny):
     results = [json.loads(line.split(" ", 1)[1]) for out in outs for line in out.splitlines()
                if line.startswith("RESULT")]
     assert len(results) == 6 and sum(not r["reused"] for r in results) == 3
+
+
+@pytest.mark.slow
+def test_jobs_share_the_runs_of_several_experiments(tiny):
+    """`--jobs 2`: two processes work through figure-4's and figure-7's runs; each config is
+    trained by exactly one of them, and every planned run ends FINISHED."""
+    from reproduce.experiments import plan
+    from reproduce.pipeline import train_all
+
+    train_all(["figure-4", "figure-7"], "smoke", overrides=tiny, jobs=2, progress=False)
+    c = tracking.client()
+    runs = c.search_runs([tracking.experiment_id(c, "smoke", create=False)])
+    planned = {p.hash for e in ("figure-4", "figure-7") for p in plan(e, "smoke", tiny)}
+    hashes = [r.data.tags["config_hash"] for r in runs]
+    assert sorted(hashes) == sorted(planned)                      # each once, none missing
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -133,8 +133,10 @@ def experiment_id(c, profile: str, create: bool = True) -> str | None:
 
 
 def runs_table_url(experiment: str, base: str = "http://127.0.0.1:5000") -> str:
-    """The direct link to an experiment's runs table in `mlflow ui`."""
-    return f"{base}/#/experiments/{experiment}/runs"
+    """The direct link to an experiment's runs table in `mlflow ui`, in the UI's model-training
+    mode (MLflow 3 opens experiments on its GenAI overview until a browser chooses otherwise,
+    whatever the experiment's kind tag says)."""
+    return f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
 
 
 def find_finished(c, exp_id: str, config_hash: str):

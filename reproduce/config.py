@@ -59,7 +59,9 @@ class GateConfig:
     sampling: str = field(default="bernoulli", metadata=choice(*M.SAMPLING_MODES))  # hard: fixed masks
     # Seed architecture [ours]: a fraction of each channel group and one block per stage start on.
     seed_fraction: float = 0.25     # 1.0 with seed_blocks=all is "prune from the full network"
-    seed_blocks: str = field(default="one_per_stage", metadata=choice(*M.SEED_BLOCKS))
+    # one_per_stage (layer growing's seed), <n>_per_stage (e.g. 2_per_stage) or all (checked
+    # by the method: M.seed_blocks_per_stage)
+    seed_blocks: str = "one_per_stage"
     seed_selection: str = field(default="first", metadata=choice(*M.SEED_SELECTIONS))
     s_on: float = 0.5               # initial logit of seed structures
     s_off: float = -0.1             # initial logit of the rest; near 0 lets sampling explore early

@@ -104,6 +104,17 @@ class BaselineConfig:
 
 
 @dataclass
+class AutoGrowConfig:
+    """The AutoGrow-style baseline (method: autogrow; reproduce/autogrow.py): depth grown on a
+    fixed schedule (Wen et al. 2020's periodic policy) until validation accuracy stops improving,
+    then `train.epochs` more epochs with the run's LR schedule. Only autogrow runs read (and hash)
+    this section."""
+    interval: int = 3               # K: epochs at constant train.lr between growth steps [AutoGrow]
+    patience: int = 1               # P: growth steps without improvement before growth stops [ours]
+    min_delta: float = 0.05         # τ: val accuracy gain (points) that counts as improving [ours]
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     lr: float = 0.1
@@ -126,8 +137,9 @@ class RunConfig:
     variant: str = "grow"           # a name for this run inside its experiment
     seed: int = 0
     # grow: the method; dense: the model without gates (baselines, incl. uniform width via
-    # model.width_multiplier); prune: a pruning baseline configured in `baseline`
-    method: str = field(default="grow", metadata=choice("grow", "dense", "prune"))
+    # model.width_multiplier); prune: a pruning baseline configured in `baseline`; autogrow: the
+    # AutoGrow-style layer-growing baseline configured in `autogrow`
+    method: str = field(default="grow", metadata=choice("grow", "dense", "prune", "autogrow"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gates: GateConfig = field(default_factory=GateConfig)
@@ -135,11 +147,15 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    autogrow: AutoGrowConfig = field(default_factory=AutoGrowConfig)
 
 
 # Fields that do not change a run's result: left out of its identity hash.
 NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_batch_size",
                 "train.device", "train.threads"}
+# Sections read by one trainer only: part of a run's identity only when it uses that trainer
+# (so adding such a section left every other run's identity, and tracked runs, as they were).
+TRAINER_SECTIONS = {"autogrow": "autogrow"}
 
 
 def _check_value(path: str, f: dataclasses.Field, value: Any, typ: Any) -> Any:
@@ -217,6 +233,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.val_fraction", 0.0 < cfg.data.val_fraction < 1.0, "in (0, 1)"),
         ("model.width_multiplier", cfg.model.width_multiplier > 0, "positive"),
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),
+        ("autogrow.interval", cfg.autogrow.interval >= 1, ">= 1"),
+        ("autogrow.patience", cfg.autogrow.patience >= 1, ">= 1"),
+        ("autogrow.min_delta", cfg.autogrow.min_delta >= 0, ">= 0"),
     ]
     for path, ok, expected in rules:
         if not ok:
@@ -281,7 +300,9 @@ def unflatten(flat: dict[str, Any]) -> dict:
 
 def config_hash(cfg: RunConfig) -> str:
     """Identity of a run: everything that can change its result, canonically serialised."""
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in NON_IDENTITY}
+    unused = {section for section, method in TRAINER_SECTIONS.items() if cfg.method != method}
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k not in NON_IDENTITY and k.split(".")[0] not in unused}
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -238,3 +238,29 @@ def test_autogrow_options_are_checked_and_hashed_only_for_autogrow_runs():
     a, b = (resolve({"method": "autogrow", "autogrow": {"patience": p}}) for p in (1, 7))
     assert config_hash(a) != config_hash(b)
 
+
+# -- tracked smoke-size runs -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_layer_growing_run_is_tracked_and_figure_5_drawn(tiny):
+    from reproduce.pipeline import make
+    tiny["train"]["epochs"] = 6
+    paths = make("figure-5", profile="smoke", overrides=tiny, progress=False)
+    assert {p.suffix for p in paths} >= {".png", ".pdf"}
+    c = tracking.client()
+    exp = tracking.experiment_id(c, "smoke", create=False)
+    runs = c.search_runs([exp])
+    assert {r.data.tags["variant"] for r in runs} == {"grow-layers", "grow-joint"}
+    for run in runs:
+        depth = {k: [m.value for m in sorted(c.get_metric_history(run.info.run_id,
+                                                                  contract.stage_blocks(k)),
+                                              key=lambda m: m.step)] for k in (1, 2, 3)}
+        assert all(len(v) == 7 for v in depth.values())      # step 0 (seed) and every epoch
+        assert [depth[k][0] for k in (1, 2, 3)] == [1, 1, 1]  # starts at one block per stage
+        total = [sum(depth[k][e] for k in (1, 2, 3)) for e in range(7)]
+        assert len(set(total)) > 1, total                     # depth changes over epochs
+        arch = json.loads(open(c.download_artifacts(run.info.run_id,
+                                                    contract.ARTIFACT_ARCH)).read())
+        assert arch["depths"] == {f"stage{k}": int(depth[k][-1]) for k in (1, 2, 3)}
+        assert run.data.metrics[contract.MACS] == pytest.approx(arch["macs"])
+

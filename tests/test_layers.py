@@ -264,3 +264,23 @@ def test_layer_growing_run_is_tracked_and_figure_5_drawn(tiny):
         assert arch["depths"] == {f"stage{k}": int(depth[k][-1]) for k in (1, 2, 3)}
         assert run.data.metrics[contract.MACS] == pytest.approx(arch["macs"])
 
+
+@pytest.mark.slow
+def test_table_autogrow_end_to_end(tiny, tmp_path):
+    from reproduce.pipeline import make
+    paths = make("table-autogrow", profile="smoke", overrides=tiny, progress=False)
+    csv = pd.read_csv(next(p for p in paths if p.suffix == ".csv"), keep_default_na=False)
+    measured = csv[csv["kind"] != "published"]
+    assert sorted(measured["kind"].value_counts().items()) == [
+        ("autogrow", 2), ("grow-joint", 2), ("grow-layers", 2), ("scratch", 2)]
+    published = csv[csv["kind"] == "published"]
+    assert "42-42-42" in set(published["depth"]) and set(published["family"]) == {"basic3resnet"}
+    c = tracking.client()
+    for row in measured.itertuples():
+        run = c.get_run(row.run_ids)
+        m = run.data.metrics
+        assert row.depth == "-".join(str(int(m[contract.stage_blocks(k)])) for k in (1, 2, 3))
+        assert float(row.top1_mean) == pytest.approx(m[contract.VAL_ACC])
+        assert float(row.train_macs_total_mean) == pytest.approx(m[contract.TRAIN_MACS_TOTAL])
+    md = next(p for p in paths if p.suffix == ".md").read_text()
+    assert "AutoGrow periodic, published" in md and "Plain3Net" in md

@@ -248,9 +248,11 @@ def latex(display: pd.DataFrame, n_left: int, groups: list | None = None,
 
 def write(stem: Path, display: pd.DataFrame, csv: pd.DataFrame, *, title: str, profile: str,
           datasets: list[str], run_ids: list[list[str]], row_names: list[str], n_left: int,
-          notes: list[str] = (), groups: list | None = None, extra_md: str = "") -> list[Path]:
+          notes: list[str] = (), groups: list | None = None, extra_md: str = "",
+          columns_note: str | None = None) -> list[Path]:
     """Write <stem>.md, <stem>.csv and <stem>.tex. Markdown and LaTeX get a `runs` column whose
-    [k] points at the list of MLflow run ids under the table; the CSV has them in `run_ids`."""
+    [k] points at the list of MLflow run ids under the table; the CSV has them in `run_ids`.
+    `columns_note` replaces the default note on the reproduced columns (mean ± std, savings)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     display = display.copy()
@@ -258,6 +260,7 @@ def write(stem: Path, display: pd.DataFrame, csv: pd.DataFrame, *, title: str, p
     name = stem.name
     header = [f"Profile `{profile}`; dataset: {', '.join(datasets)}.",
               f"Cost convention: {CONVENTION}.",
+              columns_note or
               "Reproduced columns: mean ± sample std over seeds (one seed: its value alone). "
               "Savings are against the dense row of the same model: inference = 1 − MACs/dense "
               "MACs; training = 1 − training MACs/the dense run's training MACs (pruning "

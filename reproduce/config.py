@@ -59,7 +59,9 @@ class GateConfig:
     sampling: str = field(default="bernoulli", metadata=choice(*M.SAMPLING_MODES))  # hard: fixed masks
     # Seed architecture [ours]: a fraction of each channel group and one block per stage start on.
     seed_fraction: float = 0.25     # 1.0 with seed_blocks=all is "prune from the full network"
-    seed_blocks: str = field(default="one_per_stage", metadata=choice(*M.SEED_BLOCKS))
+    # one_per_stage (layer growing's seed), <n>_per_stage (e.g. 2_per_stage) or all (checked
+    # by the method: M.seed_blocks_per_stage)
+    seed_blocks: str = "one_per_stage"
     seed_selection: str = field(default="first", metadata=choice(*M.SEED_SELECTIONS))
     # initial logit of seed structures: 3 keeps the seed confidently on (p = σ(β_0·3) ≈ 1) so
     # sampling noise falls on the explored structures only (0.5: p ≈ 0.6, the seed itself is dropped
@@ -119,6 +121,17 @@ class BaselineConfig:
 
 
 @dataclass
+class AutoGrowConfig:
+    """The AutoGrow-style baseline (method: autogrow; reproduce/autogrow.py): depth grown on a
+    fixed schedule (Wen et al. 2020's periodic policy) until validation accuracy stops improving,
+    then `train.epochs` more epochs with the run's LR schedule. Only autogrow runs read (and hash)
+    this section."""
+    interval: int = 3               # K: epochs at constant train.lr between growth steps [AutoGrow]
+    patience: int = 1               # P: growth steps without improvement before growth stops [ours]
+    min_delta: float = 0.05         # τ: val accuracy gain (points) that counts as improving [ours]
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     lr: float = 0.1
@@ -142,8 +155,9 @@ class RunConfig:
     variant: str = "grow"           # a name for this run inside its experiment
     seed: int = 0
     # grow: the method; dense: the model without gates (baselines, incl. uniform width via
-    # model.width_multiplier); prune: a pruning baseline configured in `baseline`
-    method: str = field(default="grow", metadata=choice("grow", "dense", "prune"))
+    # model.width_multiplier); prune: a pruning baseline configured in `baseline`; autogrow: the
+    # AutoGrow-style layer-growing baseline configured in `autogrow`
+    method: str = field(default="grow", metadata=choice("grow", "dense", "prune", "autogrow"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gates: GateConfig = field(default_factory=GateConfig)
@@ -151,11 +165,15 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    autogrow: AutoGrowConfig = field(default_factory=AutoGrowConfig)
 
 
 # Fields that do not change a run's result: left out of its identity hash.
 NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_batch_size",
                 "train.device", "train.threads", "train.checkpoint_minutes"}
+# Sections read by one trainer only: part of a run's identity only when it uses that trainer
+# (so adding such a section left every other run's identity, and tracked runs, as they were).
+TRAINER_SECTIONS = {"autogrow": "autogrow"}
 
 
 def _check_value(path: str, f: dataclasses.Field, value: Any, typ: Any) -> Any:
@@ -235,6 +253,9 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("gates.mask_lr", cfg.gates.mask_lr >= 0, ">= 0"),
         ("train.checkpoint_minutes", cfg.train.checkpoint_minutes >= 0, ">= 0"),
         ("gates.bn_recalibrate", cfg.gates.bn_recalibrate >= 0, ">= 0"),
+        ("autogrow.interval", cfg.autogrow.interval >= 1, ">= 1"),
+        ("autogrow.patience", cfg.autogrow.patience >= 1, ">= 1"),
+        ("autogrow.min_delta", cfg.autogrow.min_delta >= 0, ">= 0"),
     ]
     for path, ok, expected in rules:
         if not ok:
@@ -299,7 +320,9 @@ def unflatten(flat: dict[str, Any]) -> dict:
 
 def config_hash(cfg: RunConfig) -> str:
     """Identity of a run: everything that can change its result, canonically serialised."""
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in NON_IDENTITY}
+    unused = {section for section, method in TRAINER_SECTIONS.items() if cfg.method != method}
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k not in NON_IDENTITY and k.split(".")[0] not in unused}
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

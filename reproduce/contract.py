@@ -37,7 +37,9 @@ INFERENCE_SAVINGS = "cost/inference_savings"
 TRAIN_SAVINGS = "cost/train_savings"
 LAMBDA = "budget/lambda"
 USAGE = "budget/usage"
-PHASE = "phase"                                   # pruning baselines: 0 pre-training, 1 fine-tuning
+PHASE = "phase"                                   # pruning baselines: 0 pre-training, 1 fine-tuning;
+                                                  # autogrow: 0 growing, 1 training on
+GROWTH_STEP = "autogrow/step"                     # autogrow: growth steps taken so far
 
 # families of per-layer / per-stage metrics: PREFIX + layer name or stage number
 CHANNELS = "channels/"               # channels/<layer> retained ratio 0-1, channels/stage<k>

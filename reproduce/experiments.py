@@ -125,11 +125,6 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
     if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
         raise ConfigError(f"{path}: runs: expected a list of mappings like "
                           f"[{{variant: grow, config: {{...}}}}], got {runs!r}")
-    names = [str(r.get("variant", f"run{i}")) for i, r in enumerate(runs)]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ConfigError(f"{path}: variant {duplicated[0]!r} is declared more than once; give "
-                          f"every run its own variant name")
     planned = []
     for i, run in enumerate(runs):
         check_keys(f"{path}: runs[{i}]", run, RUN_KEYS)
@@ -144,6 +139,13 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
                           source=f"{path} (profile {profile}, run {variant!r})")
             description = str(run.get("description") or exp.get("description") or "").strip()
             planned.append(PlannedRun(cfg, name, figures, profile, description))
+    seen: dict[tuple, int] = {}
+    for p in planned:                 # tables and figures tell runs apart by model and variant
+        key = (p.cfg.model.name, p.cfg.variant, p.cfg.seed)
+        if key in seen:
+            raise ConfigError(f"{path}: variant {p.cfg.variant!r} of {p.cfg.model.name} is declared "
+                              f"more than once; give every run its own variant name")
+        seen[key] = 1
     if only and not planned:
         raise ConfigError(f"{path}: no run named {', '.join(only)}; variants: "
                           f"{', '.join(str(r.get('variant')) for r in runs)}")

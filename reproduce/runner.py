@@ -20,7 +20,7 @@ import yaml
 
 import torch
 
-from . import baselines, contract, train, tracking
+from . import autogrow, baselines, contract, train, tracking
 from .config import RunConfig, flatten, to_dict
 from .data import DataBundle, build_data, check_available
 from .experiments import PlannedRun, plan
@@ -34,6 +34,7 @@ TRAINERS = {
     "grow": train.train,                                # the method
     "dense": train.train,                               # the model without gates
     "prune": baselines.train_pruning_baseline,          # train dense, prune once, fine-tune
+    "autogrow": autogrow.train_autogrow,                # AutoGrow-style periodic layer growing
 }
 
 

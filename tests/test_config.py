@@ -73,14 +73,21 @@ def test_hash_tracks_identity_fields_only():
     h = config_hash(cfg)
     flat = flatten(to_dict(cfg))
     # every identity field changes the hash; pick a few at random each time
-    numeric = [k for k, v in flat.items() if isinstance(v, float) and not k.startswith("data.")]
+    from reproduce.config import NON_IDENTITY, TRAINER_SECTIONS
+    numeric = [k for k, v in flat.items() if isinstance(v, float) and not k.startswith("data.")
+               and k not in NON_IDENTITY and k.split(".")[0] not in TRAINER_SECTIONS]
     for key in random.sample(numeric, 5):
         changed = resolve(unflatten({key: flat[key] * 0.5 + 0.01}))
         assert config_hash(changed) != h, key
     # fields that cannot change a result do not
-    same = resolve({"train": {"device": "cpu", "threads": 3}, "data": {"root": "/elsewhere",
-                                                                       "num_workers": 7}})
+    same = resolve({"train": {"device": "cpu", "threads": 3, "checkpoint_minutes": 1.5},
+                    "data": {"root": "/elsewhere", "num_workers": 7}})
     assert config_hash(same) == h
+    # a trainer's own section counts only for runs of that trainer
+    other = resolve({"autogrow": {"patience": 4}})
+    assert config_hash(other) == h
+    assert config_hash(resolve({"method": "autogrow", "autogrow": {"patience": 4}})) != \
+        config_hash(resolve({"method": "autogrow"}))
 
 
 def test_overrides_parse_yaml_scalars():

@@ -63,7 +63,8 @@ def randomise_gates(model: nn.Module, closed_channel_gates: int = 1) -> None:
 
 # --- dense models -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "basic3resnet-2-4-3"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "basic3resnet-2-4-3",
+                                  "plain3net-2-4-3"])
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8)])
 def test_dense_costs_match_flop_counter(name, shape):
     ncls = int(torch.randint(2, 20, ()))
@@ -91,6 +92,7 @@ def test_gated_model_with_open_gates_costs_the_same_as_dense():
 EXPORT_CASES = [
     ("resnet20", True, (3, 16, 16)),
     ("basic3resnet-2-4-3", True, (1, 8, 8)),
+    ("plain3net-2-4-3", True, (1, 8, 8)),
     ("resnet20", False, (1, 8, 8)),
     ("vgg11", False, (3, 16, 16)),
 ]

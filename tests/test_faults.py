@@ -33,7 +33,7 @@ def test_empty_file_and_duplicate_variants_stop_before_tracking(tmp_path, tiny):
         run_experiment(str(empty), "smoke", overrides=tiny)
     twice = tmp_path / "twice.yaml"
     twice.write_text("runs:\n  - {variant: a}\n  - {variant: b}\n  - {variant: a, config: {seed: 3}}\n")
-    with pytest.raises(ConfigError, match="variant 'a' is declared more than once"):
+    with pytest.raises(ConfigError, match="variant 'a' of resnet20 is declared more than once"):
         run_experiment(str(twice), "smoke", overrides=tiny)
     assert nothing_tracked()
 

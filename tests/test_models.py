@@ -9,7 +9,8 @@ from reproduce.models import available_models, create_model, default_cfg, model_
 from reproduce.models.registry import model_class, register_model
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "basic3resnet-2-4-3"])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56", "vgg16", "basic3resnet-2-4-3",
+                                  "plain3net-2-4-3"])
 def test_registry_builds_every_model_with_its_defaults(name):
     cfg = default_cfg(name)
     model = create_model(name, width_multiplier=0.25)
@@ -19,7 +20,8 @@ def test_registry_builds_every_model_with_its_defaults(name):
     assert model_class(type(model).__name__) is type(model)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "vgg11", "basic3resnet-1-2-1"])
+@pytest.mark.parametrize("name", ["resnet20", "vgg11", "basic3resnet-1-2-1",
+                                  "plain3net-1-2-1"])
 def test_every_layer_declares_its_stage_and_role(name):
     model = create_model(name, in_channels=1, gate_blocks=True)
     info = model.layer_info()

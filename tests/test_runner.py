@@ -61,7 +61,8 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     total = sum(m.value for m in c.get_metric_history(run_id, "cost/train_macs"))
     assert run.data.metrics["cost/train_macs_total"] == pytest.approx(total, rel=1e-9)
     beta = c.get_metric_history(run_id, "temperature/conv1")
-    assert beta[0].value == pytest.approx(1.0) and beta[-1].value == pytest.approx(200.0)
+    t = plan("figure-7", "smoke", tiny)[0].cfg.temperature
+    assert beta[0].value == pytest.approx(t.beta_0) and beta[-1].value == pytest.approx(t.beta_final)
 
     # artifacts: resolved config, architecture, traces, a compact model that reproduces val/acc
     arch = json.loads(open(c.download_artifacts(run_id, tracking.ARTIFACT_ARCH)).read())

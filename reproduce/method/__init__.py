@@ -9,11 +9,13 @@ No tracking or search library is imported here: the method drops into any traini
 from .budget import BudgetController
 from .costs import CostModel
 from .export import architecture_summary, export, hard_architecture
-from .gates import BlockGate, ChannelGate, Gate, gates_of, sample_gates, set_sampling
+from .gates import (BlockGate, ChannelGate, Gate, PassThroughGate, gates_of, sample_gates,
+                    set_sampling)
 from .growth import GrowthController, init_seed
 from .structure import Block, GatedModel, Site
 from .temperature import TemperatureSchedule
 
 __all__ = ["Block", "BlockGate", "GatedModel", "BudgetController", "ChannelGate", "CostModel", "Gate", "GrowthController",
+           "PassThroughGate",
            "Site", "TemperatureSchedule", "architecture_summary", "export", "gates_of",
            "hard_architecture", "init_seed", "sample_gates", "set_sampling"]

@@ -1,6 +1,7 @@
 """Gates: the continuous relaxation of a network's discrete structure.
 
-Each gate owns n structures (the output channels of a conv, or one residual block). Structure i
+Each gate owns n structures (the output channels of a conv, or one block: a residual block,
+x + g·F(x), or a plain sub-module, g·F(x) + (1−g)·x). Structure i
 has a trainable logit s_i and a temperature β_i; its probability of being on is p_i = σ(β_i·s_i).
 
 In training the gate value depends on the sampling mode:
@@ -85,6 +86,18 @@ class BlockGate(Gate):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.value().to(x.dtype)
+
+
+class PassThroughGate(BlockGate):
+    """Gates a plain (shortcut-free) sub-module: g·F(x) + (1−g)·x.
+
+    A closed sub-module passes its input through (g = 0 gives x exactly, g = 1 gives F(x)
+    exactly), so it needs as many output channels as input channels.
+    """
+
+    def forward(self, fx: Tensor, x: Tensor) -> Tensor:          # type: ignore[override]
+        g = self.value().to(fx.dtype)
+        return g * fx + (1 - g) * x
 
 
 def gates_of(model: nn.Module) -> list[tuple[str, Gate]]:

@@ -25,16 +25,17 @@ from torch import Tensor, nn
 from .budget import BudgetController
 from .costs import CostModel
 from .gates import BlockGate, ChannelGate, Gate, gates_of, open_all, sample_gates, set_sampling
-from .options import (SEED_BLOCKS, SEED_SELECTIONS, BudgetOptions, GateOptions,
-                      OptionError, TemperatureOptions)
-from .structure import GatedModel
+from .options import (SEED_SELECTIONS, BudgetOptions, GateOptions, OptionError,
+                      TemperatureOptions, seed_blocks_per_stage)
+from .structure import Block, GatedModel
 from .temperature import TemperatureSchedule
 
 
 def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str = "one_per_stage",
               selection: str = "first", s_on: float = 3.0, s_off: float = -0.1,
-              generator: torch.Generator | None = None, s_off_spread: float = 0.0) -> None:
-    """Seed architecture: a fraction of every channel group and (optionally) no optional block on.
+              generator: torch.Generator | None = None, s_off_spread: float = 0.0,
+              stage_blocks: list[Block] | None = None) -> None:
+    """Seed architecture: a fraction of every channel group and n blocks per stage on.
 
     Seed channels start at logit s_on; the other channels at s_off − spread·u_i, u_i ~ U(0, 1)
     (from `generator`). With spread = 0 all non-seed channels of a gate share one logit, so a
@@ -43,16 +44,28 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
     sees the usage rise.
 
     Blocks without a block gate (the first of each stage) are always on, so `one_per_stage` closes
-    every gated block. fraction = 1 with blocks = "all" starts from the full network (pruning).
+    every gated block and `<n>_per_stage` opens the first n − 1 gated blocks of each stage (in
+    network order; `stage_blocks` = the model's blocks()). fraction = 1 with blocks = "all"
+    starts from the full network (pruning).
     """
-    if blocks not in SEED_BLOCKS or selection not in SEED_SELECTIONS:
-        raise OptionError(f"seed architecture: blocks must be one of {', '.join(SEED_BLOCKS)} and "
-                          f"selection one of {', '.join(SEED_SELECTIONS)}; got {blocks!r}, "
-                          f"{selection!r}")
+    if selection not in SEED_SELECTIONS:
+        raise OptionError(f"seed architecture: selection must be one of "
+                          f"{', '.join(SEED_SELECTIONS)}; got {selection!r}")
+    per_stage = seed_blocks_per_stage(blocks)
+    seed_on: set[str] = set()
+    if per_stage is not None and per_stage > 1:
+        if stage_blocks is None:
+            raise OptionError(f"gates.seed_blocks = {blocks!r} needs the model's blocks "
+                              f"(stage_blocks) to know each stage's order")
+        count: dict[int, int] = {}
+        for b in stage_blocks:
+            count[b.stage] = count.get(b.stage, 0) + 1
+            if b.gate is not None and count[b.stage] <= per_stage:
+                seed_on.add(b.gate)
     with torch.no_grad():
-        for _, g in gates:
+        for name, g in gates:
             if isinstance(g, BlockGate):
-                g.logits.fill_(s_on if blocks == "all" else s_off)
+                g.logits.fill_(s_on if per_stage is None or name in seed_on else s_off)
                 continue
             k = min(g.n, max(1, round(fraction * g.n)))
             if selection == "random":
@@ -87,7 +100,7 @@ class GrowthController:
         self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
         init_seed(self.named_gates, gates.seed_fraction, gates.seed_blocks, gates.seed_selection,
                   gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1),
-                  gates.s_off_spread)
+                  gates.s_off_spread, stage_blocks=model.blocks())
         self.costs = CostModel(model, input_shape)
         t = temperature
         self.temperature = TemperatureSchedule(self.gates, t.schedule, t.beta_0, t.beta_final,

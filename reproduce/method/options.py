@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 SAMPLING_MODES = ("bernoulli", "straight_through", "deterministic", "hard")
-SEED_BLOCKS = ("one_per_stage", "all")
+SEED_BLOCKS = ("one_per_stage", "all", "<n>_per_stage")   # e.g. 2_per_stage
 SEED_SELECTIONS = ("first", "random")
 SCHEDULES = ("global", "separate", "separate_decayed")
 BUDGET_METRICS = ("macs", "params", "none")
@@ -36,6 +36,20 @@ def _choice(group: str, name: str, value, options: tuple) -> None:
                           f"{', '.join(options)}")
 
 
+def seed_blocks_per_stage(value: str) -> int | None:
+    """Blocks per stage the seed architecture keeps on: 1 for `one_per_stage`, n for
+    `<n>_per_stage` (n >= 1), None for `all`. Raises OptionError for anything else."""
+    if value == "all":
+        return None
+    if value == "one_per_stage":
+        return 1
+    head, sep, tail = str(value).partition("_")
+    if sep and tail == "per_stage" and head.isdigit() and int(head) >= 1:
+        return int(head)
+    raise OptionError(f"gates.seed_blocks: unknown value {value!r}; choose one of "
+                      f"{', '.join(SEED_BLOCKS)}")
+
+
 def _check(group: str, name: str, ok: bool, expected: str, value) -> None:
     if not ok:
         raise OptionError(f"{group}.{name} = {value!r}: must be {expected}")
@@ -46,7 +60,7 @@ class GateOptions:
     """How gates behave in training and which architecture the network starts from."""
     sampling: str = "bernoulli"         # SAMPLING_MODES (gates.py explains each)
     seed_fraction: float = 0.25         # share of every channel gate's channels that start on
-    seed_blocks: str = "one_per_stage"  # SEED_BLOCKS: which removable blocks start on
+    seed_blocks: str = "one_per_stage"  # SEED_BLOCKS: how many blocks per stage start on
     seed_selection: str = "first"       # SEED_SELECTIONS: which channels form the seed
     s_on: float = 3.0                   # initial logit of seed structures
     s_off: float = -0.1                 # initial logit of the rest ...
@@ -55,7 +69,7 @@ class GateOptions:
 
     def __post_init__(self):
         _choice("gates", "sampling", self.sampling, SAMPLING_MODES)
-        _choice("gates", "seed_blocks", self.seed_blocks, SEED_BLOCKS)
+        seed_blocks_per_stage(self.seed_blocks)
         _choice("gates", "seed_selection", self.seed_selection, SEED_SELECTIONS)
         _check("gates", "seed_fraction", 0.0 < self.seed_fraction <= 1.0, "in (0, 1]",
                self.seed_fraction)

@@ -118,8 +118,11 @@ list-experiments: $(STAMP) ## List experiment files and search specs
 	@$(RUN) list experiments
 
 mlflow-ui: $(STAMP) ## Browse every tracked run at http://127.0.0.1:$(PORT) (prints each runs table's link)
-	@$(RUN) links --port $(PORT) 2>/dev/null || true
-	@MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_UI_JOBS) $(VENV)/bin/mlflow ui \
+	@case "$(MLFLOW_TRACKING_URI)" in http*) \
+	  echo "MLFLOW_TRACKING_URI is a tracking server: open $(MLFLOW_TRACKING_URI) (its own UI)"; \
+	  exit 0;; esac; \
+	$(RUN) links --port $(PORT) 2>/dev/null || true; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_UI_JOBS) $(VENV)/bin/mlflow ui \
 	  --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(PORT) \
 	  --workers $(MLFLOW_UI_WORKERS)
 

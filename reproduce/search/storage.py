@@ -63,14 +63,21 @@ def _transient() -> tuple[type[BaseException], ...]:
             tracking.StoreError)
 
 
+def _creation_race(e: Exception) -> bool:
+    """PostgreSQL: another worker created the same table or type a moment earlier."""
+    import sqlalchemy.exc
+    return isinstance(e, sqlalchemy.exc.ProgrammingError) and \
+        getattr(getattr(e, "orig", None), "sqlstate", None) in ("42P07", "42710")
+
+
 def retrying(what: str, fn, attempts: int = 8):
     """Run fn, retrying transient store errors (two processes creating the same tables, SQLite
     locks past the busy timeout) with a jittered back-off instead of crashing the worker."""
     for i in range(attempts):
         try:
             return fn()
-        except _transient() as e:
-            if i == attempts - 1:
+        except Exception as e:
+            if not (isinstance(e, _transient()) or _creation_race(e)) or i == attempts - 1:
                 raise
             wait = min(30.0, 0.5 * 2 ** i) * (0.5 + random.random())
             print(f"[search] {what}: {type(e).__name__}: {str(e)[:200]}; retrying in {wait:.1f}s",
@@ -109,5 +116,5 @@ def make_storage(url: str, heartbeat: dict | None = None, on_failed=None):
                                                   failed_trial_callback=failed)
         except ImportError as e:
             raise ConfigError(f"Optuna storage {redact(url)}: database driver missing ({e}); for "
-                              f"PostgreSQL: pip install psycopg2-binary") from None
+                              f"PostgreSQL: pip install 'psycopg[binary]' (make setup installs it)") from None
     return retrying(f"opening Optuna storage {redact(url)}", build)

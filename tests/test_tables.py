@@ -222,3 +222,36 @@ def test_table_ablation_end_to_end(tmp_path, monkeypatch, isolated_stores):
         assert r["top1_mean"] == pytest.approx(store[r["run_ids"]].metrics["val/acc"])
     assert row.loc["dense", "train_savings_mean"] == 0
     assert (out_dir / "table-ablation.md").exists() and (out_dir / "table-ablation.tex").exists()
+
+
+@pytest.mark.slow
+def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, monkeypatch,
+                                                                    isolated_stores):
+    """table-study end to end: accuracy after epoch 2, the largest usage and the first epoch at
+    90 % of the budget come from each run's tracked histories."""
+    from analysis import table_study
+    from analysis.runs import histories, load_runs
+
+    exp = _experiment(tmp_path, "tiny-study", [
+        {"variant": "dense", "config": {"method": "dense"}},
+        {"variant": "before", "config": {"gates": {"s_on": 0.5, "s_off_spread": 0.0,
+                                                   "bn_recalibrate": 0},
+                                         "temperature": {"beta_0": 1.0, "ramp_fraction": 1.0},
+                                         "budget": {"target": 0.5}}},
+        {"variant": "defaults", "config": {"budget": {"target": 0.5}}},
+    ], ["table-study"])
+    monkeypatch.setattr(table_study, "EXPERIMENTS", [exp])
+    outputs = make("table-study", profile="tiny", progress=False)
+    md = next(p for p in outputs if p.suffix == ".md").read_text()
+    runs = load_runs("tiny")
+    by_variant = {v: g for v, g in runs.groupby("variant")}
+    h = histories(by_variant["defaults"], "val/acc|budget/usage")
+    usage = h[(h["key"] == "budget/usage") & (h["epoch"] >= 1)]["value"]
+    acc2 = h[(h["key"] == "val/acc") & (h["epoch"] == 2)]["value"].iloc[0]
+    row = next(line for line in md.splitlines() if line.startswith("| defaults"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == f"{acc2:.1f}" or cells[4] == f"{acc2:.2f}"
+    assert cells[5] == f"{usage.max():.2f}"
+    dense_row = next(line for line in md.splitlines() if line.startswith("| dense"))
+    assert [c.strip() for c in dense_row.strip("|").split("|")][5] == "–"
+    assert by_variant["defaults"]["run_id"].iloc[0] in md

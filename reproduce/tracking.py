@@ -46,6 +46,8 @@ def client(uri: str | None = None):
 @functools.lru_cache(maxsize=8)
 def _client(uri: str):
     import logging
+    # a tracking server makes MLflow print a "View run ... at" link for every run it ends
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient

@@ -128,3 +128,21 @@ def test_the_schema_and_the_method_agree_on_every_method_default():
                             (BudgetConfig, BudgetOptions)):
         for f in fields(options):
             assert getattr(config(), f.name) == f.default, f"{config.__name__}.{f.name}"
+
+
+def test_lr_factor_warmup_step_and_cosine():
+    import math
+
+    from reproduce.config import TrainConfig
+    from reproduce.train import lr_factor
+
+    tc = TrainConfig(epochs=10, lr_schedule="cosine", warmup_epochs=2)
+    assert lr_factor(tc, 0.0) == pytest.approx(1e-3 / 2)            # warm-up starts near 0 ...
+    assert lr_factor(tc, 1.0) == pytest.approx((1 + 1e-3) / 2)      # ... and is linear
+    assert lr_factor(tc, 2.0) == pytest.approx(1.0)                 # cosine from its top
+    assert lr_factor(tc, 6.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(tc, 10.0) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(epochs=8, lr_schedule="step", milestones=[0.5, 0.75], lr_gamma=0.1)
+    assert [lr_factor(step, e) for e in (0, 3.9, 4, 5.9, 6, 7.9)] == \
+        pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(TrainConfig(lr_schedule="constant"), 17.3) == 1.0

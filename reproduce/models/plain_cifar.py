@@ -4,7 +4,7 @@ A stem conv-BN-ReLU, then 3 stages (widths 16/32/64) of sub-modules, each one co
 `plain3net-A-B-C` has A, B and C sub-modules per stage (the maximum depth when layers grow).
 The first sub-module of stages 2 and 3 halves the resolution and changes the width.
 
-Gates (PAPER.md §3):
+Gates (docs/METHOD.md, "Structures and gates"):
   layer<k>.gate            channels of stage k, shared by every sub-module of the stage: a closed
                            sub-module passes its input through, which ties its input and output
                            channels, so one gate per stage (as a ResNet's stream); applied after

@@ -2,7 +2,7 @@
 
 ResNet-20/32/56/110 = Basic3ResNet-n-n-n with n = 3/5/9/18 (AutoGrow's naming).
 
-Gates (PAPER.md §3):
+Gates (docs/METHOD.md, "Structures and gates"):
   layer<k>.gate            channels of stage k's residual stream, shared by every block of the stage
                            (an identity path ties them), applied to the stem / each branch output /
                            the projection shortcut, so a closed channel is zero all along the stage

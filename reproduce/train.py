@@ -225,7 +225,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
     checkpoints = checkpoints or Checkpoints()
 
     bar = _progress(range(state.epoch - state.phase_start, tc.epochs), progress,
-                    f"{label}{phase.name}")
+                    f"{label}{phase.name}", done=state.epoch - state.phase_start, total=tc.epochs)
     for epoch in bar:
         position, state.position = state.position, None
         if position is None:
@@ -292,8 +292,8 @@ def _label(cfg: RunConfig) -> str:
     return f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}"
 
 
-def _progress(it, enabled: bool, desc: str):
+def _progress(it, enabled: bool, desc: str, done: int = 0, total: int | None = None):
     if not enabled:
         return it
     from tqdm.auto import tqdm
-    return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True)
+    return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True, initial=done, total=total)

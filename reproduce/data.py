@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DataConfig, data_root
+from .config import SMOKE_IMAGE_SIZE, DataConfig, data_root
 
 SPLIT_SEED = 0          # digits split and synthetic data: the same for every run seed
 SYNTHETIC_NOISE = 1.0   # per-pixel noise std; templates have unit std, so classes overlap little
@@ -221,16 +221,114 @@ def download(dataset: str, root: str) -> None:
     download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
 
 
-def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
-    from torchvision import datasets, transforms as T
-    root, size = data_root(cfg), cfg.image_size or 224
-    layout = (f"Lay it out as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (one folder "
-              "per class, the same class folders in both; ImageNet's val images must be sorted into "
-              "class folders), or set DATA_DIR / data.root to such a tree.")
+# ImageFolder datasets: name -> folder under DATA_DIR when data.root is not set ("": DATA_DIR itself)
+IMAGE_FOLDERS = {"imagefolder": "", "imagenet": "imagenet", "imagenet_smoke": "imagenet-smoke"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def folder_root(cfg: DataConfig) -> str:
+    """Where an ImageFolder dataset lives: data.root, else DATA_DIR/<the dataset's folder>."""
+    if cfg.root:
+        return cfg.root
+    return os.path.join(data_root(cfg), IMAGE_FOLDERS[cfg.dataset])
+
+
+def _layout_help(root: str) -> str:
+    return (f"Lay it out as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (one folder "
+            "per class, the same class folders in both), or set DATA_DIR / data.root to such a tree.")
+
+
+def check_image_folder(root: str) -> None:
+    """Stop with DatasetMissing unless root holds train/<class>/ and val/<class>/ folders."""
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(root, split)):
-            raise DatasetMissing(f"image folder not found: looked for {os.path.join(root, split)}. {layout}")
+            raise DatasetMissing(f"image folder not found: looked for {os.path.join(root, split)}. "
+                                 f"{_layout_help(root)}")
+    val = os.path.join(root, "val")
+    flat = [e.name for e in os.scandir(val)
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    if flat:
+        raise DatasetMissing(
+            f"{val} holds {len(flat)} images directly (e.g. {sorted(flat)[0]}): the raw ImageNet "
+            "validation download is flat, and ImageFolder needs one folder per class. Sort it into "
+            "val/<wnid>/ folders with the usual valprep.sh (from the PyTorch ImageNet example: "
+            "https://github.com/pytorch/examples/tree/main/imagenet), or let torchvision do it: "
+            "put ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz in a folder R and run "
+            "`python -c \"import torchvision; torchvision.datasets.ImageNet('R', split='val')\"` "
+            "(it writes R/val/<wnid>/), then point data.root or DATA_DIR/imagenet at a tree with "
+            "those val folders beside train/.")
+
+
+def describe_image_folder(root: str) -> dict:
+    """Classes and image counts of an ImageFolder tree (what `data check` reports)."""
+    check_image_folder(root)
+    out: dict = {"root": root}
+    for split in ("train", "val"):
+        base = os.path.join(root, split)
+        classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
+        counts = {c: sum(1 for _, _, files in os.walk(os.path.join(base, c)) for f in files
+                         if f.lower().endswith(IMAGE_EXTENSIONS)) for c in classes}
+        out[split] = {"classes": len(classes), "images": sum(counts.values()),
+                      "empty_classes": [c for c, n in counts.items() if n == 0],
+                      "class_names": classes}
+    out["same_classes"] = out["train"]["class_names"] == out["val"]["class_names"]
+    return out
+
+
+def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: float = 0.2,
+                        per_class: int | None = None) -> dict:
+    """An ImageNet-style ImageFolder tree from scikit-learn's digits (no download).
+
+    Each 8×8 digit becomes a size×size RGB image: scaled to 35-90 % of the side, placed at a
+    random position on a random background colour, drawn in a random foreground colour, with
+    pixel noise; so crops, flips and resizing see varied, larger images, as on ImageNet. The
+    split is the digits' fixed one (data.val_fraction's default) and the images are fixed by
+    SPLIT_SEED, so the tree is the same wherever it is made. `per_class` caps the images per
+    class and split (tests).
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(SPLIT_SEED)
+    tmp = root.rstrip("/") + ".partial"
+    splits = dict(zip(("train", "val"), digits_split(val_fraction)))
+    if per_class is not None:
+        splits = {k: np.concatenate([idx[digits.target[idx] == c][:per_class] for c in range(10)])
+                  for k, idx in splits.items()}
+    for split, indices in splits.items():
+        for c in range(10):
+            os.makedirs(os.path.join(tmp, split, f"digit_{c}"), exist_ok=True)
+        for i in sorted(indices.tolist()):
+            ink = digits.images[i] / 16.0                                # 8x8 in [0, 1]
+            side = int(rng.integers(int(0.35 * size), int(0.9 * size) + 1))
+            glyph = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(
+                (side, side), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
+            bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            while np.abs(bg - fg).sum() < 200:                           # keep the digit visible
+                fg = rng.uniform(0, 255, 3)
+            img = np.broadcast_to(bg, (size, size, 3)).copy()
+            y0, x0 = rng.integers(0, size - side + 1, 2)
+            img[y0:y0 + side, x0:x0 + side] = glyph * fg + (1 - glyph) * bg
+            img += rng.normal(0, 8, img.shape)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                os.path.join(tmp, split, f"digit_{digits.target[i]}", f"{i:04d}.png"))
+    if os.path.isdir(root):
+        import shutil
+        shutil.rmtree(root)
+    os.replace(tmp, root)                 # a half-written tree never looks complete
+    return {split: len(idx) for split, idx in splits.items()}
+
+
+def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    from torchvision import datasets, transforms as T
+    root = folder_root(cfg)
+    if cfg.dataset == "imagenet_smoke" and not os.path.isdir(root):
+        make_smoke_imagenet(root)         # generated from bundled data: nothing to download
+    size = cfg.image_size or (SMOKE_IMAGE_SIZE if cfg.dataset == "imagenet_smoke" else 224)
+    check_image_folder(root)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    # the reference recipe's resize 256 / crop 224, scaled with the image size
     val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
     train_tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
                 if cfg.augment else val_tf)
@@ -238,7 +336,7 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
         train = datasets.ImageFolder(os.path.join(root, "train"), train_tf)
         val = datasets.ImageFolder(os.path.join(root, "val"), val_tf)
     except FileNotFoundError as e:  # no class folders / no images
-        raise DatasetMissing(f"{e}. {layout}") from None
+        raise DatasetMissing(f"{e}. {_layout_help(root)}") from None
     # ImageFolder numbers classes per split by sorted folder name: differing folders shift labels.
     if train.classes != val.classes:
         raise ValueError(f"{root}: train has {len(train.classes)} class folders, val has "
@@ -257,7 +355,7 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
             generator=torch.Generator().manual_seed(seed) if train else None), device)
 
     return DataBundle(loader(train, cfg.batch_size, True), loader(val, cfg.eval_batch_size, False),
-                      len(train.classes), 3, size, len(train), len(val), "imagefolder")
+                      len(train.classes), 3, size, len(train), len(val), cfg.dataset)
 
 
 def check_available(cfg: DataConfig) -> None:
@@ -272,19 +370,14 @@ def check_available(cfg: DataConfig) -> None:
                 f"{spec['title']} not found: looked for {os.path.join(root, spec['folder'])} "
                 f"(missing {', '.join(missing)}). Fetch it with `make data-{cfg.dataset}` (or set "
                 f"DATA_DIR / data.root to where it lives).")
-    elif cfg.dataset == "imagefolder":
-        for split in ("train", "val"):
-            if not os.path.isdir(os.path.join(root, split)):
-                raise DatasetMissing(f"image folder not found: looked for "
-                                     f"{os.path.join(root, split)}. Lay it out as "
-                                     f"{root}/train/<class>/* and {root}/val/<class>/*, or set "
-                                     f"DATA_DIR / data.root to such a tree.")
+    elif cfg.dataset in IMAGE_FOLDERS and cfg.dataset != "imagenet_smoke":  # that one is generated
+        check_image_folder(folder_root(cfg))
 
 
 def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0) -> DataBundle:
     """The dataset named by cfg as train/val batch streams on `device` (see module docstring)."""
     device = torch.device(device)
-    if cfg.dataset == "imagefolder":
+    if cfg.dataset in IMAGE_FOLDERS:
         return _imagefolder(cfg, device, seed)
     if cfg.dataset == "digits":
         xtr, ytr, xva, yva = _digits(cfg)
@@ -297,7 +390,7 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
         num_classes, flip = CIFAR[cfg.dataset]["num_classes"], True
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of digits, cifar10, "
-                         "cifar100, synthetic, imagefolder")
+                         "cifar100, synthetic, imagefolder, imagenet, imagenet_smoke")
 
     if cfg.dataset in CIFAR:  # the standard constants, in uint8 pixel units
         mean = torch.tensor(CIFAR[cfg.dataset]["mean"]) * 255

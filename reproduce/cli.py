@@ -55,10 +55,13 @@ def _run_overrides(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    from . import distributed
     from .pipeline import train_all
     from .runner import run_experiment
 
     overrides = _run_overrides(args)
+    if distributed.init_from_env():   # under torchrun: one run on every process, rank 0 tracks
+        args.jobs = 1
     if args.jobs > 1 and not args.only:
         train_all(args.experiments, args.profile, args.force, overrides, args.jobs,
                   progress=not args.quiet)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import distributed
 from .config import SMOKE_IMAGE_SIZE, DataConfig, data_root
 
 SPLIT_SEED = 0          # digits split and synthetic data: the same for every run seed
@@ -96,18 +97,27 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class TensorLoader:
     """Batches from device-resident raw tensors, normalised on the fly. Each iter() is one epoch;
     with shuffle, epoch e is shuffled (and augmented, if pad or flip) from (seed, e). `epoch`
-    counts epochs started; set it to resume a run mid-way with the same data order."""
+    counts epochs started; set it to resume a run mid-way with the same data order.
+
+    With `world` > 1 (distributed), rank `rank` reads every world-th sample of the epoch's
+    order: training shards are equal (the last n mod world samples of the order are left out,
+    so every rank runs as many steps), validation shards cover every sample once."""
 
     def __init__(self, x: Tensor, y: Tensor, mean: Tensor, std: Tensor, batch_size: int, *,
-                 shuffle: bool = False, pad: int = 0, flip: bool = False, seed: int = 0):
+                 shuffle: bool = False, pad: int = 0, flip: bool = False, seed: int = 0,
+                 rank: int = 0, world: int = 1):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.mean = mean.to(x.device, torch.float32).view(1, -1, 1, 1)
         self.std = std.to(x.device, torch.float32).view(1, -1, 1, 1)
         self.shuffle, self.pad, self.flip, self.seed = shuffle, pad, flip, seed
         self.epoch = 0
+        n = len(x)
+        self.positions = None if world == 1 else \
+            torch.arange(rank, n - n % world if shuffle else n, world, device=x.device)
 
     def __len__(self) -> int:
-        return num_batches(len(self.x), self.batch_size, drop_small=self.shuffle)
+        n = len(self.x) if self.positions is None else len(self.positions)
+        return num_batches(n, self.batch_size, drop_small=self.shuffle)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, bs, dev = len(self.x), self.batch_size, self.x.device
@@ -118,6 +128,9 @@ class TensorLoader:
             order = torch.randperm(n, generator=gen).to(dev)  # drawn first: same order with or without aug
             if self.pad or self.flip:  # one transfer per epoch, not per batch (each one syncs CUDA)
                 aug = [t.to(dev) for t in draw_crop_flip(n, self.pad, self.flip, gen)]
+        if self.positions is not None:                      # this rank's shard
+            order = self.positions if order is None else order[self.positions]
+            aug = None if aug is None else [t[self.positions] for t in aug]
         for i in range(len(self)):
             sl = slice(i * bs, (i + 1) * bs)
             idx = order[sl] if order is not None else sl
@@ -128,15 +141,20 @@ class TensorLoader:
 
 
 class DeviceLoader:
-    """A DataLoader whose batches are moved to `device`."""
+    """A DataLoader whose batches are moved to `device`. `epoch` counts epochs started (a
+    distributed sampler reshuffles from it, the same way on every rank)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device):
         self.loader, self.device = loader, device
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(self.epoch)
+            self.epoch += 1
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -345,10 +363,20 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
         raise ValueError(f"data.num_classes = {cfg.num_classes} but {root}/train has "
                          f"{len(train.classes)} class folders")
 
+    rank, world = distributed.rank(), distributed.world_size()
+
     def loader(ds: datasets.ImageFolder, bs: int, train: bool) -> DeviceLoader:
-        drop = train and num_batches(len(ds), bs, drop_small=True) < -(-len(ds) // bs)
+        sampler = None
+        n = len(ds)
+        if world > 1:   # each rank its shard: train reshuffled per epoch, val split without padding
+            sampler = (torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=seed,
+                                                           drop_last=True) if train
+                       else list(range(rank, len(ds), world)))
+            n = len(sampler)
+        drop = train and num_batches(n, bs, drop_small=True) < -(-n // bs)
         return DeviceLoader(torch.utils.data.DataLoader(
-            ds, batch_size=bs, shuffle=train, drop_last=drop, num_workers=cfg.num_workers,
+            ds, batch_size=bs, shuffle=train and sampler is None, sampler=sampler, drop_last=drop,
+            num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
             # seeds the shuffle and the workers' augmentation RNG; with num_workers=0 the
             # augmentation uses torch's global RNG (seeded by the trainer)
@@ -402,6 +430,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
     pad = max(1, size // 8) if cfg.augment else 0  # 4 for 32x32, 1 for 8x8 digits
     flip = flip and cfg.augment
     xtr, ytr, xva, yva = (t.to(device) for t in (xtr, ytr, xva, yva))
-    train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, pad=pad, flip=flip, seed=seed)
-    val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size)
+    shard = dict(rank=distributed.rank(), world=distributed.world_size())
+    train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, pad=pad, flip=flip,
+                         seed=seed, **shard)
+    val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size, **shard)
     return DataBundle(train, val, num_classes, xtr.shape[1], size, len(xtr), len(xva), cfg.dataset)

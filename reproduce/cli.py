@@ -55,10 +55,13 @@ def _run_overrides(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    from . import distributed
     from .pipeline import train_all
     from .runner import run_experiment
 
     overrides = _run_overrides(args)
+    if distributed.init_from_env():   # under torchrun: one run on every process, rank 0 tracks
+        args.jobs = 1
     if args.jobs > 1 and not args.only:
         train_all(args.experiments, args.profile, args.force, overrides, args.jobs,
                   progress=not args.quiet)
@@ -130,11 +133,35 @@ def cmd_list(args) -> int:
 
 def cmd_data(args) -> int:
     from .config import DataConfig, data_root
-    from .data import download
+    from .data import describe_image_folder, download, folder_root, make_smoke_imagenet
 
+    if args.action == "check":
+        name = args.dataset or "imagenet"
+        if name not in ("imagenet", "imagenet_smoke", "imagefolder"):
+            raise ConfigError(f"data check: {name!r} is not an image folder dataset; choose "
+                              "imagenet, imagenet_smoke or imagefolder")
+        info = describe_image_folder(folder_root(DataConfig(dataset=name, root=args.root or "")))
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return 0
+        print(f"{name} in {info['root']}")
+        for split in ("train", "val"):
+            d = info[split]
+            empty = f", {len(d['empty_classes'])} without images" if d["empty_classes"] else ""
+            print(f"  {split:5s} {d['classes']:5d} classes  {d['images']:9d} images{empty}")
+        ok = info["same_classes"] and not any(info[s]["empty_classes"] for s in ("train", "val"))
+        if not info["same_classes"]:
+            print("  train and val have different class folders: labels would not match")
+        return 0 if ok else 1
+    if args.action == "make-smoke-imagenet":
+        root = folder_root(DataConfig(dataset="imagenet_smoke", root=args.root or ""))
+        counts = make_smoke_imagenet(root)
+        print(f"ImageNet-style digits written to {root}: {counts['train']} train and "
+              f"{counts['val']} val images in 10 class folders")
+        return 0
     root = args.root or data_root(DataConfig())
-    download(args.dataset, root)
-    print(f"{args.dataset} is in {root}")
+    download(args.action, root)
+    print(f"{args.action} is in {root}")
     return 0
 
 
@@ -348,9 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     _add_profile(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("data", help="download a dataset (CIFAR only; ImageNet must be placed by hand)")
-    p.add_argument("dataset", choices=["cifar10", "cifar100"])
-    p.add_argument("--root", default=None, help="default: $DATA_DIR or ./data")
+    p = sub.add_parser("data", help="download CIFAR, check an ImageNet tree, or write the smoke "
+                                    "ImageNet-style tree (ImageNet itself is placed by hand)")
+    p.add_argument("action", choices=["cifar10", "cifar100", "check", "make-smoke-imagenet"],
+                   help="cifar10/cifar100: download; check [DATASET]: classes and image counts of "
+                        "an image folder (default imagenet); make-smoke-imagenet: generate "
+                        "ImageNet-style digits")
+    p.add_argument("dataset", nargs="?", default=None,
+                   help="for check: imagenet (default), imagenet_smoke or imagefolder")
+    p.add_argument("--root", default=None, help="default: $DATA_DIR (or ./data), or for image "
+                   "folders $DATA_DIR/imagenet and $DATA_DIR/imagenet-smoke")
+    p.add_argument("--json", action="store_true", help="check: print the report as JSON")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("demo", help="the smoke reproduction of figures 7 and 9, with a summary")

@@ -25,6 +25,10 @@ from .method import options as M
 
 
 
+IMAGE_FOLDER_DATASETS = ("imagefolder", "imagenet", "imagenet_smoke")
+SMOKE_IMAGE_SIZE = 64               # side of the generated ImageNet-style digits (imagenet_smoke)
+
+
 def choice(*options: str) -> dict:
     return {"choices": options}
 
@@ -32,18 +36,22 @@ def choice(*options: str) -> dict:
 @dataclass
 class DataConfig:
     dataset: str = field(default="digits", metadata=choice(
-        "digits", "cifar10", "cifar100", "synthetic", "imagefolder"))
-    root: str = ""                  # "" means $DATA_DIR, else ./data
+        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "imagenet", "imagenet_smoke"))
+    # "" means $DATA_DIR (else ./data); imagenet: $DATA_DIR/imagenet, imagenet_smoke (ImageNet-style
+    # digits, generated on first use): $DATA_DIR/imagenet-smoke
+    root: str = ""
     download: bool = False          # fetch CIFAR when missing (make data-cifar10 sets it)
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
     val_fraction: float = 0.2       # digits only: held-out share of the data
-    num_workers: int = 0            # imagefolder only; tensor datasets live on the device
+    num_workers: int = 0            # image folders only; tensor datasets live on the device
     synthetic_train: int = 512      # synthetic only
     synthetic_val: int = 128
-    image_size: int = 0             # synthetic/imagefolder only; 0 = the dataset's own
-    num_classes: int = 0            # synthetic/imagefolder only; 0 = the dataset's own
+    # synthetic and image folders; 0 = the dataset's own (image folders: the model's input size,
+    # imagenet_smoke: 64), filled in when the config is resolved so the tracked config states it
+    image_size: int = 0
+    num_classes: int = 0            # synthetic/image folders only; 0 = the dataset's own
 
 
 @dataclass
@@ -290,6 +298,10 @@ def resolve(*layers: dict, source: str = "config") -> RunConfig:
     if not model_exists(cfg.model.name):
         raise ConfigError(f"{source}: model.name: unknown model {cfg.model.name!r}; "
                           f"choose one of {', '.join(available_models())}")
+    if cfg.data.dataset in IMAGE_FOLDER_DATASETS and not cfg.data.image_size:
+        from .models import default_cfg
+        cfg.data.image_size = (SMOKE_IMAGE_SIZE if cfg.data.dataset == "imagenet_smoke"
+                               else default_cfg(cfg.model.name).input_size[-1])
     return cfg
 
 

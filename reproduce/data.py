@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DataConfig, data_root
+from . import distributed
+from .config import SMOKE_IMAGE_SIZE, DataConfig, data_root
 
 SPLIT_SEED = 0          # digits split and synthetic data: the same for every run seed
 SYNTHETIC_NOISE = 1.0   # per-pixel noise std; templates have unit std, so classes overlap little
@@ -96,18 +97,27 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class TensorLoader:
     """Batches from device-resident raw tensors, normalised on the fly. Each iter() is one epoch;
     with shuffle, epoch e is shuffled (and augmented, if pad or flip) from (seed, e). `epoch`
-    counts epochs started; set it to resume a run mid-way with the same data order."""
+    counts epochs started; set it to resume a run mid-way with the same data order.
+
+    With `world` > 1 (distributed), rank `rank` reads every world-th sample of the epoch's
+    order: training shards are equal (the last n mod world samples of the order are left out,
+    so every rank runs as many steps), validation shards cover every sample once."""
 
     def __init__(self, x: Tensor, y: Tensor, mean: Tensor, std: Tensor, batch_size: int, *,
-                 shuffle: bool = False, pad: int = 0, flip: bool = False, seed: int = 0):
+                 shuffle: bool = False, pad: int = 0, flip: bool = False, seed: int = 0,
+                 rank: int = 0, world: int = 1):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.mean = mean.to(x.device, torch.float32).view(1, -1, 1, 1)
         self.std = std.to(x.device, torch.float32).view(1, -1, 1, 1)
         self.shuffle, self.pad, self.flip, self.seed = shuffle, pad, flip, seed
         self.epoch = 0
+        n = len(x)
+        self.positions = None if world == 1 else \
+            torch.arange(rank, n - n % world if shuffle else n, world, device=x.device)
 
     def __len__(self) -> int:
-        return num_batches(len(self.x), self.batch_size, drop_small=self.shuffle)
+        n = len(self.x) if self.positions is None else len(self.positions)
+        return num_batches(n, self.batch_size, drop_small=self.shuffle)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, bs, dev = len(self.x), self.batch_size, self.x.device
@@ -118,6 +128,9 @@ class TensorLoader:
             order = torch.randperm(n, generator=gen).to(dev)  # drawn first: same order with or without aug
             if self.pad or self.flip:  # one transfer per epoch, not per batch (each one syncs CUDA)
                 aug = [t.to(dev) for t in draw_crop_flip(n, self.pad, self.flip, gen)]
+        if self.positions is not None:                      # this rank's shard
+            order = self.positions if order is None else order[self.positions]
+            aug = None if aug is None else [t[self.positions] for t in aug]
         for i in range(len(self)):
             sl = slice(i * bs, (i + 1) * bs)
             idx = order[sl] if order is not None else sl
@@ -128,15 +141,20 @@ class TensorLoader:
 
 
 class DeviceLoader:
-    """A DataLoader whose batches are moved to `device`."""
+    """A DataLoader whose batches are moved to `device`. `epoch` counts epochs started (a
+    distributed sampler reshuffles from it, the same way on every rank)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device):
         self.loader, self.device = loader, device
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if hasattr(self.loader.sampler, "set_epoch"):
+            self.loader.sampler.set_epoch(self.epoch)
+            self.epoch += 1
         for x, y in self.loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -221,16 +239,114 @@ def download(dataset: str, root: str) -> None:
     download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
 
 
-def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
-    from torchvision import datasets, transforms as T
-    root, size = data_root(cfg), cfg.image_size or 224
-    layout = (f"Lay it out as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (one folder "
-              "per class, the same class folders in both; ImageNet's val images must be sorted into "
-              "class folders), or set DATA_DIR / data.root to such a tree.")
+# ImageFolder datasets: name -> folder under DATA_DIR when data.root is not set ("": DATA_DIR itself)
+IMAGE_FOLDERS = {"imagefolder": "", "imagenet": "imagenet", "imagenet_smoke": "imagenet-smoke"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def folder_root(cfg: DataConfig) -> str:
+    """Where an ImageFolder dataset lives: data.root, else DATA_DIR/<the dataset's folder>."""
+    if cfg.root:
+        return cfg.root
+    return os.path.join(data_root(cfg), IMAGE_FOLDERS[cfg.dataset])
+
+
+def _layout_help(root: str) -> str:
+    return (f"Lay it out as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (one folder "
+            "per class, the same class folders in both), or set DATA_DIR / data.root to such a tree.")
+
+
+def check_image_folder(root: str) -> None:
+    """Stop with DatasetMissing unless root holds train/<class>/ and val/<class>/ folders."""
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(root, split)):
-            raise DatasetMissing(f"image folder not found: looked for {os.path.join(root, split)}. {layout}")
+            raise DatasetMissing(f"image folder not found: looked for {os.path.join(root, split)}. "
+                                 f"{_layout_help(root)}")
+    val = os.path.join(root, "val")
+    flat = [e.name for e in os.scandir(val)
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    if flat:
+        raise DatasetMissing(
+            f"{val} holds {len(flat)} images directly (e.g. {sorted(flat)[0]}): the raw ImageNet "
+            "validation download is flat, and ImageFolder needs one folder per class. Sort it into "
+            "val/<wnid>/ folders with the usual valprep.sh (from the PyTorch ImageNet example: "
+            "https://github.com/pytorch/examples/tree/main/imagenet), or let torchvision do it: "
+            "put ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz in a folder R and run "
+            "`python -c \"import torchvision; torchvision.datasets.ImageNet('R', split='val')\"` "
+            "(it writes R/val/<wnid>/), then point data.root or DATA_DIR/imagenet at a tree with "
+            "those val folders beside train/.")
+
+
+def describe_image_folder(root: str) -> dict:
+    """Classes and image counts of an ImageFolder tree (what `data check` reports)."""
+    check_image_folder(root)
+    out: dict = {"root": root}
+    for split in ("train", "val"):
+        base = os.path.join(root, split)
+        classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
+        counts = {c: sum(1 for _, _, files in os.walk(os.path.join(base, c)) for f in files
+                         if f.lower().endswith(IMAGE_EXTENSIONS)) for c in classes}
+        out[split] = {"classes": len(classes), "images": sum(counts.values()),
+                      "empty_classes": [c for c, n in counts.items() if n == 0],
+                      "class_names": classes}
+    out["same_classes"] = out["train"]["class_names"] == out["val"]["class_names"]
+    return out
+
+
+def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: float = 0.2,
+                        per_class: int | None = None) -> dict:
+    """An ImageNet-style ImageFolder tree from scikit-learn's digits (no download).
+
+    Each 8×8 digit becomes a size×size RGB image: scaled to 35-90 % of the side, placed at a
+    random position on a random background colour, drawn in a random foreground colour, with
+    pixel noise; so crops, flips and resizing see varied, larger images, as on ImageNet. The
+    split is the digits' fixed one (data.val_fraction's default) and the images are fixed by
+    SPLIT_SEED, so the tree is the same wherever it is made. `per_class` caps the images per
+    class and split (tests).
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(SPLIT_SEED)
+    tmp = root.rstrip("/") + ".partial"
+    splits = dict(zip(("train", "val"), digits_split(val_fraction)))
+    if per_class is not None:
+        splits = {k: np.concatenate([idx[digits.target[idx] == c][:per_class] for c in range(10)])
+                  for k, idx in splits.items()}
+    for split, indices in splits.items():
+        for c in range(10):
+            os.makedirs(os.path.join(tmp, split, f"digit_{c}"), exist_ok=True)
+        for i in sorted(indices.tolist()):
+            ink = digits.images[i] / 16.0                                # 8x8 in [0, 1]
+            side = int(rng.integers(int(0.35 * size), int(0.9 * size) + 1))
+            glyph = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(
+                (side, side), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
+            bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            while np.abs(bg - fg).sum() < 200:                           # keep the digit visible
+                fg = rng.uniform(0, 255, 3)
+            img = np.broadcast_to(bg, (size, size, 3)).copy()
+            y0, x0 = rng.integers(0, size - side + 1, 2)
+            img[y0:y0 + side, x0:x0 + side] = glyph * fg + (1 - glyph) * bg
+            img += rng.normal(0, 8, img.shape)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                os.path.join(tmp, split, f"digit_{digits.target[i]}", f"{i:04d}.png"))
+    if os.path.isdir(root):
+        import shutil
+        shutil.rmtree(root)
+    os.replace(tmp, root)                 # a half-written tree never looks complete
+    return {split: len(idx) for split, idx in splits.items()}
+
+
+def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    from torchvision import datasets, transforms as T
+    root = folder_root(cfg)
+    if cfg.dataset == "imagenet_smoke" and not os.path.isdir(root):
+        make_smoke_imagenet(root)         # generated from bundled data: nothing to download
+    size = cfg.image_size or (SMOKE_IMAGE_SIZE if cfg.dataset == "imagenet_smoke" else 224)
+    check_image_folder(root)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    # the reference recipe's resize 256 / crop 224, scaled with the image size
     val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
     train_tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
                 if cfg.augment else val_tf)
@@ -238,7 +354,7 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
         train = datasets.ImageFolder(os.path.join(root, "train"), train_tf)
         val = datasets.ImageFolder(os.path.join(root, "val"), val_tf)
     except FileNotFoundError as e:  # no class folders / no images
-        raise DatasetMissing(f"{e}. {layout}") from None
+        raise DatasetMissing(f"{e}. {_layout_help(root)}") from None
     # ImageFolder numbers classes per split by sorted folder name: differing folders shift labels.
     if train.classes != val.classes:
         raise ValueError(f"{root}: train has {len(train.classes)} class folders, val has "
@@ -247,17 +363,27 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
         raise ValueError(f"data.num_classes = {cfg.num_classes} but {root}/train has "
                          f"{len(train.classes)} class folders")
 
+    rank, world = distributed.rank(), distributed.world_size()
+
     def loader(ds: datasets.ImageFolder, bs: int, train: bool) -> DeviceLoader:
-        drop = train and num_batches(len(ds), bs, drop_small=True) < -(-len(ds) // bs)
+        sampler = None
+        n = len(ds)
+        if world > 1:   # each rank its shard: train reshuffled per epoch, val split without padding
+            sampler = (torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=seed,
+                                                           drop_last=True) if train
+                       else list(range(rank, len(ds), world)))
+            n = len(sampler)
+        drop = train and num_batches(n, bs, drop_small=True) < -(-n // bs)
         return DeviceLoader(torch.utils.data.DataLoader(
-            ds, batch_size=bs, shuffle=train, drop_last=drop, num_workers=cfg.num_workers,
+            ds, batch_size=bs, shuffle=train and sampler is None, sampler=sampler, drop_last=drop,
+            num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
             # seeds the shuffle and the workers' augmentation RNG; with num_workers=0 the
             # augmentation uses torch's global RNG (seeded by the trainer)
             generator=torch.Generator().manual_seed(seed) if train else None), device)
 
     return DataBundle(loader(train, cfg.batch_size, True), loader(val, cfg.eval_batch_size, False),
-                      len(train.classes), 3, size, len(train), len(val), "imagefolder")
+                      len(train.classes), 3, size, len(train), len(val), cfg.dataset)
 
 
 def check_available(cfg: DataConfig) -> None:
@@ -272,19 +398,14 @@ def check_available(cfg: DataConfig) -> None:
                 f"{spec['title']} not found: looked for {os.path.join(root, spec['folder'])} "
                 f"(missing {', '.join(missing)}). Fetch it with `make data-{cfg.dataset}` (or set "
                 f"DATA_DIR / data.root to where it lives).")
-    elif cfg.dataset == "imagefolder":
-        for split in ("train", "val"):
-            if not os.path.isdir(os.path.join(root, split)):
-                raise DatasetMissing(f"image folder not found: looked for "
-                                     f"{os.path.join(root, split)}. Lay it out as "
-                                     f"{root}/train/<class>/* and {root}/val/<class>/*, or set "
-                                     f"DATA_DIR / data.root to such a tree.")
+    elif cfg.dataset in IMAGE_FOLDERS and cfg.dataset != "imagenet_smoke":  # that one is generated
+        check_image_folder(folder_root(cfg))
 
 
 def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0) -> DataBundle:
     """The dataset named by cfg as train/val batch streams on `device` (see module docstring)."""
     device = torch.device(device)
-    if cfg.dataset == "imagefolder":
+    if cfg.dataset in IMAGE_FOLDERS:
         return _imagefolder(cfg, device, seed)
     if cfg.dataset == "digits":
         xtr, ytr, xva, yva = _digits(cfg)
@@ -297,7 +418,7 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
         num_classes, flip = CIFAR[cfg.dataset]["num_classes"], True
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of digits, cifar10, "
-                         "cifar100, synthetic, imagefolder")
+                         "cifar100, synthetic, imagefolder, imagenet, imagenet_smoke")
 
     if cfg.dataset in CIFAR:  # the standard constants, in uint8 pixel units
         mean = torch.tensor(CIFAR[cfg.dataset]["mean"]) * 255
@@ -309,6 +430,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
     pad = max(1, size // 8) if cfg.augment else 0  # 4 for 32x32, 1 for 8x8 digits
     flip = flip and cfg.augment
     xtr, ytr, xva, yva = (t.to(device) for t in (xtr, ytr, xva, yva))
-    train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, pad=pad, flip=flip, seed=seed)
-    val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size)
+    shard = dict(rank=distributed.rank(), world=distributed.world_size())
+    train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, pad=pad, flip=flip,
+                         seed=seed, **shard)
+    val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size, **shard)
     return DataBundle(train, val, num_classes, xtr.shape[1], size, len(xtr), len(xva), cfg.dataset)

@@ -20,7 +20,7 @@ import yaml
 
 import torch
 
-from . import autogrow, baselines, contract, train, tracking
+from . import autogrow, baselines, contract, distributed, train, tracking
 from .config import RunConfig, flatten, to_dict
 from .data import DataBundle, build_data, check_available
 from .experiments import PlannedRun, plan
@@ -80,6 +80,35 @@ def run_experiment(path: str | Path, profile: str = "smoke", force: bool = False
     runs = plan(path, profile, overrides, only)       # validate everything before training anything
     for pr in runs:
         check_available(pr.cfg.data)                  # a missing dataset stops before tracking
+    if distributed.is_distributed():
+        if not distributed.is_main():
+            return _follow(runs)
+        try:
+            return _run_planned(runs, profile, force, progress, uri)
+        finally:
+            distributed.broadcast_object(None)       # the other ranks stop following
+    return _run_planned(runs, profile, force, progress, uri)
+
+
+def _follow(runs: list[PlannedRun]) -> list[dict]:
+    """Ranks other than 0 under torchrun: train exactly the runs rank 0 trains, untracked.
+
+    Rank 0 decides (reuse, resume, train) and sends, before each training, the run's config
+    hash and the checkpoint it resumes from; these ranks then train it with it (no MLflow, no
+    checkpoints of their own). A None ends the experiment."""
+    by_hash = {pr.hash: pr for pr in runs}
+    while True:
+        msg = distributed.broadcast_object()
+        if msg is None:
+            return []
+        saved = torch.load(msg["checkpoint"], map_location="cpu", weights_only=False) \
+            if msg["checkpoint"] else None
+        execute(by_hash[msg["hash"]].cfg, progress=False,
+                resume=saved["train"] if saved is not None else None)
+
+
+def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bool,
+                 uri: str | None) -> list[dict]:
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, profile)
     summaries: dict[str, dict] = {}
@@ -196,6 +225,9 @@ def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, ur
         if epoch_hook is not None:
             epoch_hook(epoch, stats)
 
+    if distributed.is_distributed():              # the other ranks train it with this process
+        distributed.broadcast_object({"hash": pr.hash, "checkpoint": str(checkpoints.path)
+                                      if saved is not None else None})
     try:
         result = execute(cfg, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints,
                          resume=saved["train"] if saved is not None else None)

@@ -32,6 +32,9 @@ class Meter:
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def all_reduce(self) -> None:
+        """Sum the accumulated counts over distributed ranks (a no-op in one process)."""
+
     def state_dict(self) -> dict:
         return dict(vars(self))
 
@@ -80,6 +83,17 @@ class _ClassificationMeter(Meter):
             self.correct = self.correct + batch[1]
             self.correct_k = self.correct_k + batch[2]
         self.seen += n
+
+    def all_reduce(self) -> None:
+        from . import distributed
+        if not distributed.is_distributed():
+            return
+        zero = torch.zeros(())
+        sums = [torch.tensor(float(self.seen))] + [
+            zero if v is None else v.float() for v in (self.loss_sum, self.correct, self.correct_k)]
+        seen, *totals = distributed.all_reduce_sum(sums)
+        self.seen = int(seen.item())
+        self.loss_sum, self.correct, self.correct_k = totals
 
     def compute(self) -> dict[str, float]:
         n = max(1, self.seen)

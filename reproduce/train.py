@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import contract
+from . import contract, distributed
 from .config import RunConfig, TrainConfig, method_options
 from .data import DataBundle
 from .method import GrowthController
@@ -123,8 +123,9 @@ class Checkpoints:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto":     # under torchrun, each process its own GPU
+        return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() \
+            else torch.device("cpu")
     return torch.device(name)
 
 
@@ -167,6 +168,7 @@ def evaluate(model: nn.Module, batches, task: Task, amp: bool = False) -> dict[s
         with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
             out = model(x)
         meter.update(out, y)
+    meter.all_reduce()              # each rank saw its shard of the validation set
     return meter.compute()
 
 
@@ -215,6 +217,8 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
     phase, and inside that epoch after the batches already trained."""
     tc = phase.schedule
     model, controller = state.model, state.controller
+    net = distributed.wrap(model, device)      # what runs forward; the controller keeps `model`
+    world = distributed.world_size()           # training cost counts the global batch
     amp = tc.amp and device.type == "cuda"
     resuming = state.pending_optimizers is not None
     if not resuming:
@@ -251,7 +255,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
                 x = x.contiguous(memory_format=torch.channels_last)
             controller.sample()
             with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                out = model(x)
+                out = net(x)
                 loss = task.loss(out, y)
             total = loss + controller.penalty()
             if phase.regularizer is not None:
@@ -263,15 +267,17 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
             opt_w.step()
             if opt_m is not None:
                 opt_m.step()
-            controller.after_step(task.samples(y))
+            controller.after_step(task.samples(y) * world)
             meter.update(out, y, loss)
             if checkpoints.due():
                 checkpoints.save(state, {"batch": i + 1, "meter": meter.state_dict()})
+        meter.all_reduce()
         train_stats = meter.compute()
         if not math.isfinite(train_stats.get(contract.TRAIN_LOSS, 0.0)):
             raise FloatingPointError(f"training loss is not finite in epoch {epoch}; "
                                      f"lower train.lr or budget.lambda_base")
         controller.recalibrate_bn(data.train, phase.recalibrate_bn)   # BN of the evaluated net
+        distributed.average_batchnorm_stats(model)       # (on every rank the same)
         stats = {**evaluate(model, data.val, task, amp), **train_stats,
                  contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9),
                  contract.EPOCH_TIME: time.perf_counter() - start}

@@ -341,3 +341,74 @@ def test_synthetic_is_learnable(rng):
     with torch.no_grad():
         correct = sum((net(x).argmax(1) == y).sum().item() for x, y in bundle.val)
     assert correct / bundle.num_val > 0.7  # chance is 0.25
+
+
+# --- ImageNet-style folders ----------------------------------------------------------------------
+
+def test_imagenet_root_defaults_to_data_dir(tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    make_tree(tmp_path / "imagenet", rng, per_class=2)
+    cfg = DataConfig(dataset="imagenet", image_size=24, batch_size=2, eval_batch_size=4)
+    assert D.folder_root(cfg) == str(tmp_path / "imagenet")
+    D.check_available(cfg)
+    bundle = D.build_data(cfg)
+    assert (bundle.name, bundle.num_classes, bundle.image_size) == ("imagenet", 2, 24)
+    x, _ = next(iter(bundle.val))
+    assert x.shape == (4, 3, 24, 24)
+    info = D.describe_image_folder(D.folder_root(cfg))
+    assert (info["train"]["classes"], info["train"]["images"], info["val"]["images"]) == (2, 4, 4)
+    assert info["same_classes"] and not info["train"]["empty_classes"]
+
+
+def test_flat_imagenet_val_stops_with_the_fix(tmp_path, rng):
+    make_tree(tmp_path, rng, per_class=1)
+    for c in ("cat", "dog"):                      # the raw download: images directly in val/
+        for f in (tmp_path / "val" / c).iterdir():
+            f.rename(tmp_path / "val" / f"ILSVRC2012_val_{c}.JPEG")
+    cfg = DataConfig(dataset="imagenet", root=str(tmp_path))
+    for call in (D.check_available, D.build_data):
+        with pytest.raises(D.DatasetMissing, match="valprep") as err:
+            call(cfg)
+        assert "torchvision.datasets.ImageNet" in str(err.value)
+
+
+def test_image_size_comes_from_the_model_and_is_stated():
+    from reproduce.config import resolve
+    cfg = resolve({"data": {"dataset": "imagenet"}, "model": {"name": "resnet50"}})
+    assert cfg.data.image_size == 224
+    cfg = resolve({"data": {"dataset": "imagefolder"}, "model": {"name": "resnet20"}})
+    assert cfg.data.image_size == 32               # a CIFAR model: 32-px crops, not 224
+    cfg = resolve({"data": {"dataset": "imagenet_smoke"}, "model": {"name": "mobilenet_v1"}})
+    assert cfg.data.image_size == 64
+    cfg = resolve({"data": {"dataset": "imagenet", "image_size": 96}, "model": {"name": "resnet50"}})
+    assert cfg.data.image_size == 96
+    assert resolve({}).data.image_size == 0        # tensor datasets are unchanged
+
+
+def test_smoke_imagenet_tree(tmp_path):
+    counts = D.make_smoke_imagenet(str(tmp_path / "smoke"), size=32, per_class=2)
+    assert counts == {"train": 20, "val": 20}
+    from PIL import Image
+    info = D.describe_image_folder(str(tmp_path / "smoke"))
+    assert info["train"]["classes"] == info["val"]["classes"] == 10
+    img = Image.open(next((tmp_path / "smoke" / "train" / "digit_0").iterdir()))
+    assert img.size == (32, 32) and img.mode == "RGB"
+    again = D.make_smoke_imagenet(str(tmp_path / "again"), size=32, per_class=2)
+    assert again == counts and (tmp_path / "again" / "val" / "digit_9").is_dir()
+    first = sorted(p.name for p in (tmp_path / "smoke" / "val" / "digit_9").iterdir())
+    assert first == sorted(p.name for p in (tmp_path / "again" / "val" / "digit_9").iterdir())
+    bundle = D.build_data(DataConfig(dataset="imagenet_smoke", root=str(tmp_path / "smoke"),
+                                     image_size=32, batch_size=8))
+    x, y = next(iter(bundle.train))
+    assert x.shape == (8, 3, 32, 32) and bundle.num_classes == 10
+
+
+def test_data_cli_check_and_make(tmp_path, monkeypatch, capsys):
+    from reproduce.cli import main
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert main(["data", "check", "imagenet"]) == 2          # missing: the path looked at
+    assert str(tmp_path / "imagenet" / "train") in capsys.readouterr().err
+    D.make_smoke_imagenet(str(tmp_path / "imagenet"), size=16, per_class=1)
+    assert main(["data", "check", "imagenet"]) == 0
+    out = capsys.readouterr().out
+    assert "10 classes" in out and "10 images" in out

@@ -1,0 +1,149 @@
+"""ResNet-50 for ImageNet (He et al. 2016, torchvision's layout) with growth gates.
+
+Bottleneck blocks 3-4-6-3 of widths 64/128/256/512 (×4 expansion on the stream), the stride on
+the 3×3 conv (torchvision's "v1.5"), a projection shortcut (1×1 conv + BN) on the first block of
+every stage. Module names follow torchvision's, so with gates off the state dict is
+interchangeable with `torchvision.models.resnet50()`'s (and so are params and MACs: 25.56 M,
+4.09 G MACs at 224 px).
+
+Gates (PAPER.md §3):
+  stem_gate                the stem's 64 channels (after its BN, before the max-pool)
+  layer<k>.gate            channels of stage k's residual stream, shared by every block of the
+                           stage (as in the CIFAR ResNets), applied to each block's conv3 output
+                           and to the projection shortcut
+  layer<k>.<j>.gate1/gate2 the inner channels of block j (conv1 and conv2 outputs)
+  layer<k>.<j>.block_gate  the whole block (j ≥ 1): x + g·F(x), a closed block is the identity
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..method.gates import BlockGate, ChannelGate
+from ..method.structure import Block, GatedModel, Site
+from .layers import BatchNorm2d, Conv2d, MaxPool2d, initialise, scaled
+from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
+from .resnet_cifar import RemovedBlock, Stage
+
+
+def _gate(n: int, gated: bool) -> nn.Module:
+    return ChannelGate(n) if gated else nn.Identity()
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, mid1: int, mid2: int, cout: int, stride: int, project: bool,
+                 gate_channels: bool, gate_block: bool):
+        super().__init__()
+        self.conv1 = Conv2d(cin, mid1, 1, bias=False)
+        self.bn1 = BatchNorm2d(mid1)
+        self.gate1 = _gate(mid1, gate_channels)
+        self.conv2 = Conv2d(mid1, mid2, 3, stride, 1, bias=False)
+        self.bn2 = BatchNorm2d(mid2)
+        self.gate2 = _gate(mid2, gate_channels)
+        self.conv3 = Conv2d(mid2, cout, 1, bias=False)
+        self.bn3 = BatchNorm2d(cout)
+        self.block_gate = BlockGate() if gate_block else nn.Identity()
+        self.downsample = None
+        if project:       # decided by position, not by widths: a compact copy keeps the layer
+            self.downsample = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False),
+                                            BatchNorm2d(cout))
+
+    def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
+        out = F.relu(self.gate1(self.bn1(self.conv1(x))))
+        out = F.relu(self.gate2(self.bn2(self.conv2(out))))
+        out = self.block_gate(stream_gate(self.bn3(self.conv3(out))))
+        identity = x if self.downsample is None else stream_gate(self.downsample(x))
+        return F.relu(identity + out)
+
+
+@register_class
+class ResNetImageNet(GatedModel):
+    """Bottleneck ResNet for 224-px inputs; `sizes`/`removed` build a compact (exported) copy."""
+
+    def __init__(self, depths=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion: int = 4,
+                 num_classes: int = 1000, in_channels: int = 3, width_multiplier: float = 1.0,
+                 gate_channels: bool = True, gate_blocks: bool = False,
+                 sizes: dict[str, int] | None = None, removed: set[str] | frozenset = frozenset()):
+        super().__init__()
+        self.arch = dict(depths=tuple(depths), widths=tuple(widths), expansion=expansion,
+                         num_classes=num_classes, in_channels=in_channels,
+                         width_multiplier=width_multiplier)
+        self.gate_channels, self.gate_blocks = gate_channels, gate_blocks
+        self.removed = frozenset(removed)
+        sizes = sizes or {}
+        mids = [scaled(w, width_multiplier) for w in widths]
+        stream = [sizes.get(f"layer{k + 1}.gate", scaled(w * expansion, width_multiplier))
+                  for k, w in enumerate(widths)]
+        stem = sizes.get("stem_gate", scaled(64, width_multiplier))
+
+        self.conv1 = Conv2d(in_channels, stem, 7, 2, 3, bias=False)
+        self.bn1 = BatchNorm2d(stem)
+        self.stem_gate = _gate(stem, gate_channels)
+        self.maxpool = MaxPool2d(3, 2, 1)
+        cin = stem
+        for k, (depth, mid) in enumerate(zip(depths, mids)):
+            blocks = []
+            for j in range(depth):
+                name = f"layer{k + 1}.{j}"
+                if name in self.removed:
+                    blocks.append(RemovedBlock())
+                    continue
+                stride = 2 if (j == 0 and k > 0) else 1
+                blocks.append(Bottleneck(cin, sizes.get(f"{name}.gate1", mid),
+                                         sizes.get(f"{name}.gate2", mid), stream[k], stride, j == 0,
+                                         gate_channels, gate_blocks and j > 0))
+                cin = stream[k]
+            cin = stream[k]
+            self.add_module(f"layer{k + 1}", Stage(_gate(stream[k], gate_channels), blocks))
+        self.fc = nn.Linear(stream[-1], num_classes)
+        initialise(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(F.relu(self.stem_gate(self.bn1(self.conv1(x)))))
+        for k in range(len(self.arch["depths"])):
+            x = getattr(self, f"layer{k + 1}")(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1) if x.shape[1] else x.new_zeros(x.shape[0], 0)
+        return self.fc(x)
+
+    # -- structure description (used by costs and export) ---------------------------------------
+    def _g(self, name: str) -> str | None:
+        return name if self.gate_channels else None
+
+    def blocks(self) -> list[Block]:
+        out = []
+        for k, depth in enumerate(self.arch["depths"]):
+            for j in range(depth):
+                name = f"layer{k + 1}.{j}"
+                if name in self.removed:
+                    continue
+                gated = self.gate_blocks and j > 0
+                out.append(Block(name, k + 1, f"{name}.block_gate" if gated else None))
+        return out
+
+    def sites(self) -> list[Site]:
+        g = self._g
+        sites = [Site("conv1", None, g("stem_gate"), bn="bn1", stage=1, role="plain")]
+        prev = g("stem_gate")
+        for block in self.blocks():
+            name, k, bg = block.name, block.stage, block.gate
+            stream = g(f"layer{k}.gate")
+            sites += [
+                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), bg, f"{name}.bn1", k, role="inner"),
+                Site(f"{name}.conv2", g(f"{name}.gate1"), g(f"{name}.gate2"), bg, f"{name}.bn2", k,
+                     role="inner"),
+                Site(f"{name}.conv3", g(f"{name}.gate2"), stream, bg, f"{name}.bn3", k,
+                     role="stream"),
+            ]
+            if name.endswith(".0"):
+                sites.append(Site(f"{name}.downsample.0", prev, stream, None,
+                                  f"{name}.downsample.1", k, role="shortcut"))
+            prev = stream
+        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
+        return sites
+
+
+@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD, family="resnet_imagenet")
+def resnet50(**kwargs) -> ResNetImageNet:
+    return ResNetImageNet(depths=(3, 4, 6, 3), **kwargs)

@@ -1,0 +1,119 @@
+"""ResNet-50 and MobileNetV1: dense counts against torchvision / the MobileNet paper and PyTorch's
+FLOP counter, and export of random hard architectures (depthwise convs, zero-width layers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reproduce.method import CostModel, hard_architecture
+from reproduce.method.gates import ChannelGate, gates_of
+from reproduce.models import create_model, default_cfg
+
+from .test_costs_export import (_check_export, measured_macs, randomise_bn, randomise_gates,
+                                weight_params)
+
+pytestmark = pytest.mark.usefixtures("fresh_seed")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_resnet50_is_torchvisions():
+    """Same parameters, same state-dict keys, same outputs, same MACs as torchvision's."""
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.models.resnet50().eval()
+    model = create_model("resnet50", gate_channels=False).eval()
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in reference.parameters()) == 25_557_032
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))
+    shape = default_cfg("resnet50").input_size
+    costs = CostModel(model, shape)
+    assert costs.dense_macs == measured_macs(reference, shape) == 4_089_184_256   # 4.09 G
+    assert costs.dense_params == weight_params(model)
+
+
+def test_mobilenet_v1_has_the_papers_counts():
+    """Howard et al. 2017, Table 1/8: 569 M mult-adds and 4.2 M parameters at 224 px, α = 1."""
+    model = create_model("mobilenet_v1", gate_channels=False)
+    shape = default_cfg("mobilenet_v1").input_size
+    assert shape == (3, 224, 224) and default_cfg("mobilenet_v1").num_classes == 1000
+    costs = CostModel(model, shape)
+    assert costs.dense_macs == measured_macs(model, shape)
+    assert costs.dense_params == weight_params(model)
+    assert round(costs.dense_macs / 1e6) == 569
+    assert round(costs.dense_params / 1e6, 1) == 4.2
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_mobilenet_width_multiplier_costs(alpha):
+    """Smaller α: the flop counter agrees, and MACs shrink roughly as α² (paper: 41/149/325 M)."""
+    model = create_model("mobilenet_v1", gate_channels=False, width_multiplier=alpha)
+    costs = CostModel(model, (3, 224, 224))
+    assert costs.dense_macs == measured_macs(model, (3, 224, 224))
+    paper = {0.25: 41, 0.5: 149, 0.75: 325}[alpha]
+    assert abs(costs.dense_macs / 1e6 - paper) / paper < 0.03
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v1"])
+def test_gated_dense_costs_match_flop_counter_at_small_size(name):
+    shape = (3, 64, 64)
+    model = create_model(name, num_classes=7, width_multiplier=0.25, gate_channels=False)
+    costs = CostModel(model, shape)
+    assert costs.dense_macs == measured_macs(model, shape)
+    assert costs.dense_params == weight_params(model)
+    gated = create_model(name, num_classes=7, width_multiplier=0.25,
+                         gate_blocks=name == "resnet50")
+    cg = CostModel(gated, shape)
+    assert (cg.dense_macs, cg.dense_params) == (costs.dense_macs, costs.dense_params)
+
+
+def test_resnet50_gates():
+    model = create_model("resnet50", width_multiplier=0.25, gate_blocks=True)
+    named = dict(gates_of(model))
+    channel = [n for n, g in named.items() if isinstance(g, ChannelGate)]
+    # the stem, one stream per stage, two inner gates per block
+    assert len(channel) == 1 + 4 + 2 * 16
+    assert len(model.removable_blocks()) == 16 - 4
+
+
+@pytest.mark.parametrize("name,gate_blocks", [("resnet50", True), ("resnet50", False),
+                                              ("mobilenet_v1", False)])
+def test_export_of_random_hard_architecture(name, gate_blocks, tmp_path):
+    shape = (3, 64, 64)
+    model = create_model(name, num_classes=5, width_multiplier=0.25, gate_blocks=gate_blocks)
+    randomise_bn(model)
+    randomise_gates(model, closed_channel_gates=2)
+    if gate_blocks:
+        assert hard_architecture(model)[1], "expected at least one removed block"
+    _check_export(model, shape, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v1"])
+def test_zero_width_last_stage_exports(name):
+    """The classifier's input gate fully closed: the compact model outputs the classifier's bias."""
+    shape = (3, 32, 32)
+    model = create_model(name, num_classes=3, width_multiplier=0.125)
+    randomise_bn(model)
+    randomise_gates(model, closed_channel_gates=3)
+    last = next(s.in_gate for s in model.sites() if s.name == "fc")
+    with torch.no_grad():
+        dict(gates_of(model))[last].logits.fill_(-1.0)
+    compact = _check_export(model, shape)
+    assert compact.fc.in_features == 0
+
+
+def test_mobilenet_has_no_removable_blocks():
+    with pytest.raises(ValueError, match="no removable blocks"):
+        create_model("mobilenet_v1", gate_blocks=True)
+    model = create_model("mobilenet_v1", width_multiplier=0.25)
+    assert len(model.blocks()) == 13 and not model.removable_blocks()
+    assert sorted({b.stage for b in model.blocks()}) == [1, 2, 3, 4, 5]

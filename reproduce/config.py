@@ -71,10 +71,10 @@ class GateConfig:
     # by the method: M.seed_blocks_per_stage)
     seed_blocks: str = "one_per_stage"
     seed_selection: str = field(default="first", metadata=choice(*M.SEED_SELECTIONS))
-    # initial logit of seed structures: 3 keeps the seed confidently on (p = σ(β_0·3) ≈ 1) so
-    # sampling noise falls on the explored structures only (0.5: p ≈ 0.6, the seed itself is dropped
-    # 40 % of the time; ResNet-20 smoke 94.2 % -> 96.4 % with s_on alone) [ours]
-    s_on: float = 3.0
+    # initial logit of seed structures [ours]: with β_0 = 5 the seed starts at p = σ(2.5) = 0.92,
+    # reliably on yet not saturated. s_on = 3 (p ≈ 1 - 3e-7) left no gradient to move the seed:
+    # pruning from the full network (seed_fraction 1) never pruned (Figure 4 smoke run)
+    s_on: float = 0.5
     s_off: float = -0.1             # initial logit of the rest; near 0 lets sampling explore early
     # non-seed logits start at s_off − spread·U(0,1): with 0 they cross 0 together and the usage
     # jumps by whole gates; a spread makes channels grow one after another [ours]

@@ -478,3 +478,24 @@ def test_bn_recalibration_measures_the_hard_architecture_and_counts_its_cost(fre
     before = ctrl.train_macs_epoch
     ctrl.recalibrate_bn(loader, 0)                                  # 0 = off
     assert ctrl.train_macs_epoch == before
+
+
+def test_pruning_from_the_full_network_moves_with_the_default_options(fresh_seed):
+    """With the method's default seed logit and β_0, a full network under a 0.5 budget prunes:
+    the seed's probabilities are not saturated (s_on = 3 at β_0 = 5 gave σ'(15) ≈ 3e-7, and the
+    full network never pruned)."""
+    model = create_model("resnet20", in_channels=1, gate_blocks=False)
+    defaults = GateOptions()
+    ctrl = GrowthController(model, (1, 8, 8), epochs=10, rng_seed=fresh_seed,
+                            gates=GateOptions(seed_fraction=1.0, seed_blocks="all"),
+                            budget=BudgetOptions(target=0.5))
+    assert ctrl.budget.usage == pytest.approx(1.0)
+    opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
+    for _ in range(150):
+        ctrl.sample()
+        loss = ctrl.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctrl.after_step(8)
+    assert ctrl.budget.usage < 0.7, (defaults, ctrl.budget.usage)

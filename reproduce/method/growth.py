@@ -32,7 +32,7 @@ from .temperature import TemperatureSchedule
 
 
 def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str = "one_per_stage",
-              selection: str = "first", s_on: float = 3.0, s_off: float = -0.1,
+              selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
               generator: torch.Generator | None = None, s_off_spread: float = 0.0,
               stage_blocks: list[Block] | None = None) -> None:
     """Seed architecture: a fraction of every channel group and n blocks per stage on.

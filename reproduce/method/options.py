@@ -62,7 +62,7 @@ class GateOptions:
     seed_fraction: float = 0.25         # share of every channel gate's channels that start on
     seed_blocks: str = "one_per_stage"  # SEED_BLOCKS: how many blocks per stage start on
     seed_selection: str = "first"       # SEED_SELECTIONS: which channels form the seed
-    s_on: float = 3.0                   # initial logit of seed structures
+    s_on: float = 0.5                   # initial logit of seed structures (p = σ(β_0·s_on))
     s_off: float = -0.1                 # initial logit of the rest ...
     s_off_spread: float = 0.5           # ... minus spread·U(0, 1), so they cross 0 one by one
     min_channels: int = 1               # channels every channel gate keeps on (0: zero width ok)

@@ -32,18 +32,21 @@ def choice(*options: str) -> dict:
 @dataclass
 class DataConfig:
     dataset: str = field(default="digits", metadata=choice(
-        "digits", "cifar10", "cifar100", "synthetic", "imagefolder"))
+        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "ptb", "pydoc_text"))
     root: str = ""                  # "" means $DATA_DIR, else ./data
     download: bool = False          # fetch CIFAR when missing (make data-cifar10 sets it)
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
-    val_fraction: float = 0.2       # digits only: held-out share of the data
+    val_fraction: float = 0.2       # digits, pydoc_text: held-out share of the data
     num_workers: int = 0            # imagefolder only; tensor datasets live on the device
     synthetic_train: int = 512      # synthetic only
     synthetic_val: int = 128
     image_size: int = 0             # synthetic/imagefolder only; 0 = the dataset's own
-    num_classes: int = 0            # synthetic/imagefolder only; 0 = the dataset's own
+    # synthetic/imagefolder: classes; ptb/pydoc_text: vocabulary size (the most frequent words,
+    # + <unk>, <eos>); 0 = the dataset's own (ptb: its 10k words, pydoc_text: 2000)
+    num_classes: int = 0
+    bptt: int = 35                  # ptb/pydoc_text: truncated-BPTT window in tokens [Zaremba 2014]
 
 
 @dataclass
@@ -138,7 +141,10 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4      # [ancestor]
-    lr_schedule: str = field(default="cosine", metadata=choice("cosine", "step", "constant"))
+    # exponential: × lr_gamma per epoch from the epoch at the first milestone on (Zaremba's LSTM
+    # recipe: 1/1.2 after 6 of 39 epochs)
+    lr_schedule: str = field(default="cosine", metadata=choice("cosine", "step", "constant",
+                                                               "exponential"))
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
     lr_gamma: float = 0.1
     warmup_epochs: int = 0
@@ -148,6 +154,9 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often (0: epoch ends only)
     channels_last: bool = False
     amp: bool = False               # bf16 autocast on CUDA
+    # clip the weights' gradient to this global L2 norm before each step (0: off); the LSTM
+    # recipe clips at 5 [Zaremba et al. 2014]
+    grad_clip: float = 0.0
 
 
 @dataclass
@@ -243,6 +252,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1"),
         ("data.synthetic_train", cfg.data.synthetic_train >= 1, ">= 1"),
         ("data.synthetic_val", cfg.data.synthetic_val >= 1, ">= 1"),
+        ("data.bptt", cfg.data.bptt >= 1, ">= 1"),
+        ("train.grad_clip", cfg.train.grad_clip >= 0, ">= 0"),
         ("baseline.prune_target", 0.0 < cfg.baseline.prune_target <= 1.0, "in (0, 1]"),
         ("baseline.pretrain_epochs", cfg.baseline.pretrain_epochs >= 0, ">= 0"),
         ("baseline.finetune_epochs", cfg.baseline.finetune_epochs >= 1, ">= 1"),

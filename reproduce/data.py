@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DataConfig, data_root
+from .text_data import TEXT_DATASETS
 
 SPLIT_SEED = 0          # digits split and synthetic data: the same for every run seed
 SYNTHETIC_NOISE = 1.0   # per-pixel noise std; templates have unit std, so classes overlap little
@@ -260,10 +261,27 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
                       len(train.classes), 3, size, len(train), len(val), "imagefolder")
 
 
+
+
+def _text(cfg: DataConfig, device: torch.device) -> DataBundle:
+    from .text_data import EVAL_BATCH, TokenLoader, text_streams
+    check_available(cfg)
+    train, val, vocab = text_streams(cfg.dataset, data_root(cfg), cfg.num_classes,
+                                     cfg.val_fraction)
+    tr = TokenLoader(train, cfg.batch_size, cfg.bptt, device)
+    va = TokenLoader(val, EVAL_BATCH, cfg.bptt, device)
+    # in_channels / image_size 1: the model's input is one token id per position
+    return DataBundle(tr, va, vocab, 1, 1, tr.tokens, va.tokens, cfg.dataset)
+
+
 def check_available(cfg: DataConfig) -> None:
     """Stop with DatasetMissing (the path looked at, the command that fetches it) before anything
     is trained or tracked; a dataset that downloads on demand (data.download) passes."""
     root = data_root(cfg)
+    if cfg.dataset == "ptb":
+        from .text_data import ptb_missing, ptb_missing_message
+        if ptb_missing(root):
+            raise DatasetMissing(ptb_missing_message(root))
     if cfg.dataset in CIFAR and not cfg.download:
         missing = _cifar_missing(cfg.dataset, root)
         if missing:
@@ -286,6 +304,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
     device = torch.device(device)
     if cfg.dataset == "imagefolder":
         return _imagefolder(cfg, device, seed)
+    if cfg.dataset in TEXT_DATASETS:
+        return _text(cfg, device)
     if cfg.dataset == "digits":
         xtr, ytr, xva, yva = _digits(cfg)
         num_classes, flip = 10, False  # a mirrored digit is a different (or no) digit
@@ -297,7 +317,7 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
         num_classes, flip = CIFAR[cfg.dataset]["num_classes"], True
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of digits, cifar10, "
-                         "cifar100, synthetic, imagefolder")
+                         "cifar100, synthetic, imagefolder, ptb, pydoc_text")
 
     if cfg.dataset in CIFAR:  # the standard constants, in uint8 pixel units
         mean = torch.tensor(CIFAR[cfg.dataset]["mean"]) * 255

@@ -11,6 +11,7 @@ modelling (perplexity) plug in as new tasks without touching any of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import contract
+from .text_data import TEXT_DATASETS
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 
@@ -116,15 +118,66 @@ class Classification(Task):
         return _ClassificationMeter(split, 5, self.label_smoothing if split == "train" else 0.0)
 
 
-TASKS = {"classification": Classification}
+class _LanguageModelMeter(Meter):
+    """Token-weighted mean cross-entropy over a whole stream, and its exponential."""
+
+    def __init__(self, split: str):
+        self.split = split
+        self.loss_sum = None
+        self.tokens = 0
+
+    def update(self, out: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
+        if loss is None:
+            loss = F.cross_entropy(out.detach().float().flatten(0, -2), y.flatten())
+        n = y.numel()
+        batch = loss.detach().float() * n
+        self.loss_sum = batch if self.loss_sum is None else self.loss_sum + batch
+        self.tokens += n
+
+    def compute(self) -> dict[str, float]:
+        if self.loss_sum is None:
+            return {f"{self.split}/ppl": float("nan"), f"{self.split}/loss": float("nan")}
+        mean = float(self.loss_sum.cpu()) / max(1, self.tokens)
+        ppl = math.exp(mean) if mean < 700 else float("inf")
+        return {f"{self.split}/ppl": ppl, f"{self.split}/loss": mean}
+
+
+@dataclass
+class LanguageModelling(Task):
+    """Next-token prediction: cross-entropy per token; perplexity = exp(mean token loss) over the
+    whole stream (lower is better). Outputs are (B, T, vocabulary), targets (B, T); a batch's
+    samples are its tokens, so training MACs = MACs per token × tokens."""
+    num_classes: int = 10000         # vocabulary size
+
+    name = "language_modelling"
+    main_metric = contract.VAL_PPL
+    directions = {contract.VAL_PPL: MINIMIZE, contract.VAL_LOSS: MINIMIZE,
+                  contract.TRAIN_PPL: MINIMIZE, contract.TRAIN_LOSS: MINIMIZE}
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out.float().flatten(0, -2), y.flatten())
+
+    def meter(self, split: str) -> Meter:
+        return _LanguageModelMeter(split)
+
+    def samples(self, y: Tensor) -> int:
+        return int(y.numel())
+
+
+TASKS = {"classification": Classification, "language_modelling": LanguageModelling}
 
 
 def task_class(cfg) -> type[Task]:
-    """Which task a run is (today every dataset of the suite is a classification dataset)."""
+    """Which task a run is, from its dataset: text corpora are language modelling, the rest
+    classification."""
+    if cfg.data.dataset in TEXT_DATASETS:
+        return LanguageModelling
     return Classification
 
 
 def task_for(cfg, data) -> Task:
     """The task object a run trains with."""
-    return task_class(cfg)(num_classes=data.num_classes,
-                           label_smoothing=cfg.train.label_smoothing)
+    cls = task_class(cfg)
+    if cls is LanguageModelling:
+        return LanguageModelling(num_classes=data.num_classes)
+    return cls(num_classes=data.num_classes, label_smoothing=cfg.train.label_smoothing)

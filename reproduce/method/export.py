@@ -86,7 +86,7 @@ def _copy_bn(s: nn.BatchNorm2d, d: nn.BatchNorm2d, site: Site, take) -> None:
 
 def architecture_summary(model: GatedModel) -> dict:
     """The hard architecture, JSON-ready: per-layer widths with each layer's stage, role and
-    dense width; every gate's kind, stage, role and writers; per-stage depths; removed blocks."""
+    dense width (`layers`: gated layers; `sites`: every layer); every gate's kind, stage, role and writers; per-stage depths; removed blocks."""
     keep, removed = hard_architecture(model)
     depths: dict[int, int] = {}
     for block in model.blocks():
@@ -100,6 +100,13 @@ def architecture_summary(model: GatedModel) -> dict:
         widths[site.name] = width
         layers[site.name] = {"stage": site.stage, "role": site.role, "width": width,
                              "dense_width": _out_width(modules[site.name]) // site.out_blocks}
+    # every layer, gated or not: output structures (channels, an LSTM's hidden units) now and dense
+    sites = {s.name: {"stage": s.stage, "role": s.role,
+                      "width": 0 if inside(s, removed) else
+                      (int(len(keep[s.out_gate])) if s.out_gate else
+                       _out_width(modules[s.name]) // s.out_blocks),
+                      "dense_width": _out_width(modules[s.name]) // s.out_blocks}
+             for s in model.sites()}
     gates = {}
     for site in model.sites():           # every gate: stage, role and the layers writing it
         for name, kind in ((site.out_gate, "channel"), (site.block, "block")):
@@ -113,7 +120,7 @@ def architecture_summary(model: GatedModel) -> dict:
                 info["role"] = "stream"
             if site.name not in info["layers"]:
                 info["layers"].append(site.name)
-    return {"widths": widths, "layers": layers, "gates": gates,
+    return {"widths": widths, "layers": layers, "sites": sites, "gates": gates,
             "depths": {f"stage{k}": v for k, v in sorted(depths.items())},
             "removed_blocks": sorted(removed),
             "block_gates": sum(isinstance(g, BlockGate) for _, g in gates_of(model))}

@@ -40,7 +40,7 @@ FIGURES := $(shell printf "%s\n" $(patsubst analysis/figure_%.py,%,$(wildcard an
 TABLES := $(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py)))
 
 .PHONY: help setup demo test test-fast figures tables run flops list-runs list-experiments mlflow-ui \
-        optuna-dashboard data-cifar10 data-cifar100 lock clean-figures clean search search-best \
+        optuna-dashboard data-cifar10 data-cifar100 data-voc lock clean-figures clean search search-best \
         figure-pareto
 
 help: ## Show this help
@@ -134,6 +134,9 @@ data-cifar10: $(STAMP) ## Download CIFAR-10 into DATA_DIR
 
 data-cifar100: $(STAMP) ## Download CIFAR-100 into DATA_DIR
 	@$(RUN) data cifar100 --root "$(DATA_DIR)"
+
+data-voc: $(STAMP) ## Download PASCAL VOC 2012 into DATA_DIR (VOCdevkit/VOC2012)
+	@$(RUN) data voc --root "$(DATA_DIR)"
 
 lock: $(STAMP) ## Rewrite requirements.lock from the current environment
 	@{ echo "# Exact versions of every package (pip freeze of a working environment)."; \

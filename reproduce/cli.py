@@ -348,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_profile(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("data", help="download a dataset (CIFAR only; ImageNet must be placed by hand)")
-    p.add_argument("dataset", choices=["cifar10", "cifar100"])
+    p = sub.add_parser("data", help="download a dataset (CIFAR, PASCAL VOC 2012; ImageNet and "
+                                    "Penn Treebank are placed by hand)")
+    p.add_argument("dataset", choices=["cifar10", "cifar100", "voc"])
     p.add_argument("--root", default=None, help="default: $DATA_DIR or ./data")
     p.set_defaults(func=cmd_data)
 

@@ -32,17 +32,19 @@ def choice(*options: str) -> dict:
 @dataclass
 class DataConfig:
     dataset: str = field(default="digits", metadata=choice(
-        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "ptb", "pydoc_text"))
+        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "ptb", "pydoc_text", "voc", "digit_scenes"))
     root: str = ""                  # "" means $DATA_DIR, else ./data
-    download: bool = False          # fetch CIFAR when missing (make data-cifar10 sets it)
+    download: bool = False          # fetch CIFAR / VOC when missing (make data-cifar10 sets it)
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
     val_fraction: float = 0.2       # digits, pydoc_text: held-out share of the data
     num_workers: int = 0            # imagefolder only; tensor datasets live on the device
-    synthetic_train: int = 512      # synthetic only
-    synthetic_val: int = 128
-    image_size: int = 0             # synthetic/imagefolder only; 0 = the dataset's own
+    synthetic_train: int = 512      # synthetic, digit_scenes: generated training images
+    synthetic_val: int = 128        # synthetic, digit_scenes: generated validation images
+    # synthetic/imagefolder/digit_scenes/voc (crop and evaluation size); 0 = the dataset's own
+    # (digit_scenes 32, voc 512)
+    image_size: int = 0
     # synthetic/imagefolder: classes; ptb/pydoc_text: vocabulary size (the most frequent words,
     # + <unk>, <eos>); 0 = the dataset's own (ptb: its 10k words, pydoc_text: 2000)
     num_classes: int = 0

@@ -259,9 +259,10 @@ def download(dataset: str, root: str) -> None:
         return
     if dataset not in CIFAR:
         raise ValueError(f"cannot download {dataset!r}: only cifar10, cifar100 and voc are "
-                         "downloadable; "
-                         "digits ships with scikit-learn, synthetic is generated, and an imagefolder "
-                         "tree (<root>/train/<class>/*, <root>/val/<class>/*) is laid out by hand")
+                         "downloadable; digits and digit_scenes come from scikit-learn, "
+                         "pydoc_text from Python itself, synthetic is generated, Penn Treebank is "
+                         "placed in <root>/ptb, and an imagefolder tree (<root>/train/<class>/*, "
+                         "<root>/val/<class>/*) is laid out by hand")
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import download_and_extract_archive
     cls = CIFAR10 if dataset == "cifar10" else CIFAR100

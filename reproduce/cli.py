@@ -122,9 +122,12 @@ def cmd_list(args) -> int:
             return 0
         for r in c.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=500):
             t, m = r.data.tags, r.data.metrics
+            # each task's main metric: accuracy, perplexity or mIoU, whichever the run tracked
+            key = next((k for k in ("val/acc", "val/ppl", "val/miou") if k in m), "val/acc")
             print(f"{r.info.run_id}  {r.info.status:9s} {t.get('model', '?'):10s} "
                   f"{t.get('variant', '?'):18s} s{t.get('seed', '?'):3s} "
-                  f"acc {m.get('val/acc', float('nan')):6.2f}  figures {t.get('figures', '')}")
+                  f"{key.split('/')[1]} {m.get(key, float('nan')):6.2f}  "
+                  f"figures {t.get('figures', '')}")
     return 0
 
 

@@ -223,3 +223,34 @@ def test_table_ptb_end_to_end(tmp_path, monkeypatch, isolated_stores):
     assert csv.loc["dense", "inference_savings_mean"] == 0
     md = (out / "table-ptb.md").read_text()
     assert "val perplexity" in md and all(i in md for i in store)
+
+
+# -- the recipe's training options -----------------------------------------------------------------
+
+def test_exponential_schedule_keeps_the_lr_then_divides_it_every_epoch():
+    from reproduce.config import TrainConfig
+    from reproduce.train import lr_factor
+    tc = TrainConfig(epochs=39, lr_schedule="exponential", milestones=[6 / 39], lr_gamma=1 / 1.2)
+    assert [lr_factor(tc, e + 0.5) for e in range(6)] == [1.0] * 6      # Zaremba: 6 epochs flat
+    assert lr_factor(tc, 6.5) == pytest.approx(1 / 1.2)
+    assert lr_factor(tc, 10.0) == pytest.approx(1.2 ** -5)
+
+
+def test_gradients_are_clipped_when_asked(tiny, monkeypatch):
+    from reproduce.runner import execute
+    norms = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def record(params, max_norm, *a, **k):
+        norms.append(max_norm)
+        return original(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record)
+    tiny["train"]["epochs"] = 1
+    execute(resolve(tiny), progress=False)
+    assert norms == []
+    tiny["train"]["grad_clip"] = 0.5
+    execute(resolve(tiny), progress=False)
+    assert norms and set(norms) == {0.5}
+    with pytest.raises(Exception, match="grad_clip"):
+        resolve({"train": {"grad_clip": -1}})

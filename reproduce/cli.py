@@ -341,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("flops", help="params and MACs of a dense model (or a tracked run's result)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--input", default="3,32,32", help="C,H,W of one input")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="default: the model's own (10 for CIFAR models, a vocabulary of 10000 "
+                        "for lstm_lm, 21 VOC classes for fcn_*)")
     p.add_argument("--run", default=None, help="an MLflow run id: also report its final architecture")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)

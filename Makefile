@@ -40,7 +40,8 @@ FIGURES := $(shell printf "%s\n" $(patsubst analysis/figure_%.py,%,$(wildcard an
 TABLES := $(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py)))
 
 .PHONY: help setup demo test test-fast figures tables run flops list-runs list-experiments mlflow-ui \
-        optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet lock clean-figures clean search search-best \
+        optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet data-voc \
+        lock clean-figures clean search search-best \
         figure-pareto
 
 help: ## Show this help
@@ -140,6 +141,9 @@ data-imagenet-smoke: $(STAMP) ## Write the ImageNet-style digits tree (smoke pro
 
 data-check-imagenet: $(STAMP) ## Classes and image counts of DATA_DIR/imagenet/{train,val}
 	@$(RUN) data check imagenet
+
+data-voc: $(STAMP) ## Download PASCAL VOC 2012 into DATA_DIR (VOCdevkit/VOC2012)
+	@$(RUN) data voc --root "$(DATA_DIR)"
 
 lock: $(STAMP) ## Rewrite requirements.lock from the current environment
 	@{ echo "# Exact versions of every package (pip freeze of a working environment)."; \

@@ -125,9 +125,12 @@ def cmd_list(args) -> int:
             return 0
         for r in c.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=500):
             t, m = r.data.tags, r.data.metrics
+            # each task's main metric: accuracy, perplexity or mIoU, whichever the run tracked
+            key = next((k for k in ("val/acc", "val/ppl", "val/miou") if k in m), "val/acc")
             print(f"{r.info.run_id}  {r.info.status:9s} {t.get('model', '?'):10s} "
                   f"{t.get('variant', '?'):18s} s{t.get('seed', '?'):3s} "
-                  f"acc {m.get('val/acc', float('nan')):6.2f}  figures {t.get('figures', '')}")
+                  f"{key.split('/')[1]} {m.get(key, float('nan')):6.2f}  "
+                  f"figures {t.get('figures', '')}")
     return 0
 
 
@@ -365,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("flops", help="params and MACs of a dense model (or a tracked run's result)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--input", default="3,32,32", help="C,H,W of one input")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="default: the model's own (10 for CIFAR models, a vocabulary of 10000 "
+                        "for lstm_lm, 21 VOC classes for fcn_*)")
     p.add_argument("--run", default=None, help="an MLflow run id: also report its final architecture")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
@@ -375,11 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_profile(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("data", help="download CIFAR, check an ImageNet tree, or write the smoke "
-                                    "ImageNet-style tree (ImageNet itself is placed by hand)")
-    p.add_argument("action", choices=["cifar10", "cifar100", "check", "make-smoke-imagenet"],
-                   help="cifar10/cifar100: download; check [DATASET]: classes and image counts of "
-                        "an image folder (default imagenet); make-smoke-imagenet: generate "
+    p = sub.add_parser("data", help="download CIFAR or PASCAL VOC 2012, check an ImageNet tree, or "
+                                    "write the smoke ImageNet-style tree (ImageNet and Penn "
+                                    "Treebank are placed by hand)")
+    p.add_argument("action", choices=["cifar10", "cifar100", "voc", "check", "make-smoke-imagenet"],
+                   help="cifar10/cifar100/voc: download; check [DATASET]: classes and image counts "
+                        "of an image folder (default imagenet); make-smoke-imagenet: generate "
                         "ImageNet-style digits")
     p.add_argument("dataset", nargs="?", default=None,
                    help="for check: imagenet (default), imagenet_smoke or imagefolder")

@@ -36,22 +36,27 @@ def choice(*options: str) -> dict:
 @dataclass
 class DataConfig:
     dataset: str = field(default="digits", metadata=choice(
-        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "imagenet", "imagenet_smoke"))
+        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "imagenet", "imagenet_smoke",
+        "ptb", "pydoc_text", "voc", "digit_scenes"))
     # "" means $DATA_DIR (else ./data); imagenet: $DATA_DIR/imagenet, imagenet_smoke (ImageNet-style
     # digits, generated on first use): $DATA_DIR/imagenet-smoke
     root: str = ""
-    download: bool = False          # fetch CIFAR when missing (make data-cifar10 sets it)
+    download: bool = False          # fetch CIFAR / VOC when missing (make data-cifar10 sets it)
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
-    val_fraction: float = 0.2       # digits only: held-out share of the data
+    val_fraction: float = 0.2       # digits, pydoc_text: held-out share of the data
     num_workers: int = 0            # image folders only; tensor datasets live on the device
-    synthetic_train: int = 512      # synthetic only
-    synthetic_val: int = 128
-    # synthetic and image folders; 0 = the dataset's own (image folders: the model's input size,
-    # imagenet_smoke: 64), filled in when the config is resolved so the tracked config states it
+    synthetic_train: int = 512      # synthetic, digit_scenes: generated training images
+    synthetic_val: int = 128        # synthetic, digit_scenes: generated validation images
+    # synthetic, image folders, digit_scenes, voc (crop and evaluation size); 0 = the dataset's
+    # own (image folders: the model's input size, imagenet_smoke 64, digit_scenes 32, voc 512),
+    # filled in for image folders when the config is resolved so the tracked config states it
     image_size: int = 0
-    num_classes: int = 0            # synthetic/image folders only; 0 = the dataset's own
+    # synthetic/image folders: classes; ptb/pydoc_text: vocabulary size (the most frequent words,
+    # + <unk>, <eos>); 0 = the dataset's own (ptb: its 10k words, pydoc_text: 2000)
+    num_classes: int = 0
+    bptt: int = 35                  # ptb/pydoc_text: truncated-BPTT window in tokens [Zaremba 2014]
 
 
 @dataclass
@@ -146,7 +151,10 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4      # [ancestor]
-    lr_schedule: str = field(default="cosine", metadata=choice("cosine", "step", "constant"))
+    # exponential: × lr_gamma per epoch from the epoch at the first milestone on (Zaremba's LSTM
+    # recipe: 1/1.2 after 6 of 39 epochs)
+    lr_schedule: str = field(default="cosine", metadata=choice("cosine", "step", "constant",
+                                                               "exponential"))
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
     lr_gamma: float = 0.1
     warmup_epochs: int = 0
@@ -156,6 +164,9 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often (0: epoch ends only)
     channels_last: bool = False
     amp: bool = False               # bf16 autocast on CUDA
+    # clip the weights' gradient to this global L2 norm before each step (0: off); the LSTM
+    # recipe clips at 5 [Zaremba et al. 2014]
+    grad_clip: float = 0.0
 
 
 @dataclass
@@ -251,6 +262,8 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.eval_batch_size", cfg.data.eval_batch_size >= 1, ">= 1"),
         ("data.synthetic_train", cfg.data.synthetic_train >= 1, ">= 1"),
         ("data.synthetic_val", cfg.data.synthetic_val >= 1, ">= 1"),
+        ("data.bptt", cfg.data.bptt >= 1, ">= 1"),
+        ("train.grad_clip", cfg.train.grad_clip >= 0, ">= 0"),
         ("baseline.prune_target", 0.0 < cfg.baseline.prune_target <= 1.0, "in (0, 1]"),
         ("baseline.pretrain_epochs", cfg.baseline.pretrain_epochs >= 0, ">= 0"),
         ("baseline.finetune_epochs", cfg.baseline.finetune_epochs >= 1, ">= 1"),

@@ -23,6 +23,10 @@ VAL_TOP5 = "val/top5"
 VAL_LOSS = "val/loss"
 TRAIN_ACC = "train/acc"
 TRAIN_LOSS = "train/loss"
+VAL_PPL = "val/ppl"                  # language modelling: exp(mean token cross-entropy), main
+TRAIN_PPL = "train/ppl"
+VAL_MIOU = "val/miou"                # segmentation: mean IoU over classes, percent, main
+VAL_PIXEL_ACC = "val/pixel_acc"      # segmentation: pixel accuracy, percent
 LR = "lr"
 EPOCH_TIME = "time/epoch_s"
 
@@ -65,7 +69,7 @@ def temperature(layer: str) -> str:
 
 
 # Final-epoch metrics a search can optimise or constrain, and ratios derived from them.
-RUN_METRICS = (VAL_ACC, VAL_LOSS, TRAIN_ACC, TRAIN_LOSS, MACS, PARAMS, TRAIN_MACS_TOTAL,
+RUN_METRICS = (VAL_ACC, VAL_PPL, VAL_MIOU, VAL_PIXEL_ACC, VAL_LOSS, TRAIN_ACC, TRAIN_LOSS, MACS, PARAMS, TRAIN_MACS_TOTAL,
                INFERENCE_SAVINGS, TRAIN_SAVINGS, USAGE, LAMBDA)
 MACS_RATIO = "cost/macs_ratio"
 PARAMS_RATIO = "cost/params_ratio"
@@ -89,5 +93,6 @@ ROLE_STREAM = "stream"      # writes channels shared along a residual stream (on
 ROLE_INNER = "inner"        # writes channels read only inside its block
 ROLE_PLAIN = "plain"        # a plain (non-residual) layer with its own channel gate
 ROLE_SHORTCUT = "shortcut"  # a projection shortcut writing the stream
-ROLE_HEAD = "head"          # the classifier
-ROLES = (ROLE_STREAM, ROLE_INNER, ROLE_PLAIN, ROLE_SHORTCUT, ROLE_HEAD)
+ROLE_HEAD = "head"          # the classifier (a language model's decoder)
+ROLE_RECURRENT = "recurrent"  # a recurrent layer's hidden-to-hidden weights
+ROLES = (ROLE_STREAM, ROLE_INNER, ROLE_PLAIN, ROLE_SHORTCUT, ROLE_HEAD, ROLE_RECURRENT)

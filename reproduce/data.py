@@ -24,6 +24,8 @@ from torch import Tensor
 
 from . import distributed
 from .config import SMOKE_IMAGE_SIZE, DataConfig, data_root
+from .segmentation_data import SEGMENTATION_DATASETS
+from .text_data import TEXT_DATASETS
 
 SPLIT_SEED = 0          # digits split and synthetic data: the same for every run seed
 SYNTHETIC_NOISE = 1.0   # per-pixel noise std; templates have unit std, so classes overlap little
@@ -180,6 +182,44 @@ def _digits(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[tr], y[tr], x[va], y[va]
 
 
+def _digit_scenes(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Segmentation scenes composed from the digits (segmentation_data.py): the train split's
+    digits make the training scenes, the held-out digits the validation scenes."""
+    from sklearn.datasets import load_digits
+    from .segmentation_data import SCENE_SEED, digit_scenes
+    d = load_digits()
+    images, targets = torch.from_numpy(d.images), torch.from_numpy(d.target).long()
+    tr, va = (torch.from_numpy(i) for i in digits_split(cfg.val_fraction))
+    size = cfg.image_size or 32
+    return (*digit_scenes(cfg.synthetic_train, size, images[tr], targets[tr], SCENE_SEED),
+            *digit_scenes(cfg.synthetic_val, size, images[va], targets[va], SCENE_SEED + 1))
+
+
+def _segmentation(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    from .segmentation_data import DIGIT_SCENE_CLASSES, VOC_CLASSES, voc_datasets
+    if cfg.dataset == "digit_scenes":
+        # no augmentation: every scene is already a random composition (crop_flip moves pixels
+        # only, not masks)
+        xtr, ytr, xva, yva = (t.to(device) for t in _digit_scenes(cfg))
+        mean, std = xtr.float().mean(dim=(0, 2, 3)), xtr.float().std(dim=(0, 2, 3))
+        train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, seed=seed)
+        val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size)
+        return DataBundle(train, val, DIGIT_SCENE_CLASSES, 1, xtr.shape[-1], len(xtr), len(xva),
+                          cfg.dataset)
+    check_available(cfg)
+    train, val, size = voc_datasets(cfg, data_root(cfg), IMAGENET_MEAN, IMAGENET_STD)
+
+    def loader(ds, bs: int, shuffle: bool) -> DeviceLoader:
+        drop = shuffle and num_batches(len(ds), bs, drop_small=True) < -(-len(ds) // bs)
+        return DeviceLoader(torch.utils.data.DataLoader(
+            ds, batch_size=bs, shuffle=shuffle, drop_last=drop, num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed) if shuffle else None), device)
+
+    return DataBundle(loader(train, cfg.batch_size, True), loader(val, cfg.eval_batch_size, False),
+                      VOC_CLASSES, 3, size, len(train), len(val), cfg.dataset)
+
+
 def _synthetic(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     size, k = cfg.image_size or 8, cfg.num_classes or 4
     gen = torch.Generator().manual_seed(SPLIT_SEED)
@@ -227,11 +267,20 @@ def _cifar(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def download(dataset: str, root: str) -> None:
-    """Fetch CIFAR-10/100 into root with torchvision's downloader (checksummed archive)."""
+    """Fetch CIFAR-10/100 or PASCAL VOC 2012 into root with torchvision's downloader."""
+    if dataset == "voc":
+        from torchvision.datasets import VOCSegmentation
+        from .segmentation_data import voc_missing
+        if voc_missing(root):
+            os.makedirs(root, exist_ok=True)
+            VOCSegmentation(root, "2012", "trainval", download=True)
+        return
     if dataset not in CIFAR:
-        raise ValueError(f"cannot download {dataset!r}: only cifar10 and cifar100 are downloadable; "
-                         "digits ships with scikit-learn, synthetic is generated, and an imagefolder "
-                         "tree (<root>/train/<class>/*, <root>/val/<class>/*) is laid out by hand")
+        raise ValueError(f"cannot download {dataset!r}: only cifar10, cifar100 and voc are "
+                         "downloadable; digits and digit_scenes come from scikit-learn, "
+                         "pydoc_text from Python itself, synthetic is generated, Penn Treebank is "
+                         "placed in <root>/ptb, and an imagefolder tree (<root>/train/<class>/*, "
+                         "<root>/val/<class>/*) is laid out by hand")
     from torchvision.datasets import CIFAR10, CIFAR100
     from torchvision.datasets.utils import download_and_extract_archive
     cls = CIFAR10 if dataset == "cifar10" else CIFAR100
@@ -386,10 +435,31 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
                       len(train.classes), 3, size, len(train), len(val), cfg.dataset)
 
 
+
+
+def _text(cfg: DataConfig, device: torch.device) -> DataBundle:
+    from .text_data import EVAL_BATCH, TokenLoader, text_streams
+    check_available(cfg)
+    train, val, vocab = text_streams(cfg.dataset, data_root(cfg), cfg.num_classes,
+                                     cfg.val_fraction)
+    tr = TokenLoader(train, cfg.batch_size, cfg.bptt, device)
+    va = TokenLoader(val, EVAL_BATCH, cfg.bptt, device)
+    # in_channels / image_size 1: the model's input is one token id per position
+    return DataBundle(tr, va, vocab, 1, 1, tr.tokens, va.tokens, cfg.dataset)
+
+
 def check_available(cfg: DataConfig) -> None:
     """Stop with DatasetMissing (the path looked at, the command that fetches it) before anything
     is trained or tracked; a dataset that downloads on demand (data.download) passes."""
     root = data_root(cfg)
+    if cfg.dataset == "voc" and not cfg.download:
+        from .segmentation_data import voc_missing, voc_missing_message
+        if voc_missing(root):
+            raise DatasetMissing(voc_missing_message(root))
+    if cfg.dataset == "ptb":
+        from .text_data import ptb_missing, ptb_missing_message
+        if ptb_missing(root):
+            raise DatasetMissing(ptb_missing_message(root))
     if cfg.dataset in CIFAR and not cfg.download:
         missing = _cifar_missing(cfg.dataset, root)
         if missing:
@@ -407,6 +477,12 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
     device = torch.device(device)
     if cfg.dataset in IMAGE_FOLDERS:
         return _imagefolder(cfg, device, seed)
+    if cfg.dataset in TEXT_DATASETS:
+        return _text(cfg, device)
+    if cfg.dataset in SEGMENTATION_DATASETS:
+        if cfg.dataset == "voc" and cfg.download:
+            download("voc", data_root(cfg))
+        return _segmentation(cfg, device, seed)
     if cfg.dataset == "digits":
         xtr, ytr, xva, yva = _digits(cfg)
         num_classes, flip = 10, False  # a mirrored digit is a different (or no) digit
@@ -418,7 +494,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
         num_classes, flip = CIFAR[cfg.dataset]["num_classes"], True
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose one of digits, cifar10, "
-                         "cifar100, synthetic, imagefolder, imagenet, imagenet_smoke")
+                         "cifar100, synthetic, imagefolder, imagenet, imagenet_smoke, ptb, "
+                         "pydoc_text, voc, digit_scenes")
 
     if cfg.dataset in CIFAR:  # the standard constants, in uint8 pixel units
         mean = torch.tensor(CIFAR[cfg.dataset]["mean"]) * 255

@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 
 from .method import CostModel
-from .models import create_model
+from .models import create_model, default_cfg
 
 CONVENTION = "conv and linear layers only; MACs per image; FLOPs = 2 x MACs"
 
 
-def describe(model: str, input_shape: str = "3,32,32", num_classes: int = 10,
+def describe(model: str, input_shape: str = "3,32,32", num_classes: int | None = None,
              run_id: str | None = None) -> dict:
     c, h, w = (int(v) for v in input_shape.split(","))
+    if num_classes is None:
+        num_classes = default_cfg(model).num_classes
     net = create_model(model, num_classes=num_classes, in_channels=c, gate_channels=False)
     costs = CostModel(net, (c, h, w))
-    info = {"model": model, "input": [c, h, w], "params": int(costs.dense_params),
+    per_token = hasattr(net, "example_input")       # a language model: input shape unused
+    info = {"model": model, "input": "one token" if per_token else [c, h, w],
+            "num_classes": num_classes, "params": int(costs.dense_params),
             "macs": int(costs.dense_macs), "flops": int(2 * costs.dense_macs),
-            "convention": CONVENTION}
+            "convention": CONVENTION.replace("per image", "per token") if per_token else CONVENTION}
     if run_id:
         from . import tracking
         client = tracking.client()

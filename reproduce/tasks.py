@@ -11,6 +11,7 @@ modelling (perplexity) plug in as new tasks without touching any of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import contract
+from .segmentation_data import SEGMENTATION_DATASETS
+from .text_data import TEXT_DATASETS
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 
@@ -130,15 +133,133 @@ class Classification(Task):
         return _ClassificationMeter(split, 5, self.label_smoothing if split == "train" else 0.0)
 
 
-TASKS = {"classification": Classification}
+class _LanguageModelMeter(Meter):
+    """Token-weighted mean cross-entropy over a whole stream, and its exponential."""
+
+    def __init__(self, split: str):
+        self.split = split
+        self.loss_sum = None
+        self.tokens = 0
+
+    def update(self, out: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
+        if loss is None:
+            loss = F.cross_entropy(out.detach().float().flatten(0, -2), y.flatten())
+        n = y.numel()
+        batch = loss.detach().float() * n
+        self.loss_sum = batch if self.loss_sum is None else self.loss_sum + batch
+        self.tokens += n
+
+    def compute(self) -> dict[str, float]:
+        if self.loss_sum is None:
+            return {f"{self.split}/ppl": float("nan"), f"{self.split}/loss": float("nan")}
+        mean = float(self.loss_sum.cpu()) / max(1, self.tokens)
+        ppl = math.exp(mean) if mean < 700 else float("inf")
+        return {f"{self.split}/ppl": ppl, f"{self.split}/loss": mean}
+
+
+@dataclass
+class LanguageModelling(Task):
+    """Next-token prediction: cross-entropy per token; perplexity = exp(mean token loss) over the
+    whole stream (lower is better). Outputs are (B, T, vocabulary), targets (B, T); a batch's
+    samples are its tokens, so training MACs = MACs per token × tokens."""
+    num_classes: int = 10000         # vocabulary size
+
+    name = "language_modelling"
+    main_metric = contract.VAL_PPL
+    directions = {contract.VAL_PPL: MINIMIZE, contract.VAL_LOSS: MINIMIZE,
+                  contract.TRAIN_PPL: MINIMIZE, contract.TRAIN_LOSS: MINIMIZE}
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out.float().flatten(0, -2), y.flatten())
+
+    def meter(self, split: str) -> Meter:
+        return _LanguageModelMeter(split)
+
+    def samples(self, y: Tensor) -> int:
+        return int(y.numel())
+
+
+class _SegmentationMeter(Meter):
+    """A confusion matrix over every labelled pixel of the pass (void pixels left out); mIoU and
+    pixel accuracy are computed from it once, at the end (not averaged over batches)."""
+
+    def __init__(self, split: str, num_classes: int, ignore_index: int):
+        self.split, self.k, self.ignore_index = split, num_classes, ignore_index
+        self.confusion = self.loss_sum = self.pixels = None
+
+    def update(self, out: Tensor, y: Tensor, loss: Tensor | None = None) -> None:
+        out = out.detach()
+        if loss is None:
+            loss = F.cross_entropy(out.float(), y, ignore_index=self.ignore_index)
+        valid = y != self.ignore_index
+        pred = out.argmax(1)
+        conf = torch.bincount(y[valid] * self.k + pred[valid], minlength=self.k ** 2)
+        n = valid.sum()
+        batch = (conf.view(self.k, self.k), loss.detach().float() * n, n)
+        if self.confusion is None:
+            self.confusion, self.loss_sum, self.pixels = batch
+        else:
+            self.confusion = self.confusion + batch[0]
+            self.loss_sum = self.loss_sum + batch[1]
+            self.pixels = self.pixels + batch[2]
+
+    def compute(self) -> dict[str, float]:
+        s = self.split
+        if self.confusion is None:
+            return {f"{s}/miou": 0.0, f"{s}/pixel_acc": 0.0, f"{s}/loss": float("nan")}
+        return {**segmentation_scores(self.confusion.cpu(), s),
+                f"{s}/loss": float(self.loss_sum.cpu()) / max(1, int(self.pixels.cpu()))}
+
+
+def segmentation_scores(confusion: Tensor, split: str = "val") -> dict[str, float]:
+    """mIoU (mean over the classes that occur in the labels or the predictions) and pixel
+    accuracy, in percent, from a confusion matrix (rows: label, columns: prediction)."""
+    conf = confusion.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    miou = float((tp[present] / union[present]).mean()) if present.any() else 0.0
+    acc = float(tp.sum() / conf.sum()) if conf.sum() > 0 else 0.0
+    return {f"{split}/miou": 100.0 * miou, f"{split}/pixel_acc": 100.0 * acc}
+
+
+@dataclass
+class Segmentation(Task):
+    """Semantic segmentation: pixel-wise cross-entropy with the void label ignored; mIoU (main)
+    and pixel accuracy over the whole validation set, from one confusion matrix."""
+    num_classes: int = 21
+    ignore_index: int = 255
+
+    name = "segmentation"
+    main_metric = contract.VAL_MIOU
+    directions = {contract.VAL_MIOU: MAXIMIZE, contract.VAL_PIXEL_ACC: MAXIMIZE,
+                  contract.VAL_LOSS: MINIMIZE, contract.TRAIN_LOSS: MINIMIZE,
+                  "train/miou": MAXIMIZE, "train/pixel_acc": MAXIMIZE}
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out.float(), y, ignore_index=self.ignore_index)
+
+    def meter(self, split: str) -> Meter:
+        return _SegmentationMeter(split, self.num_classes, self.ignore_index)
+
+
+TASKS = {"classification": Classification, "language_modelling": LanguageModelling,
+         "segmentation": Segmentation}
 
 
 def task_class(cfg) -> type[Task]:
-    """Which task a run is (today every dataset of the suite is a classification dataset)."""
+    """Which task a run is, from its dataset: text corpora are language modelling, images with
+    per-pixel labels segmentation, the rest classification."""
+    if cfg.data.dataset in TEXT_DATASETS:
+        return LanguageModelling
+    if cfg.data.dataset in SEGMENTATION_DATASETS:
+        return Segmentation
     return Classification
 
 
 def task_for(cfg, data) -> Task:
     """The task object a run trains with."""
-    return task_class(cfg)(num_classes=data.num_classes,
-                           label_smoothing=cfg.train.label_smoothing)
+    cls = task_class(cfg)
+    if cls in (LanguageModelling, Segmentation):
+        return cls(num_classes=data.num_classes)
+    return cls(num_classes=data.num_classes, label_smoothing=cfg.train.label_smoothing)

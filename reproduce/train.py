@@ -153,6 +153,9 @@ def lr_factor(tc: TrainConfig, progress: float) -> float:
         return (progress + 1e-3) / tc.warmup_epochs
     if tc.lr_schedule == "constant":
         return 1.0
+    if tc.lr_schedule == "exponential":
+        start = round(tc.milestones[0] * tc.epochs) if tc.milestones else 0
+        return tc.lr_gamma ** max(0, math.floor(progress) - start + 1)
     if tc.lr_schedule == "step":
         return tc.lr_gamma ** sum(progress >= m * tc.epochs for m in tc.milestones)
     span = max(1e-8, tc.epochs - tc.warmup_epochs)
@@ -163,6 +166,7 @@ def lr_factor(tc: TrainConfig, progress: float) -> float:
 def evaluate(model: nn.Module, batches, task: Task, amp: bool = False) -> dict[str, float]:
     """The task's validation metrics with hard gates (`val/acc`, `val/loss`, ... for classification)."""
     model.eval()
+    reset_state(model)
     meter = task.meter("val")
     for x, y in batches:
         with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
@@ -170,6 +174,14 @@ def evaluate(model: nn.Module, batches, task: Task, amp: bool = False) -> dict[s
         meter.update(out, y)
     meter.all_reduce()              # each rank saw its shard of the validation set
     return meter.compute()
+
+
+def reset_state(model: nn.Module) -> None:
+    """Start a pass over a corpus: a recurrent model forgets the hidden state it carries from one
+    window to the next (models without state have nothing to reset)."""
+    reset = getattr(getattr(model, "module", model), "reset_state", None)   # DDP wraps models
+    if reset is not None:
+        reset()
 
 
 def train(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
@@ -227,6 +239,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
     opt_w, opt_m = state.opt_weights, state.opt_masks
     steps_per_epoch = max(1, len(data.train))
     checkpoints = checkpoints or Checkpoints()
+    clipped = controller.weight_parameters() if tc.grad_clip > 0 else None
 
     bar = _progress(range(state.epoch - state.phase_start, tc.epochs), progress,
                     f"{label}{phase.name}", done=state.epoch - state.phase_start, total=tc.epochs)
@@ -237,6 +250,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
         if hasattr(data.train, "epoch"):
             data.train.epoch = state.epoch          # the data order of this epoch, on resume too
         model.train()
+        reset_state(model)     # (a resumed epoch restarts its carried state from zeros)
         start = time.perf_counter()
         meter = task.meter("train")
         skip = 0
@@ -264,6 +278,8 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
             if opt_m is not None:
                 opt_m.zero_grad(set_to_none=True)
             total.backward()
+            if clipped is not None:
+                torch.nn.utils.clip_grad_norm_(clipped, tc.grad_clip)
             opt_w.step()
             if opt_m is not None:
                 opt_m.step()

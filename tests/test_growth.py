@@ -163,6 +163,7 @@ def test_budget_closed_loop_reaches_the_target(name, target, seed_fraction, seed
     ctrl = GrowthController(model, (1, 8, 8), epochs=10,
                             gates=GateOptions(seed_fraction=seed_fraction, seed_blocks=seed_blocks,
                                               s_on=0.5, s_off_spread=0.0),
+                            temperature=TemperatureOptions(beta_0=1.0),
                             budget=BudgetOptions(target=target, lambda_base=0.05),
                             rng_seed=int(torch.randint(0, 10_000, ())))
     with torch.no_grad():

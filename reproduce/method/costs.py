@@ -4,7 +4,13 @@ Convention (stated in every output): only conv and linear layers count. A conv c
     MACs   = active_in · active_out · k_h·k_w · H_out·W_out   (depthwise: active · k_h·k_w · H_out·W_out)
     params = active_in · active_out · k_h·k_w (+ active_out if it has a bias)
 times the state of the block that contains it (0 when the block is removed). FLOPs = 2 × MACs.
-BatchNorm, activations, pooling and additions are not counted.
+BatchNorm, activations, pooling, additions and embedding look-ups are not counted. A linear layer
+whose outputs stack r blocks per gated structure (an LSTM's 4 gates, `Site.out_blocks`) costs r
+times as much per active structure. Costs are per model input: per image, or per token for a
+language model (whose layers see one token per step).
+
+The probe that measures output sizes is a zero image of the given shape, or the model's own
+`example_input()` where it has one (a language model's token ids).
 
 A model describes its layers as `Site`s (method/structure.py): which channel gate feeds a layer's
 input channels, which
@@ -31,6 +37,7 @@ class _Shape:
     kernel: int                 # k_h · k_w (1 for linear)
     spatial: int                # H_out · W_out (1 for linear)
     bias: bool
+    rows: int = 1               # output rows per gated structure (Site.out_blocks)
 
 
 class CostModel:
@@ -40,7 +47,7 @@ class CostModel:
         self.sites: list[Site] = list(model.sites())
         modules = dict(model.named_modules())
         self.gates: dict[str, Gate] = {n: m for n, m in modules.items() if isinstance(m, Gate)}
-        self.shapes = _measure(model, [modules[s.name] for s in self.sites], input_shape)
+        self.shapes = _measure(model, self.sites, modules, input_shape)
         self.stage_of = _gate_stages(self.sites)
         self.blocks: list[Block] = list(model.blocks())
         dense = self.count({})
@@ -57,9 +64,9 @@ class CostModel:
             if site.depthwise:
                 w = n_out * sh.kernel
             else:
-                w = n_in * n_out * sh.kernel
+                w = n_in * n_out * sh.kernel * sh.rows
             macs = macs + on * w * sh.spatial
-            params = params + on * (w + (n_out if sh.bias else 0.0))
+            params = params + on * (w + (n_out * sh.rows if sh.bias else 0.0))
         return macs, params
 
     def hard_state(self) -> dict[str, Tensor]:
@@ -99,17 +106,18 @@ class CostModel:
             return {n: 1.0 for n in self.gates}
         for site, sh in zip(self.sites, self.shapes):
             per_pos = sh.spatial if metric == "macs" else 1
-            bias = 1 if (sh.bias and metric == "params") else 0
+            bias = sh.rows if (sh.bias and metric == "params") else 0
             if site.depthwise:
                 if site.out_gate:
                     costs[site.out_gate] += sh.kernel * per_pos + bias
             else:
                 if site.out_gate:
-                    costs[site.out_gate] += sh.cin * sh.kernel * per_pos + bias
+                    costs[site.out_gate] += sh.cin * sh.kernel * sh.rows * per_pos + bias
                 if site.in_gate:
-                    costs[site.in_gate] += sh.cout * sh.kernel * per_pos
+                    costs[site.in_gate] += sh.cout * sh.kernel * sh.rows * per_pos
             if site.block:
-                costs[site.block] += (sh.cin * sh.cout * sh.kernel + bias * sh.cout) * per_pos
+                costs[site.block] += (sh.cin * sh.cout * sh.kernel * sh.rows
+                                      + bias * sh.cout) * per_pos
         return costs
 
     # -- architecture summaries -----------------------------------------------------------------
@@ -168,8 +176,11 @@ def _gate_stages(sites: list[Site]) -> dict[str, int]:
 
 
 @torch.no_grad()
-def _measure(model: nn.Module, layers: list[nn.Module], input_shape) -> list[_Shape]:
-    """Record each layer's output spatial size with one dense forward pass on zeros."""
+def _measure(model: nn.Module, sites: list[Site], modules: dict[str, nn.Module],
+             input_shape) -> list[_Shape]:
+    """Record each layer's output spatial size with one dense forward pass on zeros (or on the
+    model's `example_input()`)."""
+    layers = [modules[s.name] for s in sites]
     spatial: dict[int, int] = {}
 
     def hook(mod, inp, out):
@@ -184,7 +195,10 @@ def _measure(model: nn.Module, layers: list[nn.Module], input_shape) -> list[_Sh
         for g in gates:                      # open every gate so no branch is skipped
             g.logits.data.fill_(1.0)
         p = next(model.parameters())
-        model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
+        if hasattr(model, "example_input"):
+            model(model.example_input().to(p.device))
+        else:
+            model(torch.zeros(1, *input_shape, device=p.device, dtype=p.dtype))
     finally:
         for g, s in zip(gates, saved):
             g.logits.data.copy_(s)
@@ -192,12 +206,16 @@ def _measure(model: nn.Module, layers: list[nn.Module], input_shape) -> list[_Sh
             h.remove()
         model.train(was_training)
     shapes = []
-    for m in layers:
+    for site, m in zip(sites, layers):
         if isinstance(m, nn.Conv2d):
             shapes.append(_Shape(m.in_channels, m.out_channels, m.kernel_size[0] * m.kernel_size[1],
                                  spatial[id(m)], m.bias is not None))
         elif isinstance(m, nn.Linear):
-            shapes.append(_Shape(m.in_features, m.out_features, 1, 1, m.bias is not None))
+            if m.out_features % site.out_blocks:
+                raise ValueError(f"site {site.name}: {m.out_features} outputs do not split into "
+                                 f"{site.out_blocks} blocks")
+            shapes.append(_Shape(m.in_features, m.out_features // site.out_blocks, 1, 1,
+                                 m.bias is not None, site.out_blocks))
         else:
             raise TypeError(f"cost sites must be Conv2d or Linear, got {type(m).__name__}")
     return shapes

@@ -40,23 +40,35 @@ def export(model: GatedModel) -> nn.Module:
     dst = dict(compact.named_modules())
     written: set[str] = set()
 
-    def take(t: Tensor, dim: int, gate: str | None) -> Tensor:
-        return t if gate is None else t.index_select(dim, keep[gate].to(t.device))
+    def take(t: Tensor, dim: int, gate: str | None, blocks: int = 1) -> Tensor:
+        if gate is None:
+            return t
+        idx = keep[gate].to(t.device)
+        if blocks > 1:       # the same units in each of the stacked blocks (an LSTM's i, f, g, o)
+            n = t.shape[dim] // blocks
+            idx = torch.cat([idx + j * n for j in range(blocks)])
+        return t.index_select(dim, idx)
 
     for site in model.sites():
         if site.block is not None and inside(site, removed):
             continue
         s, d = src[site.name], dst[site.name]
-        w = take(take(s.weight, 0, site.out_gate), 1, None if site.depthwise else site.in_gate)
+        w = take(take(s.weight, 0, site.out_gate, site.out_blocks), 1,
+                 None if site.depthwise else site.in_gate)
         d.weight.copy_(w)
         written.add(f"{site.name}.weight")
         if s.bias is not None:
-            d.bias.copy_(take(s.bias, 0, site.out_gate))
+            d.bias.copy_(take(s.bias, 0, site.out_gate, site.out_blocks))
             written.add(f"{site.name}.bias")
         if site.bn is not None:
             _copy_bn(src[site.bn], dst[site.bn], site, take)
             written.update(f"{site.bn}.{k}" for k, _ in dst[site.bn].named_parameters())
             written.update(f"{site.bn}.{k}" for k, _ in dst[site.bn].named_buffers())
+
+    for name in model.ungated():         # no gate touches them: copied as they are
+        for key, t in list(src[name].named_parameters()) + list(src[name].named_buffers()):
+            dict(dst[name].named_parameters(), **dict(dst[name].named_buffers()))[key].copy_(t)
+            written.add(f"{name}.{key}")
 
     missing = [k for k in list(dict(compact.named_parameters())) + list(dict(compact.named_buffers()))
                if k not in written]
@@ -74,7 +86,7 @@ def _copy_bn(s: nn.BatchNorm2d, d: nn.BatchNorm2d, site: Site, take) -> None:
 
 def architecture_summary(model: GatedModel) -> dict:
     """The hard architecture, JSON-ready: per-layer widths with each layer's stage, role and
-    dense width; every gate's kind, stage, role and writers; per-stage depths; removed blocks."""
+    dense width (`layers`: gated layers; `sites`: every layer); every gate's kind, stage, role and writers; per-stage depths; removed blocks."""
     keep, removed = hard_architecture(model)
     depths: dict[int, int] = {}
     for block in model.blocks():
@@ -87,7 +99,14 @@ def architecture_summary(model: GatedModel) -> dict:
         width = 0 if inside(site, removed) else int(len(keep[site.out_gate]))
         widths[site.name] = width
         layers[site.name] = {"stage": site.stage, "role": site.role, "width": width,
-                             "dense_width": _out_width(modules[site.name])}
+                             "dense_width": _out_width(modules[site.name]) // site.out_blocks}
+    # every layer, gated or not: output structures (channels, an LSTM's hidden units) now and dense
+    sites = {s.name: {"stage": s.stage, "role": s.role,
+                      "width": 0 if inside(s, removed) else
+                      (int(len(keep[s.out_gate])) if s.out_gate else
+                       _out_width(modules[s.name]) // s.out_blocks),
+                      "dense_width": _out_width(modules[s.name]) // s.out_blocks}
+             for s in model.sites()}
     gates = {}
     for site in model.sites():           # every gate: stage, role and the layers writing it
         for name, kind in ((site.out_gate, "channel"), (site.block, "block")):
@@ -101,7 +120,7 @@ def architecture_summary(model: GatedModel) -> dict:
                 info["role"] = "stream"
             if site.name not in info["layers"]:
                 info["layers"].append(site.name)
-    return {"widths": widths, "layers": layers, "gates": gates,
+    return {"widths": widths, "layers": layers, "sites": sites, "gates": gates,
             "depths": {f"stage{k}": v for k, v in sorted(depths.items())},
             "removed_blocks": sorted(removed),
             "block_gates": sum(isinstance(g, BlockGate) for _, g in gates_of(model))}

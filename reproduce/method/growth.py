@@ -185,6 +185,8 @@ class GrowthController:
         if num_batches <= 0 or not self.gates:
             return
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:                             # nothing to re-estimate (e.g. an LSTM)
+            return
         momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()

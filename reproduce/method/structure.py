@@ -8,6 +8,7 @@ A model the method can grow is a `GatedModel`. It declares
     blocks()   every block that counts toward a stage's depth (`Block`), with its block gate, or
                None when the block can never be removed;
     arch       the constructor arguments that rebuild the same network;
+    ungated()  modules no gate touches that hold weights (copied as they are on export);
     compact()  the same network with `sizes[gate]` channels per channel gate and the `removed`
                blocks replaced by what a closed block computes (the identity for a residual block).
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 # A layer's role (recorded per layer in architecture.json, so figures never parse layer names).
-ROLES = ("stream", "inner", "plain", "shortcut", "head")
+ROLES = ("stream", "inner", "plain", "shortcut", "head", "recurrent")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Site:
     stage: int = 0
     depthwise: bool = False
     role: str = "plain"         # one of ROLES
+    # output rows per gated structure: an LSTM layer stacks its 4 gate blocks (i, f, g, o) along
+    # the outputs, so hidden unit k owns rows k, H + k, 2H + k, 3H + k of its weight matrices
+    out_blocks: int = 1
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -73,6 +77,10 @@ class GatedModel(nn.Module):
     def layer_info(self) -> dict[str, dict]:
         """Stage and role of every gated layer, in network order (JSON-ready)."""
         return {s.name: {"stage": s.stage, "role": s.role} for s in self.sites()}
+
+    def ungated(self) -> list[str]:
+        """Modules outside every site whose tensors export copies unchanged (e.g. an embedding)."""
+        return []
 
 
 def inside(site: Site, removed: set[str]) -> bool:

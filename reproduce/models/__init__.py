@@ -8,7 +8,8 @@ shortcut-free counterpart, e.g. `plain3net-2-4-3`. For layer growing the name gi
 depth per stage and `model.gate_blocks: true` gates every block but the first of each stage.
 """
 
-from . import mobilenet, plain_cifar, resnet_cifar, resnet_imagenet, vgg_cifar  # noqa: F401  (registers the models)
+from . import (lstm_lm, mobilenet, plain_cifar, resnet_cifar,  # noqa: F401  (registers the models)
+               resnet_imagenet, segmentation, vgg_cifar)
 from .registry import (ModelDefaults, available_models, create_model, default_cfg, model_exists,
                        register_model)
 

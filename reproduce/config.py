@@ -135,6 +135,9 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0  # also checkpoint within an epoch this often (0: epoch ends only)
     channels_last: bool = False
     amp: bool = False               # bf16 autocast on CUDA
+    # masked: closed channels/blocks are computed and multiplied by 0; restructured: only the
+    # sampled sub-network is computed (same mathematics; method/execution.py)
+    execution: str = field(default="masked", metadata=choice(*M.EXECUTION_MODES))
 
 
 @dataclass

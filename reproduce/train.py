@@ -142,7 +142,8 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     gates, temperature, budget = method_options(cfg)
     controller = GrowthController(model, (data.in_channels, data.image_size, data.image_size),
                                   epochs=cfg.train.epochs, gates=gates, temperature=temperature,
-                                  budget=budget, rng_seed=cfg.seed)
+                                  budget=budget, rng_seed=cfg.seed,
+                                  execution=cfg.train.execution if gated else "masked")
     return TrainState(model, controller)
 
 
@@ -260,6 +261,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
             if opt_m is not None:
                 opt_m.zero_grad(set_to_none=True)
             total.backward()
+            controller.after_backward()
             opt_w.step()
             if opt_m is not None:
                 opt_m.step()

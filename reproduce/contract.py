@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # -- tags of every tracked run ---------------------------------------------------------------
 TAGS = ("model", "dataset", "profile", "variant", "seed", "figures", "config_hash", "git_commit",
-        "experiment")
+        "experiment", "device")      # device: what trained it, e.g. "cpu (2 threads)" or a GPU name
 
 # -- artifacts --------------------------------------------------------------------------------
 ARTIFACT_CONFIG = "config.yaml"                  # the resolved config
@@ -25,6 +25,7 @@ TRAIN_ACC = "train/acc"
 TRAIN_LOSS = "train/loss"
 LR = "lr"
 EPOCH_TIME = "time/epoch_s"
+TRAIN_TIME_TOTAL = "time/train_s_total"          # cumulative wall-clock of the run's epochs
 
 MACS = "cost/macs"                                # inference MACs of the hard architecture
 PARAMS = "cost/params"

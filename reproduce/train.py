@@ -128,6 +128,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_label(device: torch.device) -> str:
+    """What a run's wall-clock times were measured on (tracked as the `device` tag)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     """The run's model and growth controller, seeded as the config says (no optimizers yet)."""
     torch.manual_seed(cfg.seed)
@@ -277,6 +284,8 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
         stats = {**evaluate(model, data.val, task, amp), **train_stats,
                  contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9),
                  contract.EPOCH_TIME: time.perf_counter() - start}
+        stats[contract.TRAIN_TIME_TOTAL] = stats[contract.EPOCH_TIME] + sum(
+            h.get(contract.EPOCH_TIME, 0.0) for h in state.history)
         stats.update(controller.end_epoch())
         stats.update(phase.extra_stats)
         state.epoch += 1

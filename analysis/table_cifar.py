@@ -4,7 +4,8 @@ Rows per model: the dense network; the method (channel growing) at two budgets; 
 trained by this suite under the same tracking and cost accounting at the same MACs: uniform width
 scaling (a narrower dense net), L1-norm filter pruning with fine-tuning (Li et al. 2017) and
 network slimming (Liu et al. 2017). Columns: top-1 (mean ± std over seeds), params, inference
-MACs, inference savings and training savings against the dense row, the paper's values from
+MACs, inference savings and training savings against the dense row (counted in MACs, and realised
+in wall-clock time on the device named beside it), the paper's values from
 analysis/reference.csv (blank where unknown) and the MLflow runs behind each row.
 """
 
@@ -41,12 +42,20 @@ def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[
     labels = {"model": list(r["model"]),
               "method": [tables.KIND_LABELS.get(k, k) for k in r["kind"]],
               "budget": [tables.budget_text(x) for _, x in r.iterrows()]}
-    display = pd.DataFrame({**labels, **tables.metric_columns(r), "seeds": list(r["n_seeds"])})
+    metrics = {}
+    for header, column in tables.metric_columns(r).items():
+        metrics[header] = column
+        if header == tables.HEADERS["train_savings"]:     # the wall clock beside the count
+            metrics["realised training savings (%)"] = tables.realised_column(r)
+    display = pd.DataFrame({**labels, **metrics, "seeds": list(r["n_seeds"])})
     csv = tables.csv_frame(r.assign(method=labels["method"], budget=labels["budget"]),
                            ["model", "method", "budget"])
     notes = ["Budget: the method's MACs target τ (fraction of dense MACs); pruning baselines keep "
              "that fraction of dense MACs (per-layer ratio or global threshold found by bisection); "
              "uniform width scales every layer's width so its MACs match the nearest target."]
+    notes.append("Realised training savings: 1 − the run's wall-clock training time / the dense "
+                 "run's of the same model on the same device (in brackets); counted savings use "
+                 "MACs. Blank without a dense run on that device.")
     fallback = r["train_reference"] != "dense run"
     if fallback.any():
         notes.append("Rows without a dense run of their model measure training savings against "

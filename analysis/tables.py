@@ -10,6 +10,9 @@ Numbers, all read from the tracking store (the last value of each metric):
                      baselines count their pre-training and fine-tuning; without a dense run the
                      run's own cost/dense_train_macs_total (dense over the run's schedule) is used
                      and the row says so.
+  realised training savings  1 - time/train_s_total / the mean of the dense runs of that model
+                     on the same device (tag `device`): the wall clock, not counted MACs; blank
+                     without a dense run on that device. Labelled with the device.
 Rows aggregate seeds: mean ± sample std (ddof = 1; a single seed shows its value alone), and carry
 the MLflow run ids of every run that went into them.
 """
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from reproduce import contract
 
 CONVENTION = ("MACs of conv+linear layers; FLOPs = 2×MACs; training MACs = 3× forward MACs of "
               "the sampled architecture per example")
@@ -71,6 +76,9 @@ def per_run(runs: pd.DataFrame) -> pd.DataFrame:
         "dense_macs": _metric(runs, "cost/dense_macs") / 1e6,
         "train_macs_total": _metric(runs, "cost/train_macs_total"),
         "own_dense_train_macs_total": _metric(runs, "cost/dense_train_macs_total"),
+        "train_time_s": _metric(runs, contract.TRAIN_TIME_TOTAL),
+        "device": (runs["device"] if "device" in runs else pd.Series(None, index=runs.index))
+        .fillna("").astype(str),
     })
     out["kind"] = [kind_of(m, w, c) for m, w, c in
                    zip(out["method"], out["width_multiplier"], out["criterion"])]
@@ -89,13 +97,31 @@ def per_run(runs: pd.DataFrame) -> pd.DataFrame:
     out["train_savings"] = 100.0 * (1.0 - out["train_macs_total"] / denominator)
     out["train_reference"] = np.where(has_dense, "dense run", "dense over the run's own schedule")
     out["macs_ratio"] = out["macs"] / out["dense_reference_macs"]
+    out["realised_savings"] = 100.0 * (1.0 - out["train_time_s"] / dense_time(out))
     return out
+
+
+def dense_time(out: pd.DataFrame) -> pd.Series:
+    """Mean wall-clock training time of the dense runs of the same model on the same device
+    (NaN where there is none: realised savings are only compared on one device)."""
+    dense = out[(out["kind"] == "dense") & (out["device"] != "")]
+    ref = dense.groupby(["model", "device"])["train_time_s"].mean()
+    return pd.Series([ref.get((m, d), np.nan) for m, d in zip(out["model"], out["device"])],
+                     index=out.index, dtype=float)
+
+
+def realised_column(rows: pd.DataFrame) -> list[str]:
+    """Realised training savings (mean ± std over seeds) with the device they were measured on."""
+    return [f"{mean_std(a, b, 'train_savings')} ({d})" if not pd.isna(a) else ""
+            for a, b, d in zip(rows["realised_savings_mean"], rows["realised_savings_std"],
+                               rows["device"])]
 
 
 # -- over seeds ----------------------------------------------------------------------------------
 
 def aggregate(frame: pd.DataFrame, keys: list[str] = ("model", "variant"),
-              metrics: list[str] = (*METRICS, "macs_ratio", "train_macs_total")) -> pd.DataFrame:
+              metrics: list[str] = (*METRICS, "macs_ratio", "train_macs_total",
+                                    "realised_savings")) -> pd.DataFrame:
     """Mean and sample std over seeds of each metric, per key; run ids sorted by seed."""
     rows = []
     for key, group in frame.groupby(list(keys), sort=False):
@@ -137,7 +163,7 @@ def num(v: float, kind: str) -> str:
         return ""
     if kind in ("top1",):
         return f"{v:.2f}"
-    if kind in ("inference_savings", "train_savings"):
+    if kind in ("inference_savings", "train_savings", "realised_savings"):
         return f"{v:.1f}"
     a = abs(v)
     return f"{v:.3f}" if a < 1 else f"{v:.2f}" if a < 100 else f"{v:.1f}"

@@ -167,6 +167,9 @@ class TrainConfig:
     # clip the weights' gradient to this global L2 norm before each step (0: off); the LSTM
     # recipe clips at 5 [Zaremba et al. 2014]
     grad_clip: float = 0.0
+    # masked: closed channels/blocks are computed and multiplied by 0; restructured: only the
+    # sampled sub-network is computed (same mathematics; method/execution.py)
+    execution: str = field(default="masked", metadata=choice(*M.EXECUTION_MODES))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # -- tags of every tracked run ---------------------------------------------------------------
 TAGS = ("model", "dataset", "profile", "variant", "seed", "figures", "config_hash", "git_commit",
-        "experiment")
+        "experiment", "device")      # device: what trained it, e.g. "cpu (2 threads)" or a GPU name
 
 # -- artifacts --------------------------------------------------------------------------------
 ARTIFACT_CONFIG = "config.yaml"                  # the resolved config
@@ -29,6 +29,7 @@ VAL_MIOU = "val/miou"                # segmentation: mean IoU over classes, perc
 VAL_PIXEL_ACC = "val/pixel_acc"      # segmentation: pixel accuracy, percent
 LR = "lr"
 EPOCH_TIME = "time/epoch_s"
+TRAIN_TIME_TOTAL = "time/train_s_total"          # cumulative wall-clock of the run's epochs
 
 MACS = "cost/macs"                                # inference MACs of the hard architecture
 PARAMS = "cost/params"

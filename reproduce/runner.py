@@ -183,7 +183,8 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
     cfg = pr.cfg
     tags = {"model": cfg.model.name, "dataset": cfg.data.dataset, "profile": pr.profile,
             "variant": cfg.variant, "seed": str(cfg.seed), "figures": ",".join(pr.figures),
-            "config_hash": pr.hash, "git_commit": tracking.git_commit(), "experiment": pr.experiment}
+            "config_hash": pr.hash, "git_commit": tracking.git_commit(), "experiment": pr.experiment,
+            "device": _device_label(cfg)}
     tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -196,6 +197,12 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
     tracking.log_params(c, run_id, flatten(to_dict(cfg)))
     c.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), tracking.ARTIFACT_CONFIG)
     return _train_in_run(c, pr, run_id, progress, epoch_hook, uri, resumed=False)
+
+
+def _device_label(cfg: RunConfig) -> str:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return train.device_label(train.pick_device(cfg.train.device))
 
 
 def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, uri: str | None,

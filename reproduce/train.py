@@ -129,6 +129,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_label(device: torch.device) -> str:
+    """What a run's wall-clock times were measured on (tracked as the `device` tag)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     """The run's model and growth controller, seeded as the config says (no optimizers yet)."""
     torch.manual_seed(cfg.seed)
@@ -143,7 +150,8 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     gates, temperature, budget = method_options(cfg)
     controller = GrowthController(model, (data.in_channels, data.image_size, data.image_size),
                                   epochs=cfg.train.epochs, gates=gates, temperature=temperature,
-                                  budget=budget, rng_seed=cfg.seed)
+                                  budget=budget, rng_seed=cfg.seed,
+                                  execution=cfg.train.execution if gated else "masked")
     return TrainState(model, controller)
 
 
@@ -278,6 +286,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
             if opt_m is not None:
                 opt_m.zero_grad(set_to_none=True)
             total.backward()
+            controller.after_backward()
             if clipped is not None:
                 torch.nn.utils.clip_grad_norm_(clipped, tc.grad_clip)
             opt_w.step()
@@ -297,6 +306,8 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
         stats = {**evaluate(model, data.val, task, amp), **train_stats,
                  contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9),
                  contract.EPOCH_TIME: time.perf_counter() - start}
+        stats[contract.TRAIN_TIME_TOTAL] = stats[contract.EPOCH_TIME] + sum(
+            h.get(contract.EPOCH_TIME, 0.0) for h in state.history)
         stats.update(controller.end_epoch())
         stats.update(phase.extra_stats)
         state.epoch += 1

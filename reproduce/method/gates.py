@@ -71,15 +71,28 @@ class Gate(nn.Module):
 
 
 class ChannelGate(Gate):
-    """Gates the channels (dim 1) of a feature map; placed after BN so a closed channel is exactly 0."""
+    """Gates the channels (dim 1) of a feature map; placed after BN so a closed channel is exactly 0.
+
+    In restructured execution (execution.py) the feature map carries only the active channels
+    `active`, and only their gate values are multiplied in (g = q·p = p there), so the logits'
+    gradients are the masked ones."""
+
+    active: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.value().to(x.dtype)
+        if self.active is not None and self.training:
+            g = g.index_select(0, self.active)
         return x * g.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 class BlockGate(Gate):
-    """Gates a whole residual branch: x + g·F(x); a closed block is the identity."""
+    """Gates a whole residual branch: x + g·F(x); a closed block is the identity.
+
+    In restructured execution `skip` is True for one forward when the block is closed, and the
+    model does not compute the branch at all (`skipped`)."""
+
+    skip: bool = False
 
     def __init__(self, sampling: str = "bernoulli"):
         super().__init__(1, sampling)
@@ -100,6 +113,12 @@ class PassThroughGate(BlockGate):
         return g * fx + (1 - g) * x
 
 
+def skipped(block_gate: nn.Module) -> bool:
+    """Whether a block's branch is closed and need not be computed (restructured training only).
+    `block_gate` may be an nn.Identity (the block is never removed)."""
+    return block_gate.training and getattr(block_gate, "skip", False)
+
+
 def gates_of(model: nn.Module) -> list[tuple[str, Gate]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, Gate)]
 
@@ -112,20 +131,41 @@ def set_sampling(model: nn.Module, mode: str) -> None:
 
 
 @torch.no_grad()
-def sample_gates(gates: Iterable[Gate], generator: torch.Generator) -> None:
-    """Draw q ~ Bernoulli(p) for every structure at once (one RNG call, on the generator's device)."""
+def sample_gates(gates: Iterable[Gate], generator: torch.Generator) -> Tensor:
+    """Draw q ~ Bernoulli(p) for every structure at once (one RNG call, on the generator's device).
+
+    One transfer of every gate's p to the generator's device and one transfer of every q back;
+    returns the q of all gates, concatenated, on the generator's device (the host for the
+    default CPU generator), so callers can read the architecture without another transfer."""
     gates = list(gates)
     if not gates:
-        return
-    p = torch.cat([g.probs().detach().float().to(generator.device) for g in gates])
+        return torch.zeros(0)
+    sizes = [g.n for g in gates]
+    p = torch.cat([g.probs().detach().float() for g in gates]).to(generator.device)
     if not torch.isfinite(p).all():
         raise FloatingPointError("gate probabilities are not finite: training diverged. Lower "
                                  "train.lr or gates.mask_lr, or raise gates.min_channels.")
     q = torch.bernoulli(p, generator=generator)
-    for g, q_g, p_g in zip(gates, q.split([g.n for g in gates]), p.split([g.n for g in gates])):
+    parts = []
+    for g, q_g, p_g in zip(gates, q.split(sizes), p.split(sizes)):
         if g.min_active and q_g.sum() < g.min_active:
             q_g = q_g.index_fill(0, p_g.topk(g.min_active).indices, 1.0)
-        g.sample.copy_(q_g.to(g.sample.device))
+        parts.append(q_g)
+    q = torch.cat(parts)
+    write_samples(gates, q)
+    return q
+
+
+@torch.no_grad()
+def write_samples(gates: list[Gate], q: Tensor) -> None:
+    """Copy the concatenated samples `q` into the gates' `sample` buffers with one transfer."""
+    device = gates[0].sample.device
+    if q.device != device:
+        if device.type == "cuda":           # pinned memory: the copy does not block the host
+            q = q.pin_memory()
+        q = q.to(device, non_blocking=True)
+    for g, q_g in zip(gates, q.split([g.n for g in gates])):
+        g.sample.copy_(q_g)
 
 
 @torch.no_grad()

@@ -8,13 +8,22 @@
         for x, y in data:
             controller.sample()                       # q ~ Bernoulli(σ(β·s)), once per iteration
             loss = task_loss(model(x), y) + controller.penalty()
-            loss.backward(); opt_weights.step(); opt_masks.step()
+            loss.backward(); controller.after_backward()
+            opt_weights.step(); opt_masks.step()
             controller.after_step(batch_size)         # budget λ, training-cost accounting
         controller.end_epoch()                        # costs and channel ratios of the epoch
 
 Objective: task loss + λ_t · Σ_i w_i·p_i with p_i = σ(β_i·s_i) and w_i the cost of structure i
 normalised by the mean structure cost (or by the dense total). While pruning (λ > 0) the weights
 are always cost-proportional; while growing (λ < 0) they are uniform unless `growth_push = cost`.
+
+`execution="restructured"` computes only the sampled sub-network in training (execution.py);
+`after_backward` then gives the parameters it skipped their (zero) gradient.
+
+Host synchronisations per iteration (on an accelerator): `sample` copies every gate's p to the
+host and the samples back, once each for all gates; `after_step` copies the hard architecture to
+the host once (the budget's usage, plus the expected cost when `usage = expected`). The training
+cost and the restructured plan are computed from the host copy of the samples, without a sync.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ from torch import Tensor, nn
 
 from .budget import BudgetController
 from .costs import CostModel
-from .gates import BlockGate, ChannelGate, Gate, gates_of, open_all, sample_gates, set_sampling
+from .execution import Execution
+from .gates import (BlockGate, ChannelGate, Gate, gates_of, open_all, sample_gates, set_sampling,
+                    write_samples)
 from .options import (SEED_SELECTIONS, BudgetOptions, GateOptions, OptionError,
                       TemperatureOptions, seed_blocks_per_stage)
 from .structure import Block, GatedModel
@@ -85,7 +96,8 @@ class GrowthController:
     def __init__(self, model: GatedModel, input_shape: tuple[int, ...], *, epochs: int,
                  gates: GateOptions = GateOptions(),
                  temperature: TemperatureOptions = TemperatureOptions(),
-                 budget: BudgetOptions = BudgetOptions(), rng_seed: int = 0):
+                 budget: BudgetOptions = BudgetOptions(), rng_seed: int = 0,
+                 execution: str = "masked"):
         self.model = model
         self.options = (gates, temperature, budget)
         self.named_gates = gates_of(model)
@@ -115,6 +127,8 @@ class GrowthController:
         self.train_macs_total = 0.0
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
         self.budget.update(self.current_usage())
+        self.execution = Execution(model, execution, gates.sampling)
+        self._sampled: dict[str, Tensor] | None = None   # host copy of this iteration's q
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -145,14 +159,32 @@ class GrowthController:
         return [p for p in self.model.parameters() if id(p) not in masks]
 
     # -- per iteration ------------------------------------------------------------------------
-    def sample(self) -> None:
-        if self.sampling == "deterministic":
+    def sample(self, replay: Tensor | None = None) -> None:
+        """Draw this iteration's sub-network (and plan its restructured forward). `replay`: the
+        samples of every gate, concatenated in gate order, to use instead of drawing (e.g. to
+        time a recorded schedule)."""
+        if not self.gates:
+            return
+        if replay is not None:
+            q = replay.detach().float().cpu()
+            write_samples(self.gates, q)
+        elif self.sampling == "deterministic":
             open_all(self.gates)      # nothing is skipped: every channel is computed
-        elif self.sampling == "hard":
-            for g in self.gates:      # fixed masks: the hard architecture is what trains
-                g.sample.copy_(g.hard().detach())
+            q = torch.ones(sum(g.n for g in self.gates))
+        elif self.sampling == "hard":  # fixed masks: the hard architecture is what trains
+            hard = torch.cat([g.hard().detach() for g in self.gates])
+            write_samples(self.gates, hard)
+            q = hard.cpu()
         else:
-            sample_gates(self.gates, self.generator)
+            q = sample_gates(self.gates, self.generator).cpu()
+        self._sampled = dict(zip((n for n, _ in self.named_gates),
+                                 q.split([g.n for g in self.gates])))
+        self.execution.plan(self._sampled)
+
+    def after_backward(self) -> None:
+        """Between backward and the optimizer steps: parameters a restructured forward skipped
+        get the zero gradient masked execution gives them (a no-op in masked execution)."""
+        self.execution.complete_grads()
 
     def penalty(self) -> Tensor:
         """λ_t · Σ_i w_i·p_i (zero when λ = 0 or there are no gates)."""
@@ -166,7 +198,10 @@ class GrowthController:
 
     def after_step(self, batch_size: int) -> None:
         """Account the iteration's training cost (forward + backward ≈ 3 × forward) and update λ."""
-        self.train_macs_epoch += 3.0 * self.costs.sampled_macs() * batch_size
+        sampled = self._sampled if self._sampled is not None else self.costs.sampled_state()
+        self._sampled = None
+        self.execution.clear()
+        self.train_macs_epoch += 3.0 * float(self.costs.count(sampled)[0]) * batch_size
         self.dense_train_macs_total += 3.0 * self.costs.dense_macs * batch_size
         self.budget.update(self.current_usage())
 
@@ -194,7 +229,9 @@ class GrowthController:
         was_training = self.model.training
         self.model.train()
         set_sampling(self.model, "hard")
-        hard_macs = self.costs.hard()[0]
+        hard_state = self.costs.hard_state()
+        hard_macs = float(self.costs.count(hard_state)[0])
+        self.execution.plan(hard_state)          # restructured: only the hard architecture runs
         epoch = getattr(batches, "epoch", None)  # do not advance a loader's epoch counter
         try:
             for i, (x, _) in enumerate(batches):
@@ -205,6 +242,7 @@ class GrowthController:
         finally:
             if epoch is not None:
                 batches.epoch = epoch
+            self.execution.clear()
             set_sampling(self.model, self.sampling)
             for m, mom in zip(bns, momenta):
                 m.momentum = mom

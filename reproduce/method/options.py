@@ -24,6 +24,7 @@ USAGES = ("hard", "expected")
 COSTS = ("macs", "params", "uniform")
 NORMALIZATIONS = ("mean", "total")
 GROWTH_PUSHES = ("uniform", "cost")
+EXECUTION_MODES = ("masked", "restructured")   # execution.py: same mathematics, different speed
 
 
 class OptionError(ValueError):

@@ -11,6 +11,10 @@ Gates (docs/METHOD.md, "Structures and gates"):
 The first block of every stage is never removed (it changes resolution and width), which is also
 the "one block per stage" seed. Downsampling blocks use a 1×1 conv + BN projection shortcut
 (option B) so the stream channels of consecutive stages can be pruned independently.
+
+Restructured training (method/execution.py): the residual stream carries only the stage's active
+stream channels (the stem, every conv2 and the projection shortcut write exactly those), and a
+closed block returns its input without computing its branch.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..method.gates import BlockGate, ChannelGate
+from ..method.gates import BlockGate, ChannelGate, skipped
 from ..method.structure import Block, GatedModel, Site
-from .layers import BatchNorm2d, Conv2d, initialise, scaled
+from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
 from .registry import register_class, register_model, register_pattern
 
 
@@ -39,6 +43,8 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False), BatchNorm2d(cout))
 
     def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
+        if skipped(self.block_gate):     # restructured training: a closed block is not computed
+            return x                     # (x is post-ReLU, so this is relu(x + 0·F(x)))
         out = F.relu(self.gate1(self.bn1(self.conv1(x))))
         out = self.block_gate(stream_gate(self.bn2(self.conv2(out))))
         identity = x if self.shortcut is None else stream_gate(self.shortcut(x))
@@ -101,7 +107,7 @@ class ResNetCIFAR(GatedModel):
             cin = stream[k]
             self.add_module(f"layer{k + 1}", Stage(ChannelGate(stream[k]) if gate_channels
                                                    else nn.Identity(), blocks))
-        self.fc = nn.Linear(stream[-1], num_classes)
+        self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..method.gates import ChannelGate
 from ..method.structure import GatedModel, Site
-from .layers import BatchNorm2d, Conv2d, MaxPool2d, initialise, scaled
+from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
 from .registry import register_class, register_model
 
 CONFIGS = {
@@ -46,7 +46,7 @@ class VGGCIFAR(GatedModel):
                 self.plan.append((i, k + 1))
                 cin = w
         self.pool = MaxPool2d(2, 2, ceil_mode=True)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = Linear(cin, num_classes)
         initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:

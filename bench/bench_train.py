@@ -1,0 +1,216 @@
+"""Realised training savings of a growing network, measured in one process.
+
+    python bench/bench_train.py [--model resnet20] [--batch 128] [--size 32] [--target 0.5]
+                                [--epochs 8] [--steps 12] [--archs 24] [--repeats 3]
+
+1. Schedule. The method grows `model` from its seed architecture under a `target` MACs budget
+   for `epochs` × `steps` iterations on random data of the benchmark's shape (the suite's
+   defaults otherwise: bernoulli sampling, β ramped over half the epochs, the budget controller,
+   SGD on weights and logits). Every iteration's sampled architecture q is recorded.
+2. Replay. `archs` of those architectures, evenly spaced over the schedule, are each timed as one
+   training step (forward, loss, backward, optimizer steps; for the gated model also the
+   method's per-iteration work: samples, penalty, budget update and cost accounting):
+     dense         the model without gates (the baseline)
+     masked        the gated model, closed structures computed and multiplied by zero
+     restructured  the gated model computing only the active structures (train.execution)
+     compact       a gate-free model of exactly that architecture, built and warmed up (one
+                   step) outside the timing: what restructuring can at best buy
+   The four are interleaved per architecture (their order rotating), so CPU contention from
+   other processes hits all alike; the replay is repeated `repeats` times and medians reported.
+3. Realisation ratio = (1 − time / dense time) ÷ (1 − training MACs / dense training MACs):
+   the share of the counted training savings that the wall clock realises (1 = all of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the checkout this script is in
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from reproduce.method import GrowthController  # noqa: E402
+from reproduce.method.gates import BlockGate, ChannelGate  # noqa: E402
+from reproduce.method.options import BudgetOptions  # noqa: E402
+from reproduce.models import create_model  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def record_schedule(args, device, x, y) -> tuple[list[torch.Tensor], list[float]]:
+    """Grow the model for epochs × steps iterations; every iteration's samples and hard usage."""
+    model = create_model(args.model, gate_blocks=args.gate_blocks).to(device)
+    grow = GrowthController(model, (3, args.size, args.size), epochs=args.epochs,
+                            budget=BudgetOptions(target=args.target), execution="restructured")
+    opt_w = torch.optim.SGD(grow.weight_parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                            weight_decay=1e-4)
+    opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.1, momentum=0.9)
+    samples, usage = [], []
+    model.train()
+    for _ in range(args.epochs):
+        grow.start_epoch()
+        for _ in range(args.steps):
+            grow.sample()
+            samples.append(torch.cat([g.sample.detach().cpu() for g in grow.gates]))
+            loss = F.cross_entropy(model(x), y) + grow.penalty()
+            opt_w.zero_grad(set_to_none=True)
+            opt_m.zero_grad(set_to_none=True)
+            loss.backward()
+            grow.after_backward()
+            opt_w.step()
+            opt_m.step()
+            grow.after_step(args.batch)
+            usage.append(grow.budget.usage)
+    return samples, usage
+
+
+def gated_runner(args, device, x, y, execution: str):
+    """One training step of the method's gated model on a given architecture."""
+    model = create_model(args.model, gate_blocks=args.gate_blocks).to(device)
+    grow = GrowthController(model, (3, args.size, args.size), epochs=args.epochs,
+                            budget=BudgetOptions(target=args.target), execution=execution)
+    opt_w = torch.optim.SGD(grow.weight_parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                            weight_decay=1e-4)
+    opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step(q: torch.Tensor) -> None:
+        grow.sample(replay=q)
+        loss = F.cross_entropy(model(x), y) + grow.penalty()
+        opt_w.zero_grad(set_to_none=True)
+        opt_m.zero_grad(set_to_none=True)
+        loss.backward()
+        grow.after_backward()
+        opt_w.step()
+        opt_m.step()
+        grow.after_step(args.batch)
+    return grow, step
+
+
+def plain_step(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True,
+                          weight_decay=1e-4)
+    model.train()
+
+    def step(_q=None) -> None:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def compact_of(template, names, gates, q: torch.Tensor, device):
+    """A gate-free model of exactly the architecture q (random weights: only shapes matter)."""
+    sizes, removed = {}, set()
+    state = dict(zip(names, q.split([g.n for g in gates])))
+    blocks = {b.gate: b.name for b in template.removable_blocks()}
+    for name, g in zip(names, gates):
+        if isinstance(g, ChannelGate):
+            sizes[name] = int(state[name].sum())
+        elif isinstance(g, BlockGate) and not state[name].item():
+            removed.add(blocks[name])
+    with warnings.catch_warnings():          # zero-width layers
+        warnings.simplefilter("ignore", UserWarning)
+        return template.compact(sizes, removed).to(device)
+
+
+def timed(fn, q, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn(q)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--gate-blocks", action="store_true", help="also grow blocks")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--target", type=float, default=0.5, help="MACs budget of the schedule")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=12, help="iterations per epoch of the schedule")
+    ap.add_argument("--archs", type=int, default=24, help="architectures replayed")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+
+    t0 = time.perf_counter()
+    samples, usage = record_schedule(args, device, x, y)
+    record_s = time.perf_counter() - t0
+    n = len(samples)
+    picks = [round(i * (n - 1) / max(1, args.archs - 1)) for i in range(min(args.archs, n))]
+    archs = [samples[i] for i in picks]
+
+    masked_ctl, masked = gated_runner(args, device, x, y, "masked")
+    _, restructured = gated_runner(args, device, x, y, "restructured")
+    dense = plain_step(create_model(args.model, gate_channels=False).to(device), x, y)
+    template = masked_ctl.model
+    names = [nm for nm, _ in masked_ctl.named_gates]
+    costs = masked_ctl.costs
+    macs = [float(costs.count(dict(zip(names, q.split([g.n for g in masked_ctl.gates]))))[0])
+            for q in archs]
+    mac_ratio = sum(macs) / (len(archs) * costs.dense_macs)
+
+    for fn in (dense, masked, restructured):          # warm up every path once
+        for q in archs[:2]:
+            fn(q)
+    modes = ["dense", "masked", "restructured", "compact"]
+    totals = {m: [] for m in modes}
+    for r in range(args.repeats):
+        t = {m: 0.0 for m in modes}
+        for i, q in enumerate(archs):
+            compact = plain_step(compact_of(template, names, masked_ctl.gates, q, device), x, y)
+            compact()                                  # warm-up outside the timing
+            fns = {"dense": dense, "masked": masked, "restructured": restructured,
+                   "compact": compact}
+            order = modes[(i + r) % 4:] + modes[:(i + r) % 4]
+            for m in order:
+                t[m] += timed(fns[m], q, device)
+        for m in modes:
+            totals[m].append(t[m])
+
+    def ratio(m: str, k: int) -> float:
+        return (1 - totals[m][k] / totals["dense"][k]) / (1 - mac_ratio)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{args.model}{' +blocks' if args.gate_blocks else ''}, batch {args.batch}, "
+          f"{args.size}x{args.size}, {device} ({torch.get_num_threads()} threads), torch "
+          f"{torch.__version__}, load {load:.1f}")
+    print(f"schedule: {n} iterations ({args.epochs} epochs x {args.steps}) in {record_s:.0f} s, "
+          f"budget {args.target}; hard usage {usage[0]:.2f} -> {usage[len(usage) // 2]:.2f} -> "
+          f"{usage[-1]:.2f}; {len(archs)} architectures replayed x {args.repeats}")
+    print(f"training MACs of the replayed architectures: {mac_ratio:.3f} of dense "
+          f"(counted savings {1 - mac_ratio:.3f})")
+    print(f"| mode | ms/step (median) | time / dense | realised savings | realisation ratio |")
+    print(f"| --- | --- | --- | --- | --- |")
+    for m in modes:
+        med = statistics.median(totals[m]) / len(archs)
+        rel = statistics.median(t / d for t, d in zip(totals[m], totals["dense"]))
+        rr = statistics.median(ratio(m, k) for k in range(args.repeats))
+        print(f"| {m} | {1e3 * med:.1f} | {rel:.3f} | {1 - rel:+.3f} | "
+              f"{'—' if m == 'dense' else f'{rr:+.2f}'} |")
+    rr_r = statistics.median(ratio("restructured", k) for k in range(args.repeats))
+    rr_c = statistics.median(ratio("compact", k) for k in range(args.repeats))
+    print(f"restructured realises {rr_r / rr_c:.0%} of what the compact models realise")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ below; `train_tracked` wraps one training in an MLflow run and records how it en
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -252,13 +253,34 @@ def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, ur
         c.set_terminated(run_id, "KILLED")
         raise
     except BaseException as e:
-        _log_traces(c, run_id, traces)
+        if _store_trouble(e):
+            # the store (or the disk under it) failed, not the training: keep the checkpoint and
+            # leave the run resumable; the same command continues it once the store works again
+            reason = tracking.describe_store_error(c.tracking_uri, e)
+            with contextlib.suppress(Exception):
+                c.set_tag(run_id, "failure_reason", reason[:5000])
+                c.set_terminated(run_id, "KILLED")
+            raise tracking.StoreError(f"{run_name_of(pr)} (run {run_id}) stopped: {reason} "
+                                      f"Its checkpoint is kept: run the same command again to "
+                                      f"resume it.") from e
+        with contextlib.suppress(Exception):
+            _log_traces(c, run_id, traces)
         c.set_tag(run_id, "failure_reason", f"{type(e).__name__}: {e}"[:5000])
         c.set_terminated(run_id, "FAILED")
         raise
     c.set_terminated(run_id, "FINISHED")
     checkpoints.delete()                        # the compact model stays, as an artifact
     return _summary(run_id, pr, result.final, reused=False)
+
+
+def _store_trouble(e: BaseException) -> bool:
+    """A full disk, or a store that became locked or read-only, while training or logging."""
+    import errno
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    text = f"{type(e).__name__}: {e}".lower()
+    return any(k in text for k in ("no space left", "database or disk is full",
+                                   "database is locked", "readonly database"))
 
 
 def _mark_alive(c, run_id: str) -> None:

@@ -150,3 +150,95 @@ def test_jobs_share_the_runs_of_several_experiments(tiny):
     hashes = [r.data.tags["config_hash"] for r in runs]
     assert sorted(hashes) == sorted(planned)                      # each once, none missing
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_full_disk_while_logging_artifacts_keeps_the_run_resumable(tiny, monkeypatch):
+    """ENOSPC while the finished run logs its artifacts: a clear message, the run KILLED (not
+    FAILED) with the reason, its checkpoint kept; the same command later finishes the same run."""
+    import errno
+
+    from reproduce import runner
+
+    real = runner._log_final_artifacts
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner, "_log_final_artifacts", full_disk)
+    with pytest.raises(tracking.StoreError, match="disk is full.*resume"):
+        run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
+    c = tracking.client()
+    exp = tracking.experiment_id(c, "smoke")
+    (run,) = c.search_runs([exp])
+    assert run.info.status == "KILLED" and "disk is full" in run.data.tags["failure_reason"]
+    assert (tracking.state_dir() / f"{run.info.run_id}.pt").exists()
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")]
+
+    monkeypatch.setattr(runner, "_log_final_artifacts", real)
+    summary = run_experiment("figure-7", "smoke", overrides=tiny, progress=False)[0]
+    assert summary["run_id"] == run.info.run_id
+    (run,) = c.search_runs([exp])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")] == steps
+    assert not (tracking.state_dir() / f"{run.info.run_id}.pt").exists()
+
+
+def test_a_dataset_that_disappears_mid_run_fails_the_run_with_the_reason(tmp_path, tiny):
+    """Image files deleted while a run trains: the run ends FAILED, naming the missing file;
+    the runs already in the store are untouched."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from reproduce import runner as runner_module
+    from reproduce.experiments import plan
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tree"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.png")
+    tiny["data"] = {"dataset": "imagefolder", "root": str(root), "image_size": 8,
+                    "batch_size": 8, "augment": False}
+    tiny["model"] = {"name": "basic3resnet-1-1-1", "width_multiplier": 0.25}
+    done = run_experiment("figure-7", "smoke", overrides={**tiny, "seed": 5}, progress=False)
+
+    def vanish(epoch, stats):
+        if epoch == 1:
+            shutil.rmtree(root / "train")
+
+    cfg_run = plan("figure-7", "smoke", tiny)[0]
+    c = tracking.client()
+    exp = tracking.experiment_id(c, "smoke")
+    with pytest.raises(Exception) as info:
+        runner_module.train_tracked(c, exp, cfg_run, progress=False, epoch_hook=vanish)
+    assert "train" in str(info.value)
+    runs = {r.info.run_id: r for r in c.search_runs([exp])}
+    failed = [r for r in runs.values() if r.info.status == "FAILED"]
+    assert len(failed) == 1 and str(root / "train") in failed[0].data.tags["failure_reason"]
+    assert runs[done[0]["run_id"]].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_locked_store_stops_clearly_and_keeps_its_runs(tiny):
+    """Another process holds the SQLite store's write lock: a clear message, nothing written."""
+    run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    path = uri[len("sqlite:///"):]
+    tracking._client.cache_clear()
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        tiny["budget"] = {"target": 0.3}
+        with pytest.raises(tracking.StoreError, match="locked"):
+            run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
+    finally:
+        holder.rollback()
+        holder.close()
+        tracking._client.cache_clear()
+    with sqlite3.connect(path) as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == 1

@@ -28,13 +28,13 @@ def main(profile: str = "smoke", force: bool = False) -> int:
           f"{r['cost/dense_params'] / 1e3:.1f} k")
     print(f"  training-MACs savings      {100 * r['cost/train_savings']:.1f} % against dense "
           f"training over the same schedule")
-    print(f"  (MACs of conv and linear layers; FLOPs = 2 x MACs)")
+    print("  (MACs of conv and linear layers; FLOPs = 2 x MACs)")
     print("\nFigures:")
     for p in outputs:
         print(f"  {p}")
     exp_id = tracking.experiment_id(tracking.client(), profile, create=False)
     print(f"\nBrowse the runs:  make mlflow-ui   (then open {tracking.runs_table_url(exp_id)})")
-    print(f"Any other figure: make figure-9, or change a knob: "
-          f"python -m reproduce run figure-7 --set budget.target=0.3")
+    print("Any other figure: make figure-9, or change a knob: "
+          "python -m reproduce run figure-7 --set budget.target=0.3")
     print(f"Done in {time.perf_counter() - start:.0f} s.")
     return 0

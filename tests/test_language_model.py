@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -83,6 +83,31 @@ class GatedModel(nn.Module):
         return []
 
 
+class StagedModel(GatedModel):
+    """A network of stages of blocks (`layer<k>.<j>`), `arch["depths"]` blocks per stage, whose
+    first block of each stage is never removed and whose others carry a block gate
+    `layer<k>.<j>.block_gate` when `gate_blocks`; `removed` blocks (export) count no depth."""
+
+    gate_channels: bool
+    gate_blocks: bool
+    removed: frozenset
+
+    def gate(self, name: str) -> str | None:
+        """`name` when the model has channel gates, else None (fixed width)."""
+        return name if self.gate_channels else None
+
+    def blocks(self) -> list[Block]:
+        out = []
+        for k, depth in enumerate(self.arch["depths"]):
+            for j in range(depth):
+                name = f"layer{k + 1}.{j}"
+                if name in self.removed:
+                    continue
+                gated = self.gate_blocks and j > 0
+                out.append(Block(name, k + 1, f"{name}.block_gate" if gated else None))
+        return out
+
+
 def inside(site: Site, removed: set[str]) -> bool:
     """Whether a layer lies inside one of the removed blocks."""
     return any(site.name.startswith(b + ".") for b in removed)

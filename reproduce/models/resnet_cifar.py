@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..method.gates import BlockGate, ChannelGate, skipped
-from ..method.structure import Block, GatedModel, Site
+from ..method.structure import Site, StagedModel
 from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
 from .registry import register_class, register_model, register_pattern
 
@@ -73,7 +73,7 @@ class Stage(nn.Module):
 
 
 @register_class
-class ResNetCIFAR(GatedModel):
+class ResNetCIFAR(StagedModel):
     """Basic-block ResNet for 32×32 inputs; `sizes`/`removed` build a compact (exported) copy."""
 
     def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
@@ -119,22 +119,8 @@ class ResNetCIFAR(GatedModel):
         return self.fc(x)
 
     # -- structure description (used by costs and export) ---------------------------------------
-    def _gate(self, name: str) -> str | None:
-        return name if self.gate_channels else None
-
-    def blocks(self) -> list[Block]:
-        out = []
-        for k, depth in enumerate(self.arch["depths"]):
-            for j in range(depth):
-                name = f"layer{k + 1}.{j}"
-                if name in self.removed:
-                    continue
-                gated = self.gate_blocks and j > 0
-                out.append(Block(name, k + 1, f"{name}.block_gate" if gated else None))
-        return out
-
     def sites(self) -> list[Site]:
-        g = self._gate
+        g = self.gate
         sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1, role="stream")]
         prev = g("layer1.gate")
         for block in self.blocks():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..method.gates import BlockGate, ChannelGate
-from ..method.structure import Block, GatedModel, Site
+from ..method.structure import Site, StagedModel
 from .layers import BatchNorm2d, Conv2d, MaxPool2d, initialise, scaled
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
 from .resnet_cifar import RemovedBlock, Stage
@@ -58,7 +58,7 @@ class Bottleneck(nn.Module):
 
 
 @register_class
-class ResNetImageNet(GatedModel):
+class ResNetImageNet(StagedModel):
     """Bottleneck ResNet for 224-px inputs; `sizes`/`removed` build a compact (exported) copy."""
 
     def __init__(self, depths=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion: int = 4,
@@ -107,22 +107,8 @@ class ResNetImageNet(GatedModel):
         return self.fc(x)
 
     # -- structure description (used by costs and export) ---------------------------------------
-    def _g(self, name: str) -> str | None:
-        return name if self.gate_channels else None
-
-    def blocks(self) -> list[Block]:
-        out = []
-        for k, depth in enumerate(self.arch["depths"]):
-            for j in range(depth):
-                name = f"layer{k + 1}.{j}"
-                if name in self.removed:
-                    continue
-                gated = self.gate_blocks and j > 0
-                out.append(Block(name, k + 1, f"{name}.block_gate" if gated else None))
-        return out
-
     def sites(self) -> list[Site]:
-        g = self._g
+        g = self.gate
         sites = [Site("conv1", None, g("stem_gate"), bn="bn1", stage=1, role="plain")]
         prev = g("stem_gate")
         for block in self.blocks():

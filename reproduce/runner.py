@@ -122,8 +122,10 @@ def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bo
             print(f"{run_name_of(pr)}: another process is training it; coming back to it later")
             waiting.append(pr)
             continue
-        with lock:
+        try:                                          # claim() returned it acquired
             summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, force, progress, uri)
+        finally:
+            lock.release()
     for pr in waiting:
         if pr.hash in summaries:
             continue

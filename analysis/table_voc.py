@@ -54,12 +54,8 @@ def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[
     for m in METRICS:
         cols[f"paper {HEADERS[m]}"] = [tables.plain(v) for v in r.get(f"paper_{m}", [np.nan] * len(r))]
     display = pd.DataFrame({**labels, **cols, "seeds": list(r["n_seeds"])})
-    csv = r.assign(method=labels["method"], budget=labels["budget"])
-    keep = ["model", "method", "budget", "dataset", "variant", "kind", "width_multiplier", "target",
-            "n_seeds", "seeds"]
-    keep += [f"{m}_{s}" for m in (*METRICS, "macs_ratio", "train_macs_total") for s in ("mean", "std")]
-    keep += ["train_reference", *(f"paper_{m}" for m in METRICS), "paper_source", "run_ids"]
-    csv = csv[[c for c in keep if c in csv.columns]]
+    csv = tables.csv_frame(r.assign(method=labels["method"], budget=labels["budget"]),
+                           ["model", "method", "budget"], METRICS)
     notes = ["mIoU: intersection over union per class from one confusion matrix over every "
              "labelled pixel of the validation set (void = 255 left out), averaged over the "
              "classes present in labels or predictions; pixel accuracy from the same matrix. "

@@ -221,12 +221,15 @@ def unmatched_paper_rows(table: str, rows: pd.DataFrame, reference_path=None) ->
             + markdown(extra[cols].rename(columns={"value_text": "value"})))
 
 
-def csv_frame(rows: pd.DataFrame, label_columns: list[str]) -> pd.DataFrame:
+def csv_frame(rows: pd.DataFrame, label_columns: list[str],
+              metrics: list[str] = METRICS) -> pd.DataFrame:
+    """The CSV columns of a table: labels, row identity, mean and std of each metric, paper
+    values, run ids. `metrics` are the task's (classification's by default)."""
     keep = [*label_columns, "dataset", "variant", "kind", "width_multiplier", "target", "n_seeds",
             "seeds"]
-    for m in (*METRICS, "macs_ratio", "train_macs_total"):
+    for m in (*metrics, "macs_ratio", "train_macs_total"):
         keep += [f"{m}_mean", f"{m}_std"]
-    keep += ["train_reference", *(f"paper_{m}" for m in METRICS), "paper_source", "run_ids"]
+    keep += ["train_reference", *(f"paper_{m}" for m in metrics), "paper_source", "run_ids"]
     seen = list(dict.fromkeys(c for c in keep if c in rows.columns))
     out = rows[seen].rename(columns={"params_mean": "params_m_mean", "params_std": "params_m_std",
                                      "macs_mean": "macs_m_mean", "macs_std": "macs_m_std"})

@@ -11,8 +11,9 @@ In training the gate value depends on the sampling mode:
   hard              g_i = 1[s_i > 0]                    (fixed masks, e.g. fine-tuning a pruned net)
 In evaluation and export the gate is hard: g_i = 1[s_i > 0].
 
-q is drawn once per iteration for the whole batch (`sample_gates`), from a generator the caller
-seeds identically on every distributed rank, so all ranks train the same sub-network.
+q is drawn once per iteration for the whole batch (`sample_gates`; the growth controller can hold
+it for `resample_every` iterations), from a generator the caller seeds identically on every
+distributed rank, so all ranks train the same sub-network.
 """
 
 from __future__ import annotations
@@ -75,15 +76,63 @@ class ChannelGate(Gate):
 
     In restructured execution (execution.py) the feature map carries only the active channels
     `active`, and only their gate values are multiplied in (g = q·p = p there), so the logits'
-    gradients are the masked ones."""
+    gradients are the masked ones. Where the model declares that its gates follow BN directly,
+    the gate is folded into the BN before it (`fold`): the BN scales its affine weight and bias by
+    g, and the gate passes that BN's output through instead of multiplying it again."""
 
     active: Tensor | None = None
+    fold: "Fold | None" = None
+
+    def active_values(self) -> Tensor:
+        """g on the channels that are computed (all of them outside restructured training)."""
+        g = self.value()
+        return g.index_select(0, self.active) if self.active is not None and self.training else g
 
     def forward(self, x: Tensor) -> Tensor:
-        g = self.value().to(x.dtype)
-        if self.active is not None and self.training:
-            g = g.index_select(0, self.active)
+        if self.fold is not None and self.training and self.fold.take(x):
+            return x                                # its BN has already multiplied g in
+        g = self.active_values().to(x.dtype)
         return x * g.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class Fold:
+    """A channel gate folded into the affine transform of the BatchNorm that feeds it.
+
+    g·(γ·x̂ + β) = (g·γ)·x̂ + g·β, so the BN computes with weight g·γ and bias g·β (`scale`) and
+    the gate returns that output unchanged: one pass over the activations less in the forward and
+    two in the backward, with the same loss and gradients (the logits' gradient arrives through
+    the BN's weight and bias gradients). The BN hands its output to `done`; the gate `take`s it
+    back by identity, so a gate applied to any other tensor still multiplies. An output that was
+    never taken back (`check`) means the model's gates do not follow its BNs: an error."""
+
+    __slots__ = ("gate", "pending")
+
+    def __init__(self, gate: ChannelGate):
+        self.gate = gate
+        self.pending: list[Tensor] = []
+
+    def scale(self, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        g = self.gate.active_values().to(weight.dtype)
+        return weight * g, bias * g
+
+    def done(self, y: Tensor) -> Tensor:
+        self.pending.append(y)
+        return y
+
+    def take(self, x: Tensor) -> bool:
+        for i, y in enumerate(self.pending):
+            if y is x:
+                del self.pending[i]
+                return True
+        return False
+
+    def check(self, name: str) -> None:
+        left, self.pending = len(self.pending), []
+        if left:
+            raise RuntimeError(f"restructured execution folded gate {name} into the BatchNorm "
+                               f"before it, but {left} output(s) of that BatchNorm never reached "
+                               f"the gate: the model must apply each gate directly to its site's "
+                               f"BN output (or not set `gates_follow_bn`)")
 
 
 class BlockGate(Gate):

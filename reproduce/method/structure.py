@@ -59,6 +59,10 @@ class GatedModel(nn.Module):
     """Base class of every model the method can grow (see the module docstring)."""
 
     arch: dict
+    # True when every channel gate that follows a site's BN is applied directly to that BN's output
+    # and nothing else reads the BN's output: restructured execution then folds the gate into
+    # the BN's affine transform (gates.Fold), one pass over the activations less
+    gates_follow_bn: bool = False
 
     def sites(self) -> list[Site]:
         raise NotImplementedError

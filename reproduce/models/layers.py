@@ -9,7 +9,8 @@ Restructured execution (method/execution.py) sets `active` on Conv2d, Linear and
 one training forward: the indices of the input and output channels that are on (None: all). The
 layer then computes on those channels only, with its full-size parameters sliced inside the
 forward, so each parameter's gradient is the slice's gradient scattered back (zero for the closed
-channels), exactly what masked execution gives. `active` is ignored in evaluation mode.
+channels), exactly what masked execution gives. `active` is ignored in evaluation mode. A
+BatchNorm2d may also carry the channel gate that follows it (`fold`, see gates.Fold).
 """
 
 from __future__ import annotations
@@ -81,32 +82,40 @@ class Linear(nn.Linear):
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    active: Tensor | None = None          # indices of the channels that are on
+    active: Tensor | None = None          # indices of the channels that are on (None: all)
+    fold = None                           # the gate after this BN, folded into its affine (Fold)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.active is not None and self.training:
+        if self.training and (self.active is not None or self.fold is not None):
             return self._forward_active(x, self.active)
         return super().forward(x) if self.num_features else x
 
-    def _forward_active(self, x: Tensor, idx: Tensor) -> Tensor:
-        """BN on the active channels; only their running statistics move (as in _BatchNorm)."""
-        if idx.numel() == 0:
-            return x
+    def _forward_active(self, x: Tensor, idx: Tensor | None) -> Tensor:
+        """BN on the active channels; only their running statistics move (as in _BatchNorm).
+        With a folded gate, weight and bias are scaled by the gate's values (gates.Fold)."""
+        fold = self.fold
+        if idx is not None and idx.numel() == 0:
+            return x if fold is None else fold.done(x)
         factor = 0.0 if self.momentum is None else self.momentum
         track = self.track_running_stats and self.running_mean is not None
         if track and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:          # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked)
-        mean = self.running_mean.index_select(0, idx) if track else None
-        var = self.running_var.index_select(0, idx) if track else None
-        y = F.batch_norm(x, mean, var, _take(self.weight, 0, idx), _take(self.bias, 0, idx),
-                         True, factor, self.eps)
-        if track:
+        sliced = track and idx is not None     # all channels: F.batch_norm updates them in place
+        mean = (self.running_mean.index_select(0, idx) if sliced else self.running_mean) \
+            if track else None
+        var = (self.running_var.index_select(0, idx) if sliced else self.running_var) \
+            if track else None
+        weight, bias = _take(self.weight, 0, idx), _take(self.bias, 0, idx)
+        if fold is not None:
+            weight, bias = fold.scale(weight, bias)
+        y = F.batch_norm(x, mean, var, weight, bias, True, factor, self.eps)
+        if sliced:
             with torch.no_grad():
                 self.running_mean.index_copy_(0, idx, mean)
                 self.running_var.index_copy_(0, idx, var)
-        return y
+        return y if fold is None else fold.done(y)
 
 
 class MaxPool2d(nn.MaxPool2d):

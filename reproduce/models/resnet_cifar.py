@@ -76,6 +76,8 @@ class Stage(nn.Module):
 class ResNetCIFAR(StagedModel):
     """Basic-block ResNet for 32×32 inputs; `sizes`/`removed` build a compact (exported) copy."""
 
+    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
+
     def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
                  in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
                  gate_blocks: bool = False, sizes: dict[str, int] | None = None,

@@ -37,6 +37,8 @@ def _prefixed(name: str | None) -> str | None:
 
 @register_class
 class SegmentationResNet(GatedModel):
+    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
+
     def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), head: int = 64,
                  num_classes: int = 21, in_channels: int = 3, width_multiplier: float = 1.0,
                  gate_channels: bool = True, gate_blocks: bool = False,

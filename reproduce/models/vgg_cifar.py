@@ -25,6 +25,8 @@ CONFIGS = {
 
 @register_class
 class VGGCIFAR(GatedModel):
+    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
+
     def __init__(self, stages=tuple(map(tuple, CONFIGS["vgg16"])), num_classes: int = 10,
                  in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
                  gate_blocks: bool = False, sizes: dict[str, int] | None = None,

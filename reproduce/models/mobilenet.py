@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..method.gates import ChannelGate
 from ..method.structure import Block, GatedModel, Site
-from .layers import BatchNorm2d, Conv2d, initialise, scaled
+from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
 
 # (output channels, stride) of the 13 depthwise-separable blocks
@@ -53,6 +53,8 @@ class SeparableBlock(nn.Module):
 class MobileNetV1(GatedModel):
     """MobileNetV1; `sizes` builds a compact (exported) copy (`removed` is always empty)."""
 
+    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
+
     def __init__(self, blocks=BLOCKS, stem: int = 32, num_classes: int = 1000,
                  in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
                  gate_blocks: bool = False, sizes: dict[str, int] | None = None,
@@ -73,7 +75,7 @@ class MobileNetV1(GatedModel):
             cout = sizes.get(f"features.{i}.gate", scaled(cout, width_multiplier))
             self.features.append(SeparableBlock(cin, cout, stride, gate_channels))
             cin = cout
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = Linear(cin, num_classes)
         initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:

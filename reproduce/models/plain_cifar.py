@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..method.gates import ChannelGate, PassThroughGate
+from ..method.gates import ChannelGate, PassThroughGate, skipped
 from ..method.structure import Site, StagedModel
-from .layers import BatchNorm2d, Conv2d, initialise, scaled
+from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
 from .registry import register_class, register_pattern
 from .resnet_cifar import RemovedBlock, Stage
 
@@ -37,6 +37,8 @@ class PlainBlock(nn.Module):
         self.block_gate = PassThroughGate() if gate_block else None
 
     def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
+        if self.block_gate is not None and skipped(self.block_gate):
+            return x                     # restructured training: g = 0 passes x through exactly
         out = F.relu(stream_gate(self.bn(self.conv(x))))
         return out if self.block_gate is None else self.block_gate(out, x)
 
@@ -44,6 +46,8 @@ class PlainBlock(nn.Module):
 @register_class
 class Plain3Net(StagedModel):
     """Shortcut-free CIFAR network; `sizes`/`removed` build a compact (exported) copy."""
+
+    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
 
     def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
                  in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
@@ -73,7 +77,7 @@ class Plain3Net(StagedModel):
                 cin = stream[k]
             self.add_module(f"layer{k + 1}", Stage(ChannelGate(stream[k]) if gate_channels
                                                    else nn.Identity(), blocks))
-        self.fc = nn.Linear(stream[-1], num_classes)
+        self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..method.gates import BlockGate, ChannelGate
+from ..method.gates import BlockGate, ChannelGate, skipped
 from ..method.structure import Site, StagedModel
-from .layers import BatchNorm2d, Conv2d, MaxPool2d, initialise, scaled
+from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
 from .resnet_cifar import RemovedBlock, Stage
 
@@ -50,6 +50,8 @@ class Bottleneck(nn.Module):
                                             BatchNorm2d(cout))
 
     def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
+        if skipped(self.block_gate):     # restructured training: a closed block is not computed
+            return x                     # (x is post-ReLU, so this is relu(x + 0·F(x)))
         out = F.relu(self.gate1(self.bn1(self.conv1(x))))
         out = F.relu(self.gate2(self.bn2(self.conv2(out))))
         out = self.block_gate(stream_gate(self.bn3(self.conv3(out))))
@@ -60,6 +62,8 @@ class Bottleneck(nn.Module):
 @register_class
 class ResNetImageNet(StagedModel):
     """Bottleneck ResNet for 224-px inputs; `sizes`/`removed` build a compact (exported) copy."""
+
+    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
 
     def __init__(self, depths=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion: int = 4,
                  num_classes: int = 1000, in_channels: int = 3, width_multiplier: float = 1.0,
@@ -96,7 +100,7 @@ class ResNetImageNet(StagedModel):
                 cin = stream[k]
             cin = stream[k]
             self.add_module(f"layer{k + 1}", Stage(_gate(stream[k], gate_channels), blocks))
-        self.fc = nn.Linear(stream[-1], num_classes)
+        self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 
     def forward(self, x: Tensor) -> Tensor:

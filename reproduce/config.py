@@ -85,6 +85,11 @@ class GateConfig:
     # jumps by whole gates; a spread makes channels grow one after another [ours]
     s_off_spread: float = 0.5
     min_channels: int = 1           # channels every channel gate keeps on (0 allows zero-width layers)
+    # bernoulli sampling: q is drawn at iterations 0, k, 2k, ... of the run and the same sampled
+    # sub-network trains in between (the paper's "periodically restructured"; its period is not
+    # known [ours]); 1 = a new sub-network every iteration. With train.execution: restructured a
+    # period keeps the computed shapes, so the kernels prepared for them are reused
+    resample_every: int = 1
     mask_lr: float = 0.1            # mask logits: own SGD, no weight decay, same LR schedule
     mask_momentum: float = 0.9
     # Batches of training data run forward (train mode, hard gates, no gradient) before each
@@ -193,6 +198,9 @@ class RunConfig:
 # Fields that do not change a run's result: left out of its identity hash.
 NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_batch_size",
                 "train.device", "train.threads", "train.checkpoint_minutes"}
+# Fields added after runs were tracked: part of a run's identity only when set away from this
+# value, so every run tracked before them keeps its identity (and its tracked results).
+IDENTITY_UNLESS = {"gates.resample_every": 1}
 # Sections read by one trainer only: part of a run's identity only when it uses that trainer
 # (so adding such a section left every other run's identity, and tracked runs, as they were).
 TRAINER_SECTIONS = {"autogrow": "autogrow"}
@@ -350,7 +358,8 @@ def config_hash(cfg: RunConfig) -> str:
     """Identity of a run: everything that can change its result, canonically serialised."""
     unused = {section for section, method in TRAINER_SECTIONS.items() if cfg.method != method}
     flat = {k: v for k, v in flatten(to_dict(cfg)).items()
-            if k not in NON_IDENTITY and k.split(".")[0] not in unused}
+            if k not in NON_IDENTITY and k.split(".")[0] not in unused
+            and not (k in IDENTITY_UNLESS and v == IDENTITY_UNLESS[k])}
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

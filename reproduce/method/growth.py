@@ -7,6 +7,7 @@
         controller.start_epoch()                      # temperature schedule (from epoch 2 on)
         for x, y in data:
             controller.sample()                       # q ~ Bernoulli(σ(β·s)), once per iteration
+                                                      # (or per `gates.resample_every` iterations)
             loss = task_loss(model(x), y) + controller.penalty()
             loss.backward(); controller.after_backward()
             opt_weights.step(); opt_masks.step()
@@ -108,6 +109,8 @@ class GrowthController:
             if isinstance(g, ChannelGate):
                 g.min_active = min(gates.min_channels, g.n)
         self.sampling = gates.sampling
+        self.resample_every = gates.resample_every
+        self.draws = 0                # sample() calls that drew or held q (the period's clock)
         self.epochs_started = 0
         self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
         init_seed(self.named_gates, gates.seed_fraction, gates.seed_blocks, gates.seed_selection,
@@ -129,12 +132,14 @@ class GrowthController:
         self.budget.update(self.current_usage())
         self.execution = Execution(model, execution, gates.sampling)
         self._sampled: dict[str, Tensor] | None = None   # host copy of this iteration's q
+        self._held: dict[str, Tensor] | None = None       # host copy of the period's q
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """What is not in the model's own state: sampling RNG, budget, schedule, cost totals.
         (Logits, β and the current samples are model parameters and buffers.)"""
         return {"generator": self.generator.get_state(), "epochs_started": self.epochs_started,
+                "draws": self.draws,
                 "lambda": self.budget.lam, "usage": self.budget.usage,
                 "temperature": self.temperature.state_dict(),
                 "train_macs_epoch": self.train_macs_epoch,
@@ -144,6 +149,8 @@ class GrowthController:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.epochs_started = state["epochs_started"]
+        self.draws = state.get("draws", 0)     # checkpoints from before periodic sampling: 0
+        self._held = None                      # the held q is read back from the gates
         self.budget.lam, self.budget.usage = state["lambda"], state["usage"]
         self.temperature.load_state_dict(state["temperature"])
         self.train_macs_epoch = state["train_macs_epoch"]
@@ -162,12 +169,18 @@ class GrowthController:
     def sample(self, replay: Tensor | None = None) -> None:
         """Draw this iteration's sub-network (and plan its restructured forward). `replay`: the
         samples of every gate, concatenated in gate order, to use instead of drawing (e.g. to
-        time a recorded schedule)."""
+        time a recorded schedule).
+
+        With `resample_every` = k, q is drawn at the k-th calls 0, k, 2k, ... and held in
+        between: the same sub-network trains for k iterations, its gate values g = q·p moving
+        with the logits. The held q is the gates' `sample` buffers (model state), so a resumed
+        run holds the same q; one transfer reads it back to the host after a resume."""
         if not self.gates:
             return
         if replay is not None:
             q = replay.detach().float().cpu()
             write_samples(self.gates, q)
+            self._held = None             # a period in progress continues from these samples
         elif self.sampling == "deterministic":
             open_all(self.gates)      # nothing is skipped: every channel is computed
             q = torch.ones(sum(g.n for g in self.gates))
@@ -176,10 +189,21 @@ class GrowthController:
             write_samples(self.gates, hard)
             q = hard.cpu()
         else:
-            q = sample_gates(self.gates, self.generator).cpu()
-        self._sampled = dict(zip((n for n, _ in self.named_gates),
-                                 q.split([g.n for g in self.gates])))
+            if self.draws % self.resample_every == 0:
+                self._held = self._state(sample_gates(self.gates, self.generator).cpu())
+            elif self._held is None:                    # resumed inside a period
+                self._held = self._state(torch.cat([g.sample.detach().float()
+                                                    for g in self.gates]).cpu())
+            self.draws += 1
+            self._sampled = self._held                  # the same object: the plan is reused
+            self.execution.plan(self._sampled)
+            return
+        self._sampled = self._state(q)
         self.execution.plan(self._sampled)
+
+    def _state(self, q: Tensor) -> dict[str, Tensor]:
+        """The concatenated samples `q` (host) per gate."""
+        return dict(zip((n for n, _ in self.named_gates), q.split([g.n for g in self.gates])))
 
     def after_backward(self) -> None:
         """Between backward and the optimizer steps: parameters a restructured forward skipped

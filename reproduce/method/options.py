@@ -67,6 +67,9 @@ class GateOptions:
     s_off: float = -0.1                 # initial logit of the rest ...
     s_off_spread: float = 0.5           # ... minus spread·U(0, 1), so they cross 0 one by one
     min_channels: int = 1               # channels every channel gate keeps on (0: zero width ok)
+    # bernoulli: draw q every this many iterations and train the same sub-network in between
+    # (the paper's periodic restructuring; 1 = a new sub-network every iteration)
+    resample_every: int = 1
 
     def __post_init__(self):
         _choice("gates", "sampling", self.sampling, SAMPLING_MODES)
@@ -76,6 +79,12 @@ class GateOptions:
                self.seed_fraction)
         _check("gates", "min_channels", self.min_channels >= 0, ">= 0", self.min_channels)
         _check("gates", "s_off_spread", self.s_off_spread >= 0, ">= 0", self.s_off_spread)
+        _check("gates", "resample_every", isinstance(self.resample_every, int)
+               and self.resample_every >= 1, "an integer >= 1", self.resample_every)
+        _check("gates", "resample_every", self.resample_every == 1
+               or self.sampling in ("bernoulli", "straight_through"),
+               f"1 with gates.sampling = {self.sampling!r} (only bernoulli and straight_through "
+               f"draw samples)", self.resample_every)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,20 @@ def test_hash_tracks_identity_fields_only():
         config_hash(resolve({"method": "autogrow"}))
 
 
+def test_resample_every_counts_only_when_set():
+    """gates.resample_every joined the config after runs were tracked: at its default (1) a
+    run keeps the identity it had, set to anything else it is a different run."""
+    base = config_hash(resolve({}))
+    assert config_hash(resolve({"gates": {"resample_every": 1}})) == base
+    k = random.randint(2, 50)
+    assert config_hash(resolve({"gates": {"resample_every": k}})) != base
+    assert resolve({"gates": {"resample_every": k}}).gates.resample_every == k
+    with pytest.raises(ConfigError, match="resample_every"):
+        resolve({"gates": {"resample_every": 0}})
+    with pytest.raises(ConfigError, match="resample_every"):
+        resolve({"gates": {"resample_every": 4, "sampling": "hard"}})
+
+
 def test_overrides_parse_yaml_scalars():
     value = round(random.uniform(0.01, 0.9), 4)
     assert parse_overrides([f"budget.target={value}", "gates.sampling=deterministic",

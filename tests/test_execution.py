@@ -10,31 +10,46 @@ import torch.nn.functional as F
 
 from reproduce.method import GrowthController
 from reproduce.method.gates import BlockGate, ChannelGate
-from reproduce.method.options import BudgetOptions, GateOptions
+from reproduce.method.options import BudgetOptions, GateOptions, OptionError
+from reproduce.method.structure import GatedModel, Site
 from reproduce.models import create_model
+from reproduce.models.layers import BatchNorm2d, Conv2d, Linear
 
 SIZE = 8
 
 
-def _pair(name: str, sampling: str = "bernoulli", **model_kwargs):
+def _pair(name: str, sampling: str = "bernoulli", size: int = SIZE, resample_every: int = 1,
+          dtype: torch.dtype = torch.float32, min_channels: int = 0, **model_kwargs):
     """The same gated model and controller twice: masked and restructured."""
-    model = create_model(name, num_classes=4, **model_kwargs)
+    model = create_model(name, num_classes=4, **model_kwargs).to(dtype)
     out = []
     for execution in ("masked", "restructured"):
         m = copy.deepcopy(model)
-        c = GrowthController(m, (3, SIZE, SIZE), epochs=4, rng_seed=7,
-                             gates=GateOptions(min_channels=0, sampling=sampling),
+        c = GrowthController(m, (3, size, size), epochs=4, rng_seed=7,
+                             gates=GateOptions(min_channels=min_channels, sampling=sampling,
+                                               resample_every=resample_every),
                              budget=BudgetOptions(target=0.5), execution=execution)
         out.append((m, c))
     return out
 
 
+def _data(n: int, size: int = SIZE, dense_target: bool = False,
+          dtype: torch.dtype = torch.float32):
+    """A batch of inputs and targets (per pixel for a segmentation model)."""
+    x = torch.randn(n, 3, size, size, dtype=dtype)
+    y = torch.randint(0, 4, (n, size, size) if dense_target else (n,))
+    return x, y
+
+
 def _randomise(models, closed_gates: int = 2, closed_blocks: bool = True):
-    """Random logits (same in every copy); a few channel gates entirely closed (zero width)."""
+    """Random logits (same in every copy); a few channel gates entirely closed (zero width):
+    gates of a residual branch's inner channels, which leave the rest of the network training
+    (test_every_stream_channel_closed closes a stream)."""
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     first = models[0]
     names = [n for n, m in first.named_modules() if isinstance(m, ChannelGate)]
-    shut = set(torch.randperm(len(names), generator=gen)[:closed_gates].tolist())
+    inner = [i for i, n in enumerate(names) if n.endswith((".gate1", ".gate2"))]
+    shut = {inner[i] for i in torch.randperm(len(inner), generator=gen)[:closed_gates].tolist()}
     values = {}
     for i, (n, m) in enumerate((n, m) for n, m in first.named_modules()
                                if isinstance(m, (ChannelGate, BlockGate))):
@@ -64,12 +79,18 @@ def _step(model, controller, x, y):
     return loss.detach(), grads
 
 
-def _check_equal(pair, x, y, steps: int = 2):
+def _check_equal(pair, x, y, steps: int = 2, flowing: bool = True):
+    """Loss, every gradient and the BN statistics of the channels that stayed on are equal.
+    `flowing`: many parameters must get a gradient, or the comparison would prove little.
+    (Deep networks are compared in float64: in float32 an activation within round-off of a
+    ReLU's kink can fall on either side of it in the two modes and move a few gradients.)"""
     (ma, ca), (mb, cb) = pair
     always_on = {}
     for _ in range(steps):
         la, ga = _step(ma, ca, x, y)
         lb, gb = _step(mb, cb, x, y)
+        # the comparison means something only where gradients flow through most of the network
+        assert not flowing or sum(bool(g.abs().max() > 0) for g in ga.values()) > len(ga) / 3
         for name, g in ga.items():      # every parameter has a gradient in both
             torch.testing.assert_close(gb[name], g, rtol=1e-4, atol=1e-5, msg=name)
         torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
@@ -89,12 +110,26 @@ def _check_equal(pair, x, y, steps: int = 2):
                 torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("resnet20", {"gate_blocks": True}),
-                                         ("vgg11", {})])
+# networks without identity shortcuts compute nothing past a gate sampled entirely off, so
+# there every gate keeps a channel (min_channels)
+MODELS = [("resnet20", {}), ("resnet20", {"gate_blocks": True}), ("vgg11", {"min_channels": 1}),
+          ("plain3net-2-2-2", {"gate_blocks": True, "min_channels": 1}),
+          ("fcn_resnet20", {"gate_blocks": True}),
+          ("resnet50", {"gate_blocks": True, "width_multiplier": 0.125, "size": 64}),
+          ("mobilenet_v1", {"width_multiplier": 0.125, "size": 64, "min_channels": 1})]
+
+
+@pytest.mark.parametrize("name,kwargs", MODELS)
 def test_loss_and_gradients_equal_masked(name, kwargs, fresh_seed):
-    pair = _pair(name, **kwargs)
+    size = kwargs.get("size", SIZE)
+    dtype = torch.float64 if size > SIZE else torch.float32      # the deep ImageNet networks
+    pair = _pair(name, dtype=dtype, **kwargs)
     _randomise([m for m, _ in pair])
-    x, y = torch.randn(6, 3, SIZE, SIZE), torch.randint(0, 4, (6,))
+    for m, _ in pair:              # dropout draws different masks for different widths
+        for d in m.modules():
+            if isinstance(d, torch.nn.Dropout):
+                d.p = 0.0
+    x, y = _data(4 if size > SIZE else 6, size, dense_target=name.startswith("fcn"), dtype=dtype)
     _check_equal(pair, x, y)
 
 
@@ -108,7 +143,7 @@ def test_every_stream_channel_closed(fresh_seed):
             dict(m.named_modules())["layer3.1.gate1"].logits.fill_(-50.0)
     assert values
     x, y = torch.randn(4, 3, SIZE, SIZE), torch.randint(0, 4, (4,))
-    _check_equal(pair, x, y, steps=1)
+    _check_equal(pair, x, y, steps=1, flowing=False)     # nothing before layer 2 learns
 
 
 def test_hard_sampling_equal_masked(fresh_seed):
@@ -118,8 +153,12 @@ def test_hard_sampling_equal_masked(fresh_seed):
     _check_equal(pair, x, y, steps=1)
 
 
-def test_restructured_computes_only_active_channels():
-    (_, _), (model, controller) = _pair("resnet20", gate_blocks=True)
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet20", {"gate_blocks": True}),
+    ("resnet50", {"gate_blocks": True, "width_multiplier": 0.125, "size": 64})])
+def test_restructured_computes_only_active_channels(name, kwargs):
+    size = kwargs.get("size", SIZE)
+    (_, _), (model, controller) = _pair(name, **kwargs)
     _randomise([model])
     seen = {}
 
@@ -133,7 +172,7 @@ def test_restructured_computes_only_active_channels():
         m.register_forward_hook(hook(n))
     model.train()
     controller.sample()
-    model(torch.randn(2, 3, SIZE, SIZE))
+    model(torch.randn(2, 3, size, size))
     q = {n: int(m.sample.sum()) for n, m in model.named_modules() if isinstance(m, ChannelGate)}
     blocks = {b.name: b.gate for b in model.blocks()}
     gates = dict(model.named_modules())
@@ -150,7 +189,143 @@ def test_restructured_computes_only_active_channels():
                 assert seen[site.name][0] == q[site.in_gate], site.name
     assert blocks
     controller.after_step(2)                        # the plan ends with the iteration
-    assert all(getattr(m, "active", None) is None for m in model.modules())
+    assert all(getattr(m, "active", None) is None and getattr(m, "fold", None) is None
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("execution", ["masked", "restructured"])
+def test_gates_fold_into_their_batchnorm(execution):
+    """Restructured: every gate that runs passes its BN's output through (the BN multiplied g
+    in); masked: every gate multiplies."""
+    pair = _pair("resnet20", gate_blocks=True)
+    model, controller = pair[execution == "restructured"]
+    _randomise([model])
+    passed, multiplied = set(), set()
+
+    def hook(name):
+        def record(mod, inp, out):
+            (passed if out is inp[0] else multiplied).add(name)
+        return record
+
+    for n, m in model.named_modules():
+        if isinstance(m, ChannelGate):
+            m.register_forward_hook(hook(n))
+    model.train()
+    controller.sample()
+    model(torch.randn(2, 3, SIZE, SIZE)).sum().backward()
+    controller.after_backward()
+    if execution == "restructured":
+        assert passed and not multiplied
+    else:
+        assert multiplied and not passed
+
+
+class _GateAfterSum(GatedModel):
+    """Declares that its gate follows its BN, but adds something in between."""
+    gates_follow_bn = True
+    arch: dict = {}
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.gate = Conv2d(3, 8, 3, 1, 1, bias=False), BatchNorm2d(8), \
+            ChannelGate(8)
+        self.fc = Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.gate(self.bn(self.conv(x)) + 1.0))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    def sites(self):
+        return [Site("conv", None, "gate", bn="bn", stage=1),
+                Site("fc", "gate", None, stage=1, role="head")]
+
+
+def test_fold_refuses_a_gate_that_does_not_follow_its_batchnorm():
+    model = _GateAfterSum()
+    controller = GrowthController(model, (3, SIZE, SIZE), epochs=1, execution="restructured",
+                                  gates=GateOptions(min_channels=0))
+    model.train()
+    controller.sample()
+    model(torch.randn(2, 3, SIZE, SIZE)).sum().backward()
+    with pytest.raises(RuntimeError, match="never reached the gate"):
+        controller.after_backward()
+
+
+def _perturb(models):
+    """The same random change of every logit in each model (as a mask optimizer step would)."""
+    names = [n for n, m in models[0].named_modules() if isinstance(m, (ChannelGate, BlockGate))]
+    deltas = {n: 0.2 * torch.randn(dict(models[0].named_modules())[n].n) for n in names}
+    for model in models:
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for n, d in deltas.items():
+                mods[n].logits.add_(d.to(mods[n].logits.dtype))
+
+
+def test_periodic_resampling_holds_the_architecture(fresh_seed):
+    """resample_every = k: q is drawn at calls 0, k, 2k, ... (the same draws as k = 1 makes at
+    calls 0, 1, 2 with the same logits) and held in between."""
+    k = 3
+    every, held = (_pair("resnet20", gate_blocks=True, resample_every=r)[1] for r in (1, k))
+    _randomise([every[0], held[0]])
+    seen = {1: [], k: []}
+    for (model, controller), r in ((every, 1), (held, k)):
+        model.train()
+        for _ in range(3 if r == 1 else 3 * k):
+            controller.sample()
+            seen[r].append(torch.cat([g.sample.clone() for g in controller.gates]))
+            controller.after_step(2)
+    for j in range(3):
+        period = seen[k][j * k:(j + 1) * k]
+        assert all(torch.equal(q, period[0]) for q in period)
+        assert torch.equal(period[0], seen[1][j])
+    assert not torch.equal(seen[k][0], seen[k][k])
+
+
+def test_periodic_resampling_equal_masked(fresh_seed):
+    """A held architecture trains with the gate values of the current logits, in both modes."""
+    pair = _pair("resnet20", gate_blocks=True, resample_every=3)
+    models = [m for m, _ in pair]
+    _randomise(models)
+    x, y = _data(6)
+    for _ in range(2):
+        _check_equal(pair, x, y, steps=2)
+        _perturb(models)
+    assert pair[1][1].draws == 4
+
+
+def test_resume_inside_a_period(fresh_seed):
+    """A run resumed in the middle of a period holds that period's q, then draws as before."""
+    k = 3
+    (_, _), (model, controller) = _pair("resnet20", gate_blocks=True, resample_every=k)
+    _randomise([model])
+    model.train()
+    for _ in range(2):
+        controller.sample()
+        controller.after_step(2)
+    saved = copy.deepcopy(model.state_dict()), copy.deepcopy(controller.state_dict())
+    ahead = []
+    for _ in range(2):
+        controller.sample()
+        ahead.append(torch.cat([g.sample.clone() for g in controller.gates]))
+        controller.after_step(2)
+    (_, _), (model2, controller2) = _pair("resnet20", gate_blocks=True, resample_every=k)
+    model2.load_state_dict(saved[0])
+    controller2.load_state_dict(saved[1])
+    model2.train()
+    for q in ahead:
+        controller2.sample()
+        assert torch.equal(torch.cat([g.sample for g in controller2.gates]), q)
+        assert torch.equal(torch.cat(list(controller2._sampled.values())), q)   # what is planned
+        controller2.after_step(2)
+    assert not torch.equal(ahead[0], ahead[1])     # the second was a new draw
+
+
+def test_resample_every_is_checked():
+    with pytest.raises(OptionError, match="gates.resample_every"):
+        GateOptions(resample_every=0)
+    with pytest.raises(OptionError, match="gates.resample_every"):
+        GateOptions(sampling="deterministic", resample_every=2)
 
 
 def test_fallback_for_straight_through_and_deterministic():

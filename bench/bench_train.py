@@ -2,6 +2,7 @@
 
     python bench/bench_train.py [--model resnet20] [--batch 128] [--size 32] [--target 0.5]
                                 [--epochs 8] [--steps 12] [--archs 24] [--repeats 3]
+                                [--threads N] [--channels-last] [--resample-every K]
 
 1. Schedule. The method grows `model` from its seed architecture under a `target` MACs budget
    for `epochs` × `steps` iterations on random data of the benchmark's shape (the suite's
@@ -15,8 +16,15 @@
      restructured  the gated model computing only the active structures (train.execution)
      compact       a gate-free model of exactly that architecture, built and warmed up (one
                    step) outside the timing: what restructuring can at best buy
-   The four are interleaved per architecture (their order rotating), so CPU contention from
-   other processes hits all alike; the replay is repeated `repeats` times and medians reported.
+   The four are interleaved per architecture, so CPU contention from other processes hits all
+   alike: restructured first (before the compact model's warm-up has prepared the kernels of
+   its shapes), then the other three in rotating order; the replay is repeated `repeats` times
+   and medians reported.
+   With `--resample-every K` the schedule holds each sampled architecture for K iterations
+   (gates.resample_every) and every replayed architecture is timed as K consecutive steps.
+   `--channels-last` runs all four in channels-last memory format (train.channels_last).
+   Beside the wall clock, the process CPU time of the same steps is reported: with one thread
+   it is what the step costs without the waiting that other processes cause (load-robust).
 3. Realisation ratio = (1 − time / dense time) ÷ (1 − training MACs / dense training MACs):
    the share of the counted training savings that the wall clock realises (1 = all of them).
 """
@@ -38,7 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from reproduce.method import GrowthController  # noqa: E402
 from reproduce.method.gates import BlockGate, ChannelGate  # noqa: E402
-from reproduce.method.options import BudgetOptions  # noqa: E402
+from reproduce.method.options import BudgetOptions, GateOptions  # noqa: E402
 from reproduce.models import create_model  # noqa: E402
 
 
@@ -47,11 +55,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def build(args, device, **kwargs) -> torch.nn.Module:
+    model = create_model(args.model, **kwargs).to(device)
+    return model.to(memory_format=torch.channels_last) if args.channels_last else model
+
+
+def controller(args, model, execution: str) -> GrowthController:
+    return GrowthController(model, (3, args.size, args.size), epochs=args.epochs,
+                            gates=GateOptions(resample_every=args.resample_every),
+                            budget=BudgetOptions(target=args.target), execution=execution)
+
+
 def record_schedule(args, device, x, y) -> tuple[list[torch.Tensor], list[float]]:
     """Grow the model for epochs × steps iterations; every iteration's samples and hard usage."""
-    model = create_model(args.model, gate_blocks=args.gate_blocks).to(device)
-    grow = GrowthController(model, (3, args.size, args.size), epochs=args.epochs,
-                            budget=BudgetOptions(target=args.target), execution="restructured")
+    model = build(args, device, gate_blocks=args.gate_blocks)
+    grow = controller(args, model, "restructured")
     opt_w = torch.optim.SGD(grow.weight_parameters(), lr=0.1, momentum=0.9, nesterov=True,
                             weight_decay=1e-4)
     opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.1, momentum=0.9)
@@ -76,9 +94,8 @@ def record_schedule(args, device, x, y) -> tuple[list[torch.Tensor], list[float]
 
 def gated_runner(args, device, x, y, execution: str):
     """One training step of the method's gated model on a given architecture."""
-    model = create_model(args.model, gate_blocks=args.gate_blocks).to(device)
-    grow = GrowthController(model, (3, args.size, args.size), epochs=args.epochs,
-                            budget=BudgetOptions(target=args.target), execution=execution)
+    model = build(args, device, gate_blocks=args.gate_blocks)
+    grow = controller(args, model, execution)
     opt_w = torch.optim.SGD(grow.weight_parameters(), lr=0.01, momentum=0.9, nesterov=True,
                             weight_decay=1e-4)
     opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.01, momentum=0.9)
@@ -110,7 +127,7 @@ def plain_step(model, x, y):
     return step
 
 
-def compact_of(template, names, gates, q: torch.Tensor, device):
+def compact_of(template, names, gates, q: torch.Tensor, device, channels_last: bool = False):
     """A gate-free model of exactly the architecture q (random weights: only shapes matter)."""
     sizes, removed = {}, set()
     state = dict(zip(names, q.split([g.n for g in gates])))
@@ -122,15 +139,18 @@ def compact_of(template, names, gates, q: torch.Tensor, device):
             removed.add(blocks[name])
     with warnings.catch_warnings():          # zero-width layers
         warnings.simplefilter("ignore", UserWarning)
-        return template.compact(sizes, removed).to(device)
+        model = template.compact(sizes, removed).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def timed(fn, q, device) -> float:
+def timed(fn, q, device, steps: int) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of `steps` training steps on architecture q."""
     sync(device)
-    start = time.perf_counter()
-    fn(q)
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        fn(q)
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -145,12 +165,21 @@ def main() -> None:
     ap.add_argument("--archs", type=int, default=24, help="architectures replayed")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    ap.add_argument("--resample-every", type=int, default=1,
+                    help="iterations each sampled architecture trains (gates.resample_every)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     t0 = time.perf_counter()
     samples, usage = record_schedule(args, device, x, y)
@@ -161,7 +190,7 @@ def main() -> None:
 
     masked_ctl, masked = gated_runner(args, device, x, y, "masked")
     _, restructured = gated_runner(args, device, x, y, "restructured")
-    dense = plain_step(create_model(args.model, gate_channels=False).to(device), x, y)
+    dense = plain_step(build(args, device, gate_channels=False), x, y)
     template = masked_ctl.model
     names = [nm for nm, _ in masked_ctl.named_gates]
     costs = masked_ctl.costs
@@ -173,43 +202,65 @@ def main() -> None:
         for q in archs[:2]:
             fn(q)
     modes = ["dense", "masked", "restructured", "compact"]
-    totals = {m: [] for m in modes}
+    steps = args.resample_every
+    totals = {m: [] for m in modes}          # wall-clock seconds per repeat
+    cpu = {m: [] for m in modes}             # process CPU seconds per repeat
     for r in range(args.repeats):
         t = {m: 0.0 for m in modes}
+        c = {m: 0.0 for m in modes}
         for i, q in enumerate(archs):
-            compact = plain_step(compact_of(template, names, masked_ctl.gates, q, device), x, y)
+            # restructured first: the compact model's warm-up prepares the kernels of exactly
+            # these shapes (oneDNN/cuDNN caches are per process), which restructured training
+            # has to prepare itself whenever the architecture changes
+            wall, proc = timed(restructured, q, device, steps)
+            t["restructured"] += wall
+            c["restructured"] += proc
+            compact = plain_step(compact_of(template, names, masked_ctl.gates, q, device,
+                                            args.channels_last), x, y)
             compact()                                  # warm-up outside the timing
-            fns = {"dense": dense, "masked": masked, "restructured": restructured,
-                   "compact": compact}
-            order = modes[(i + r) % 4:] + modes[:(i + r) % 4]
-            for m in order:
-                t[m] += timed(fns[m], q, device)
+            fns = {"dense": dense, "masked": masked, "compact": compact}
+            rest = ["dense", "masked", "compact"]
+            for m in rest[(i + r) % 3:] + rest[:(i + r) % 3]:
+                wall, proc = timed(fns[m], q, device, steps)
+                t[m] += wall
+                c[m] += proc
         for m in modes:
             totals[m].append(t[m])
+            cpu[m].append(c[m])
 
-    def ratio(m: str, k: int) -> float:
-        return (1 - totals[m][k] / totals["dense"][k]) / (1 - mac_ratio)
+    def ratio(times: dict, m: str, k: int) -> float:
+        return (1 - times[m][k] / times["dense"][k]) / (1 - mac_ratio)
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    def median_ratio(times: dict, m: str) -> float:
+        return statistics.median(ratio(times, m, k) for k in range(args.repeats))
+
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"{args.model}{' +blocks' if args.gate_blocks else ''}, batch {args.batch}, "
-          f"{args.size}x{args.size}, {device} ({torch.get_num_threads()} threads), torch "
-          f"{torch.__version__}, load {load:.1f}")
-    print(f"schedule: {n} iterations ({args.epochs} epochs x {args.steps}) in {record_s:.0f} s, "
-          f"budget {args.target}; hard usage {usage[0]:.2f} -> {usage[len(usage) // 2]:.2f} -> "
-          f"{usage[-1]:.2f}; {len(archs)} architectures replayed x {args.repeats}")
+          f"{args.size}x{args.size}, {device} ({torch.get_num_threads()} threads"
+          f"{', channels-last' if args.channels_last else ''}), torch {torch.__version__}; "
+          f"load average (1/5/15 min) before {'/'.join(f'{v:.1f}' for v in load_before)}, "
+          f"after {'/'.join(f'{v:.1f}' for v in load_after)}")
+    print(f"schedule: {n} iterations ({args.epochs} epochs x {args.steps}, a new architecture "
+          f"every {args.resample_every}) in {record_s:.0f} s, budget {args.target}; hard usage "
+          f"{usage[0]:.2f} -> {usage[len(usage) // 2]:.2f} -> {usage[-1]:.2f}; {len(archs)} "
+          f"architectures replayed ({steps} step{'s' if steps > 1 else ''} each) x {args.repeats}")
     print(f"training MACs of the replayed architectures: {mac_ratio:.3f} of dense "
           f"(counted savings {1 - mac_ratio:.3f})")
-    print(f"| mode | ms/step (median) | time / dense | realised savings | realisation ratio |")
-    print(f"| --- | --- | --- | --- | --- |")
+    print("| mode | ms/step (median) | time / dense | realisation ratio | "
+          "CPU ms/step | CPU time / dense | realisation ratio (CPU time) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for m in modes:
-        med = statistics.median(totals[m]) / len(archs)
+        per_step = len(archs) * steps
         rel = statistics.median(t / d for t, d in zip(totals[m], totals["dense"]))
-        rr = statistics.median(ratio(m, k) for k in range(args.repeats))
-        print(f"| {m} | {1e3 * med:.1f} | {rel:.3f} | {1 - rel:+.3f} | "
-              f"{'—' if m == 'dense' else f'{rr:+.2f}'} |")
-    rr_r = statistics.median(ratio("restructured", k) for k in range(args.repeats))
-    rr_c = statistics.median(ratio("compact", k) for k in range(args.repeats))
-    print(f"restructured realises {rr_r / rr_c:.0%} of what the compact models realise")
+        rel_cpu = statistics.median(t / d for t, d in zip(cpu[m], cpu["dense"]))
+        rr = "—" if m == "dense" else f"{median_ratio(totals, m):+.2f}"
+        rr_cpu = "—" if m == "dense" else f"{median_ratio(cpu, m):+.2f}"
+        print(f"| {m} | {1e3 * statistics.median(totals[m]) / per_step:.1f} | {rel:.3f} | {rr} | "
+              f"{1e3 * statistics.median(cpu[m]) / per_step:.1f} | {rel_cpu:.3f} | {rr_cpu} |")
+    for label, times in (("wall clock", totals), ("CPU time", cpu)):
+        rr_r, rr_c = median_ratio(times, "restructured"), median_ratio(times, "compact")
+        print(f"{label}: restructured realises {rr_r / rr_c:.0%} of what the compact models "
+              f"realise")
 
 
 if __name__ == "__main__":

@@ -255,3 +255,39 @@ def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, mon
     dense_row = next(line for line in md.splitlines() if line.startswith("| dense"))
     assert [c.strip() for c in dense_row.strip("|").split("|")][5] == "–"
     assert by_variant["defaults"]["run_id"].iloc[0] in md
+
+
+@pytest.mark.slow
+def test_schedule_table_compares_each_length_with_its_own_dense_run(tmp_path, monkeypatch,
+                                                                    isolated_stores):
+    """table-schedule end to end: one row per schedule length, gaps are differences of the
+    tracked accuracies, and training savings use the dense run of the same length."""
+    from analysis import table_schedule
+    from analysis.runs import load_runs
+
+    lengths = (2, 1)
+    runs = []
+    for e in lengths:
+        suffix = "" if e == lengths[0] else "-half"
+        runs += [{"variant": f"dense{suffix}", "config": {"method": "dense", "train": {"epochs": e}}},
+                 {"variant": f"uniform-50{suffix}", "config": {
+                     "method": "dense", "model": {"width_multiplier": 0.7}, "train": {"epochs": e}}},
+                 {"variant": f"grow-50{suffix}", "config": {
+                     "budget": {"target": 0.5}, "train": {"epochs": e}}}]
+    exp = _experiment(tmp_path, "tiny-schedule", runs, ["table-schedule"])
+    monkeypatch.setattr(table_schedule, "EXPERIMENTS", [exp])
+    outputs = make("table-schedule", profile="tiny", progress=False)
+    csv = pd.read_csv(next(p for p in outputs if p.suffix == ".csv")).set_index("epochs")
+    tracked = load_runs("tiny")
+    assert sorted(csv.index) == sorted(lengths)
+    for e in lengths:
+        group = tracked[pd.to_numeric(tracked["param.train.epochs"]) == e]
+        acc = {v.replace("-half", ""): float(a) for v, a in zip(group["variant"], group["val/acc"])}
+        assert csv.loc[e, "grow_minus_uniform"] == pytest.approx(acc["grow-50"] - acc["uniform-50"])
+        assert csv.loc[e, "grow_minus_dense"] == pytest.approx(acc["grow-50"] - acc["dense"])
+        dense = group[group["variant"].str.startswith("dense")]
+        grow = group[group["variant"].str.startswith("grow")]
+        expected = 100 * (1 - float(grow["cost/train_macs_total"].iloc[0])
+                          / float(dense["cost/train_macs_total"].iloc[0]))
+        assert csv.loc[e, "grow_train_savings"] == pytest.approx(expected)
+        assert set(csv.loc[e, "run_ids"].split(";")) == set(group["run_id"])

@@ -101,6 +101,79 @@ def test_costs_against_the_flop_counter_at_the_evaluation_resolution():
     assert macs == counted(compact, (3, 32, 32))
 
 
+def test_fcn_resnet50_is_torchvisions_fcn_resnet50():
+    """Dense, it is torchvision's fcn_resnet50 (dilated ResNet-50, output stride 8, FCNHead,
+    no aux head): same parameters, and torchvision's weights give the same outputs."""
+    from torchvision.models.segmentation import fcn_resnet50
+
+    torch.set_num_threads(1)
+    reference = fcn_resnet50(weights=None, weights_backbone=None, aux_loss=False,
+                             num_classes=21).eval()
+    model = create_model("fcn_resnet50", gate_channels=False).eval()
+    # the gate slot (an Identity when ungated) shifts the head's last conv from 4 to 5
+    state = {k.replace("classifier.4.", "classifier.5."): v
+             for k, v in reference.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out, reference(x)["out"])
+        assert model.backbone.features(x).shape == (2, 2048, 8, 6)      # output stride 8
+    assert out.shape == (2, 21, 64, 48)
+    assert CostModel(model, (3, 64, 48)).dense_params == sum(
+        m.weight.numel() + (0 if m.bias is None else m.bias.numel())
+        for m in reference.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_fcn_resnet50_closed_channels_and_export():
+    """Gated ResNet-50 FCN (blocks gated too): a closed channel of the last stream and of the
+    head is exactly 0 downstream; export gives the same outputs, the counted MACs and params."""
+    from .test_costs_export import _check_export, randomise_bn, randomise_gates
+
+    torch.set_num_threads(1)
+    model = create_model("fcn_resnet50", num_classes=5, width_multiplier=0.25, gate_blocks=True)
+    randomise_bn(model)
+    randomise_gates(model, closed_channel_gates=2)
+    model.eval()
+    stream, head = model.backbone.layer4.gate, model.classifier[2]
+    with torch.no_grad():                   # these two partly open (others may be fully closed)
+        for g in (stream, head):
+            g.logits.copy_(torch.randn(g.n))
+            g.logits[int(torch.randint(g.n, ()))] = 0.5
+    closed = {"stream": torch.nonzero(stream.logits <= 0).flatten(),
+              "head": torch.nonzero(head.logits <= 0).flatten()}
+    assert len(closed["stream"]) and len(closed["head"])
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, k=k: seen.update({k: o}) and None)
+             for k, m in (("stream", model.backbone.layer4), ("head", head))]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        for k in ("stream", "head"):
+            assert seen[k][:, closed[k]].abs().max() == 0                 # exactly 0
+            assert seen[k].abs().max() > 0
+        for h in hooks:
+            h.remove()
+        model.classifier[0].weight[:, closed["stream"]] = 9.0             # what reads them
+        model.classifier[5].weight[:, closed["head"]] = 9.0
+        assert torch.equal(model(x), before)
+    compact = _check_export(model, (3, 64, 64))
+    assert compact.classifier[0].in_channels == stream.n - len(closed["stream"])
+    assert compact.classifier[0].out_channels == head.n - len(closed["head"])
+    assert compact.arch["replace_stride_with_dilation"] == (False, True, True)
+    assert not any(isinstance(m, ChannelGate) for m in compact.modules())
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (3, 40, 56)])
+def test_fcn_resnet50_costs_against_the_flop_counter(shape):
+    torch.set_num_threads(1)
+    dense = create_model("fcn_resnet50", num_classes=int(torch.randint(2, 30, ())),
+                         gate_channels=False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dense.eval()(torch.zeros(1, *shape))
+    assert CostModel(dense, shape).dense_macs == counter.get_total_flops() / 2
+
+
 def test_digit_scenes_are_deterministic_with_digit_labels_and_void_rims():
     cfg = DataConfig(dataset="digit_scenes", synthetic_train=16, synthetic_val=8, batch_size=8)
     a, b = build_data(cfg), build_data(cfg)

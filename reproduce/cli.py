@@ -164,6 +164,9 @@ def cmd_data(args) -> int:
         return 0
     root = args.root or data_root(DataConfig())
     download(args.action, root)
+    if args.action == "sbd":
+        from .segmentation_data import sbd_folder
+        root = sbd_folder(root)
     print(f"{args.action} is in {root}")
     return 0
 
@@ -380,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_profile(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("data", help="download CIFAR or PASCAL VOC 2012, check an ImageNet tree, or "
-                                    "write the smoke ImageNet-style tree (ImageNet and Penn "
-                                    "Treebank are placed by hand)")
-    p.add_argument("action", choices=["cifar10", "cifar100", "voc", "check", "make-smoke-imagenet"],
-                   help="cifar10/cifar100/voc: download; check [DATASET]: classes and image counts "
+    p = sub.add_parser("data", help="download CIFAR, PASCAL VOC 2012 or SBD, check an ImageNet "
+                                    "tree, or write the smoke ImageNet-style tree (ImageNet and "
+                                    "Penn Treebank are placed by hand)")
+    p.add_argument("action", choices=["cifar10", "cifar100", "voc", "sbd", "check",
+                                      "make-smoke-imagenet"],
+                   help="cifar10/cifar100/voc/sbd: download (sbd: into ROOT/sbd, for VOC's "
+                        "data.sbd); check [DATASET]: classes and image counts "
                         "of an image folder (default imagenet); make-smoke-imagenet: generate "
                         "ImageNet-style digits")
     p.add_argument("dataset", nargs="?", default=None,

@@ -267,7 +267,14 @@ def _cifar(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def download(dataset: str, root: str) -> None:
-    """Fetch CIFAR-10/100 or PASCAL VOC 2012 into root with torchvision's downloader."""
+    """Fetch CIFAR-10/100, PASCAL VOC 2012 or SBD into root with torchvision's downloader."""
+    if dataset == "sbd":
+        from torchvision.datasets import SBDataset
+        from .segmentation_data import sbd_folder, sbd_missing
+        if sbd_missing(root):
+            os.makedirs(sbd_folder(root), exist_ok=True)
+            SBDataset(sbd_folder(root), "train", mode="segmentation", download=True)
+        return
     if dataset == "voc":
         from torchvision.datasets import VOCSegmentation
         from .segmentation_data import voc_missing
@@ -276,7 +283,7 @@ def download(dataset: str, root: str) -> None:
             VOCSegmentation(root, "2012", "trainval", download=True)
         return
     if dataset not in CIFAR:
-        raise ValueError(f"cannot download {dataset!r}: only cifar10, cifar100 and voc are "
+        raise ValueError(f"cannot download {dataset!r}: only cifar10, cifar100, voc and sbd are "
                          "downloadable; digits and digit_scenes come from scikit-learn, "
                          "pydoc_text from Python itself, synthetic is generated, Penn Treebank is "
                          "placed in <root>/ptb, and an imagefolder tree (<root>/train/<class>/*, "
@@ -456,6 +463,10 @@ def check_available(cfg: DataConfig) -> None:
         from .segmentation_data import voc_missing, voc_missing_message
         if voc_missing(root):
             raise DatasetMissing(voc_missing_message(root))
+    if cfg.dataset == "voc" and cfg.sbd and not cfg.download:
+        from .segmentation_data import sbd_missing, sbd_missing_message
+        if sbd_missing(root):
+            raise DatasetMissing(sbd_missing_message(root))
     if cfg.dataset == "ptb":
         from .text_data import ptb_missing, ptb_missing_message
         if ptb_missing(root):
@@ -482,6 +493,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
     if cfg.dataset in SEGMENTATION_DATASETS:
         if cfg.dataset == "voc" and cfg.download:
             download("voc", data_root(cfg))
+            if cfg.sbd:
+                download("sbd", data_root(cfg))
         return _segmentation(cfg, device, seed)
     if cfg.dataset == "digits":
         xtr, ytr, xva, yva = _digits(cfg)

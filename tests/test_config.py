@@ -146,3 +146,38 @@ def test_lr_factor_warmup_step_and_cosine():
     assert [lr_factor(step, e) for e in (0, 3.9, 4, 5.9, 6, 7.9)] == \
         pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     assert lr_factor(TrainConfig(lr_schedule="constant"), 17.3) == 1.0
+
+
+def test_poly_lr_decays_to_zero_after_the_warm_up():
+    from reproduce.config import TrainConfig
+    from reproduce.train import lr_factor
+
+    epochs, warmup = int(random.randint(5, 40)), 1
+    power = round(random.uniform(0.5, 2.0), 3)
+    tc = TrainConfig(epochs=epochs, lr_schedule="poly", lr_power=power, warmup_epochs=warmup)
+    t = random.uniform(warmup, epochs)
+    assert lr_factor(tc, warmup) == pytest.approx(1.0)
+    assert lr_factor(tc, t) == pytest.approx((1 - (t - warmup) / (epochs - warmup)) ** power)
+    assert lr_factor(tc, epochs) == 0.0 and lr_factor(tc, epochs + 0.5) == 0.0   # never complex
+    assert lr_factor(tc, 0.5) == pytest.approx((0.5 + 1e-3) / warmup)            # warm-up as usual
+
+
+def test_fields_added_later_leave_earlier_identities_alone():
+    """A field in LATER_FIELDS at its old-behaviour value is not part of the hash (runs tracked
+    before it existed keep their identity); any other value is."""
+    import hashlib
+    import json
+
+    from reproduce.config import LATER_FIELDS, NON_IDENTITY, TRAINER_SECTIONS
+
+    cfg = resolve({"data": {"dataset": "voc"}, "train": {"lr": random.uniform(0.01, 1)}})
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k not in NON_IDENTITY and k not in LATER_FIELDS
+            and k.split(".")[0] not in TRAINER_SECTIONS}
+    before = hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode())
+    assert config_hash(cfg) == before.hexdigest()[:16]
+    for key, changed in (("data.sbd", True), ("data.base_size", random.randint(1, 999)),
+                         ("train.lr_power", random.uniform(1.0, 3.0))):
+        assert config_hash(resolve(to_dict(cfg), unflatten({key: changed}))) != config_hash(cfg)
+    with pytest.raises(ConfigError, match="data.sbd.*data.dataset: voc"):
+        resolve({"data": {"sbd": True}})

@@ -273,7 +273,7 @@ def test_data_dir_env_and_download_hook(tmp_path, rng, monkeypatch):
 
 def test_download_rejects_other_datasets(tmp_path):
     for name in ("digits", "synthetic", "imagefolder", "ptb", "pydoc_text", "digit_scenes"):
-        with pytest.raises(ValueError, match="only cifar10, cifar100 and voc"):
+        with pytest.raises(ValueError, match="only cifar10, cifar100, voc and sbd are downloadable"):
             D.download(name, str(tmp_path))
 
 

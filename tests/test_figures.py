@@ -256,12 +256,11 @@ def test_figure_4_from_real_tiny_training(drawn, tiny):
 
 
 @pytest.mark.slow
-def test_figure_3_from_real_tiny_training(drawn, tmp_path, monkeypatch):
+def test_figure_3_from_real_tiny_training(drawn, tmp_path, monkeypatch, imagenet_tiny):
     """experiments/figure-3.yaml -> runs -> MLflow -> figure-3: the plotted points are the
     tracked MACs and top-1, the uniform widths' MACs grow with the width, and paper points are
     drawn from the reference file, only on the runs' dataset."""
     from analysis import figure_3, reference
-    from tests.test_tables import IMAGENET_TINY
 
     shipped, ref = reference.REFERENCE_FILE, tmp_path / "reference.csv"
     known = [["figure-3", "mobilenet_v1", "synthetic", "grow", "p1", "top1", "40.5", "%", "src S", ""],
@@ -272,7 +271,7 @@ def test_figure_3_from_real_tiny_training(drawn, tmp_path, monkeypatch):
              ["figure-3", "mobilenet_v1", "synthetic", "grow", "p3", "macs", "", "M", "src S", ""]]
     pd.DataFrame(known, columns=reference.COLUMNS).to_csv(ref, index=False)
     monkeypatch.setattr(reference, "REFERENCE_FILE", ref)
-    runs = draw("figure-3", IMAGENET_TINY)
+    runs = draw("figure-3", imagenet_tiny)
     assert sorted(runs["variant"]) == sorted(["dense", "uniform-0.75", "uniform-0.5",
                                               "uniform-0.25", "grow-75", "grow-50", "grow-25",
                                               "grow-10"])
@@ -300,7 +299,7 @@ def test_figure_3_from_real_tiny_training(drawn, tmp_path, monkeypatch):
     monkeypatch.setattr(reference, "REFERENCE_FILE", shipped)
     none_here, elsewhere = figure_3.paper_points(["synthetic"])
     assert none_here.empty and elsewhere == 0                # the shipped file: all blank
-    make("figure-3", profile="smoke", overrides=IMAGENET_TINY, run_missing=False, progress=False)
+    make("figure-3", profile="smoke", overrides=imagenet_tiny, run_missing=False, progress=False)
     ax = drawn["figure-3"].axes[0]
     assert not [li for li in ax.get_lines() if li.get_marker() == "*"]
     assert any("paper points: none known" in t.get_text() for t in ax.texts)

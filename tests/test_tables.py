@@ -264,19 +264,12 @@ def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, mon
     assert by_variant["defaults"]["run_id"].iloc[0] in md
 
 
-# The ImageNet experiment files as they are (smoke profile), shrunk to seconds: synthetic 16-px
-# images, two epochs. ResNet-50 and MobileNetV1 keep their full depth and width.
-IMAGENET_TINY = {"data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_val": 32,
-                          "batch_size": 32, "image_size": 16, "num_classes": 4},
-                 "train": {"epochs": 2, "threads": 1}}
-
-
 @pytest.mark.slow
-def test_table_imagenet_end_to_end(isolated_stores):
+def test_table_imagenet_end_to_end(isolated_stores, imagenet_tiny):
     """experiments/table-imagenet-*.yaml -> runs -> MLflow -> table-imagenet: every number is
     the tracked one, uniform width sits at the method's MACs, and the paper's ResNet-50 result
     stands in its own columns beside the reproduced grow-50 row."""
-    outputs = make("table-imagenet", profile="smoke", overrides=IMAGENET_TINY, progress=False)
+    outputs = make("table-imagenet", profile="smoke", overrides=imagenet_tiny, progress=False)
     out_dir = outputs[0].parent
     assert {p.name for p in outputs} == {f"table-imagenet.{s}" for s in ("md", "csv", "tex",
                                                                           "runs.json")}

@@ -56,7 +56,7 @@ help: ## Show this help
 	@echo "Tables:  $(addprefix table-,$(TABLES))"
 	@echo
 	@echo "Variables (current value):"
-	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10, full schedule)"
+	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10; ImageNet for figure-3, table-imagenet; full schedules)"
 	@echo "  FORCE=$(FORCE)   1 retrains runs already tracked"
 	@echo "  JOBS=$(JOBS)   processes training at once (default: one per core for smoke, else 1)"
 	@echo "  DATA_DIR=$(DATA_DIR)"

@@ -370,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("flops", help="params and MACs of a dense model (or a tracked run's result)")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--input", default="3,32,32", help="C,H,W of one input")
+    p.add_argument("--input", default=None,
+                   help="C,H,W of one input; default: the model's own (3,224,224 for resnet50 "
+                        "and mobilenet_v1, 3,32,32 for CIFAR models)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="default: the model's own (10 for CIFAR models, a vocabulary of 10000 "
                         "for lstm_lm, 21 VOC classes for fcn_*)")

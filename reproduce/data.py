@@ -350,7 +350,7 @@ def describe_image_folder(root: str) -> dict:
 
 
 def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: float = 0.2,
-                        per_class: int | None = None) -> dict:
+                        per_class: int | None = None, if_missing: bool = False) -> dict | None:
     """An ImageNet-style ImageFolder tree from scikit-learn's digits (no download).
 
     Each 8×8 digit becomes a size×size RGB image: scaled to 35-90 % of the side, placed at a
@@ -359,7 +359,23 @@ def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: f
     split is the digits' fixed one (data.val_fraction's default) and the images are fixed by
     SPLIT_SEED, so the tree is the same wherever it is made. `per_class` caps the images per
     class and split (tests).
+
+    One process writes at a time (a lock file beside the tree): runs started together, e.g. by
+    `JOBS=2`, would otherwise write the same tree at once and one could replace it under the
+    other. With `if_missing`, a tree already there (or written meanwhile by another process) is
+    kept and None returned.
     """
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    with FileLock(root.rstrip("/") + ".lock"):
+        if if_missing and os.path.isdir(root):
+            return None
+        return _write_smoke_imagenet(root, size, val_fraction, per_class)
+
+
+def _write_smoke_imagenet(root: str, size: int, val_fraction: float,
+                          per_class: int | None) -> dict:
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -398,7 +414,7 @@ def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle
     from torchvision import datasets, transforms as T
     root = folder_root(cfg)
     if cfg.dataset == "imagenet_smoke" and not os.path.isdir(root):
-        make_smoke_imagenet(root)         # generated from bundled data: nothing to download
+        make_smoke_imagenet(root, if_missing=True)   # from bundled data: nothing to download
     size = cfg.image_size or (SMOKE_IMAGE_SIZE if cfg.dataset == "imagenet_smoke" else 224)
     check_image_folder(root)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)

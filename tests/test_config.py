@@ -181,3 +181,44 @@ def test_fields_added_later_leave_earlier_identities_alone():
         assert config_hash(resolve(to_dict(cfg), unflatten({key: changed}))) != config_hash(cfg)
     with pytest.raises(ConfigError, match="data.sbd.*data.dataset: voc"):
         resolve({"data": {"sbd": True}})
+def test_an_experiment_profile_can_start_from_another_shared_profile(tmp_path):
+    """`paper: {shared: paper-imagenet}`: the runs take that profile's seeds and config (and
+    their own on top) and are still planned under `paper`."""
+    epochs = random.randint(2, 50)
+    profiles = {"smoke": {"seeds": [0], "config": {"data": {"dataset": "digits"}}},
+                "smoke-other": {"seeds": [4, 7], "config": {"data": {"dataset": "synthetic"},
+                                                            "train": {"epochs": epochs, "lr": 0.2}}}}
+    path = write_experiment(tmp_path, {"profiles": {"smoke": {"shared": "smoke-other",
+                                                              "config": {"train": {"lr": 0.3}}}},
+                                       "runs": [{"variant": "a"}]}, profiles)
+    runs = plan(path, "smoke")
+    assert [(r.cfg.seed, r.profile) for r in runs] == [(4, "smoke"), (7, "smoke")]
+    cfg = runs[0].cfg
+    assert (cfg.data.dataset, cfg.train.epochs, cfg.train.lr) == ("synthetic", epochs, 0.3)
+    bad = write_experiment(tmp_path, {"profiles": {"smoke": {"shared": "smoke-typo"}}}, profiles)
+    with pytest.raises(ConfigError, match=r"profiles.smoke.shared.*'smoke-typo'.*smoke-other"):
+        plan(bad, "smoke")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_imagenet_experiments_share_their_mobilenet_runs_and_state_their_recipe(profile):
+    """figure-3 and table-imagenet train MobileNetV1's dense and grow-50 runs once; the paper
+    profile is ImageNet at the model's 224 px with the stated recipe, the smoke one the
+    generated tree at 32 px."""
+    fig = {r.cfg.variant: r for r in plan("figure-3", profile)}
+    table = {r.cfg.variant: r for r in plan("table-imagenet-mobilenet", profile)}
+    for variant in ("dense", "grow-50"):
+        assert fig[variant].hash == table[variant].hash
+    resnet = plan("table-imagenet-resnet50", profile)
+    for run in [*fig.values(), *table.values(), *resnet]:
+        cfg = run.cfg
+        assert run.profile == profile
+        if profile == "paper":
+            assert (cfg.data.dataset, cfg.data.image_size, cfg.train.epochs) == ("imagenet", 224, 90)
+            assert (cfg.train.lr, cfg.train.lr_schedule, cfg.train.weight_decay) == (0.1, "step", 1e-4)
+            assert cfg.train.amp and cfg.train.channels_last and not cfg.train.nesterov
+            assert [round(m * 90) for m in cfg.train.milestones] == [30, 60]
+        else:
+            assert (cfg.data.dataset, cfg.data.image_size) == ("imagenet_smoke", 32)
+    assert sorted(fig[v].cfg.model.width_multiplier for v in fig if v.startswith(("dense", "uni"))) \
+        == [0.25, 0.5, 0.75, 1.0]

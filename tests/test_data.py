@@ -403,6 +403,25 @@ def test_smoke_imagenet_tree(tmp_path):
     assert x.shape == (8, 3, 32, 32) and bundle.num_classes == 10
 
 
+def _smoke_tree_if_missing(root: str):
+    return D.make_smoke_imagenet(root, size=16, per_class=3, if_missing=True)
+
+
+def test_smoke_imagenet_tree_is_written_once_when_runs_start_together(tmp_path):
+    """Two processes asking for the missing tree at once (JOBS=2): one writes it, the other
+    waits and reads it, and the tree is whole."""
+    import multiprocessing
+
+    root = str(tmp_path / "data" / "imagenet-smoke")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_smoke_tree_if_missing, [root, root])
+    assert sorted(results, key=lambda r: r is None) == [{"train": 30, "val": 30}, None]
+    info = D.describe_image_folder(root)
+    assert info["train"]["images"] == info["val"]["images"] == 30
+    assert not info["train"]["empty_classes"] and info["same_classes"]
+    assert _smoke_tree_if_missing(root) is None             # there: kept as it is
+
+
 def test_data_cli_check_and_make(tmp_path, monkeypatch, capsys):
     from reproduce.cli import main
     monkeypatch.setenv("DATA_DIR", str(tmp_path))

@@ -178,6 +178,18 @@ def test_cli_flops_json_matches_flop_counter(capsys):
                                  if "bn" not in n and "shortcut.1" not in n)
 
 
+def test_cli_flops_defaults_to_the_models_own_input_size(capsys):
+    """An ImageNet model is counted at its 224 px unless --input says otherwise."""
+    from reproduce.cli import main
+
+    assert main(["flops", "--model", "mobilenet_v1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input"] == [3, 224, 224] and round(info["macs"] / 1e6) == 569    # Howard et al.
+    assert main(["flops", "--model", "mobilenet_v1", "--input", "3,32,32", "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert small["input"] == [3, 32, 32] and small["macs"] < info["macs"] / 40
+
+
 def test_figures_draw_from_a_store_at_a_non_default_uri(tiny, tmp_path, monkeypatch):
     """A store copied elsewhere: drawing from it by URI finds its runs, not the default store's."""
     from reproduce.pipeline import make

@@ -59,9 +59,7 @@ def _size_note(r: pd.DataFrame) -> str:
 
 def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
-    labels = {"model": list(r["model"]),
-              "method": [tables.KIND_LABELS.get(k, k) for k in r["kind"]],
-              "budget": [tables.budget_text(x) for _, x in r.iterrows()]}
+    labels = tables.row_labels(r)
     metrics = {}
     for m in METRICS:
         metrics[HEADERS[m]] = [tables.mean_std(a, b, FORMAT.get(m, m))

@@ -41,6 +41,7 @@ TABLES := $(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py
 
 .PHONY: help setup demo test test-fast figures tables run flops list-runs list-experiments mlflow-ui \
         optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet data-voc \
+        data-sbd \
         lock clean-figures clean search search-best \
         figure-pareto
 
@@ -55,7 +56,7 @@ help: ## Show this help
 	@echo "Tables:  $(addprefix table-,$(TABLES))"
 	@echo
 	@echo "Variables (current value):"
-	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10, full schedule)"
+	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10; ImageNet for figure-3, table-imagenet; full schedules)"
 	@echo "  FORCE=$(FORCE)   1 retrains runs already tracked"
 	@echo "  JOBS=$(JOBS)   processes training at once (default: one per core for smoke, else 1)"
 	@echo "  DATA_DIR=$(DATA_DIR)"
@@ -144,6 +145,9 @@ data-check-imagenet: $(STAMP) ## Classes and image counts of DATA_DIR/imagenet/{
 
 data-voc: $(STAMP) ## Download PASCAL VOC 2012 into DATA_DIR (VOCdevkit/VOC2012)
 	@$(RUN) data voc --root "$(DATA_DIR)"
+
+data-sbd: $(STAMP) ## Download SBD (1.4 GB) into DATA_DIR/sbd: VOC's train_aug set (data.sbd)
+	@$(RUN) data sbd --root "$(DATA_DIR)"
 
 lock: $(STAMP) ## Rewrite requirements.lock from the current environment
 	@{ echo "# Exact versions of every package (pip freeze of a working environment)."; \

@@ -39,9 +39,7 @@ def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
 
 def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
-    labels = {"model": list(r["model"]),
-              "method": [tables.KIND_LABELS.get(k, k) for k in r["kind"]],
-              "budget": [tables.budget_text(x) for _, x in r.iterrows()]}
+    labels = tables.row_labels(r)
     metrics = {}
     for header, column in tables.metric_columns(r).items():
         metrics[header] = column

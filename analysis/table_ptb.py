@@ -58,10 +58,7 @@ def _cell(mean, std, metric: str) -> str:
 
 def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path, uri)
-    labels = {"model": list(r["model"]),
-              "method": [tables.KIND_LABELS.get(k, k) for k in r["kind"]],
-              "budget": [tables.budget_text(x) for _, x in r.iterrows()],
-              "hidden units": list(r["hidden"])}
+    labels = {**tables.row_labels(r), "hidden units": list(r["hidden"])}
     cols = {HEADERS[m]: [_cell(a, b, m) for a, b in zip(r[f"{m}_mean"], r[f"{m}_std"])]
             for m in METRICS}
     for m in METRICS:

@@ -45,9 +45,7 @@ def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
 
 def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
-    labels = {"model": list(r["model"]),
-              "method": [tables.KIND_LABELS.get(k, k) for k in r["kind"]],
-              "budget": [tables.budget_text(x) for _, x in r.iterrows()]}
+    labels = tables.row_labels(r)
     kind = {"miou": "top1", "pixel_acc": "top1"}
     cols = {HEADERS[m]: [tables.mean_std(a, b, kind.get(m, m))
                          for a, b in zip(r[f"{m}_mean"], r[f"{m}_std"])] for m in METRICS}

@@ -193,6 +193,13 @@ def budget_text(r) -> str:
     return f"keep {r['target']:.2f} MACs"
 
 
+def row_labels(rows: pd.DataFrame) -> dict[str, list[str]]:
+    """The left columns every comparison table starts with: model, method, budget."""
+    return {"model": list(rows["model"]),
+            "method": [KIND_LABELS.get(k, k) for k in rows["kind"]],
+            "budget": [budget_text(x) for _, x in rows.iterrows()]}
+
+
 def metric_columns(rows: pd.DataFrame) -> dict[str, list[str]]:
     """The reproduced metrics (mean ± std) then the paper's, as display columns."""
     cols = {HEADERS[m]: [mean_std(a, b, m) for a, b in zip(rows[f"{m}_mean"], rows[f"{m}_std"])]

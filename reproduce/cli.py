@@ -164,6 +164,9 @@ def cmd_data(args) -> int:
         return 0
     root = args.root or data_root(DataConfig())
     download(args.action, root)
+    if args.action == "sbd":
+        from .segmentation_data import sbd_folder
+        root = sbd_folder(root)
     print(f"{args.action} is in {root}")
     return 0
 
@@ -367,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("flops", help="params and MACs of a dense model (or a tracked run's result)")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--input", default="3,32,32", help="C,H,W of one input")
+    p.add_argument("--input", default=None,
+                   help="C,H,W of one input; default: the model's own (3,224,224 for resnet50 "
+                        "and mobilenet_v1, 3,32,32 for CIFAR models)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="default: the model's own (10 for CIFAR models, a vocabulary of 10000 "
                         "for lstm_lm, 21 VOC classes for fcn_*)")
@@ -380,11 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_profile(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("data", help="download CIFAR or PASCAL VOC 2012, check an ImageNet tree, or "
-                                    "write the smoke ImageNet-style tree (ImageNet and Penn "
-                                    "Treebank are placed by hand)")
-    p.add_argument("action", choices=["cifar10", "cifar100", "voc", "check", "make-smoke-imagenet"],
-                   help="cifar10/cifar100/voc: download; check [DATASET]: classes and image counts "
+    p = sub.add_parser("data", help="download CIFAR, PASCAL VOC 2012 or SBD, check an ImageNet "
+                                    "tree, or write the smoke ImageNet-style tree (ImageNet and "
+                                    "Penn Treebank are placed by hand)")
+    p.add_argument("action", choices=["cifar10", "cifar100", "voc", "sbd", "check",
+                                      "make-smoke-imagenet"],
+                   help="cifar10/cifar100/voc/sbd: download (sbd: into ROOT/sbd, for VOC's "
+                        "data.sbd); check [DATASET]: classes and image counts "
                         "of an image folder (default imagenet); make-smoke-imagenet: generate "
                         "ImageNet-style digits")
     p.add_argument("dataset", nargs="?", default=None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -267,7 +268,14 @@ def _cifar(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def download(dataset: str, root: str) -> None:
-    """Fetch CIFAR-10/100 or PASCAL VOC 2012 into root with torchvision's downloader."""
+    """Fetch CIFAR-10/100, PASCAL VOC 2012 or SBD into root with torchvision's downloader."""
+    if dataset == "sbd":
+        from torchvision.datasets import SBDataset
+        from .segmentation_data import sbd_folder, sbd_missing
+        if sbd_missing(root):
+            os.makedirs(sbd_folder(root), exist_ok=True)
+            SBDataset(sbd_folder(root), "train", mode="segmentation", download=True)
+        return
     if dataset == "voc":
         from torchvision.datasets import VOCSegmentation
         from .segmentation_data import voc_missing
@@ -276,7 +284,7 @@ def download(dataset: str, root: str) -> None:
             VOCSegmentation(root, "2012", "trainval", download=True)
         return
     if dataset not in CIFAR:
-        raise ValueError(f"cannot download {dataset!r}: only cifar10, cifar100 and voc are "
+        raise ValueError(f"cannot download {dataset!r}: only cifar10, cifar100, voc and sbd are "
                          "downloadable; digits and digit_scenes come from scikit-learn, "
                          "pydoc_text from Python itself, synthetic is generated, Penn Treebank is "
                          "placed in <root>/ptb, and an imagefolder tree (<root>/train/<class>/*, "
@@ -342,44 +350,114 @@ def describe_image_folder(root: str) -> dict:
     return out
 
 
+# Version of the generator below, written with the tree (SMOKE_VERSION_FILE): a tree written by
+# another version (or by one before the file existed) is rewritten on use. 2: foreground and
+# background differ by at least SMOKE_MIN_LUMA_GAP in luminance (version 1 drew both colours at
+# random, often nearly equal) and glyphs span 60-95 % of the side (35-90 % before).
+SMOKE_TREE_VERSION = 2
+SMOKE_VERSION_FILE = "VERSION"
+SMOKE_MIN_LUMA_GAP = 96.0        # of 255 (ITU-R BT.601 luma)
+SMOKE_GLYPH_SIDE = (0.6, 0.95)   # glyph side as a fraction of the image side
+SMOKE_CLASSES = [f"digit_{c}" for c in range(10)]
+
+
+def _luma(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def smoke_imagenet_version(root: str) -> int | None:
+    """The generator version that wrote the tree at root (None: no version file, i.e. version 1
+    or not a generated tree)."""
+    try:
+        with open(os.path.join(root, SMOKE_VERSION_FILE)) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_generated_smoke_tree(root: str) -> bool:
+    """Whether root looks like a tree this module wrote (only digit_0..digit_9 class folders in
+    train and val): only such a tree is ever replaced automatically."""
+    for split in ("train", "val"):
+        base = os.path.join(root, split)
+        if not os.path.isdir(base) or sorted(e.name for e in os.scandir(base)) != SMOKE_CLASSES:
+            return False
+    return set(os.listdir(root)) <= {"train", "val", SMOKE_VERSION_FILE}
+
+
 def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: float = 0.2,
-                        per_class: int | None = None) -> dict:
+                        per_class: int | None = None, if_missing: bool = False) -> dict | None:
     """An ImageNet-style ImageFolder tree from scikit-learn's digits (no download).
 
-    Each 8×8 digit becomes a size×size RGB image: scaled to 35-90 % of the side, placed at a
-    random position on a random background colour, drawn in a random foreground colour, with
-    pixel noise; so crops, flips and resizing see varied, larger images, as on ImageNet. The
+    Each 8×8 digit becomes a size×size RGB image: scaled to 60-95 % of the side, placed at a
+    random position on a random background colour, drawn in a random foreground colour at least
+    SMOKE_MIN_LUMA_GAP brighter or darker than the background, with pixel noise; so crops, flips
+    and resizing see varied, larger images, as on ImageNet, and the digit stays readable. The
     split is the digits' fixed one (data.val_fraction's default) and the images are fixed by
     SPLIT_SEED, so the tree is the same wherever it is made. `per_class` caps the images per
-    class and split (tests).
+    class and split (tests). The tree holds a VERSION file with SMOKE_TREE_VERSION.
+
+    One process writes at a time (a lock file beside the tree): runs started together, e.g. by
+    `JOBS=2`, would otherwise write the same tree at once and one could replace it under the
+    other. With `if_missing`, a tree of the current version already there (or written meanwhile
+    by another process) is kept and None returned; a generated tree of an older version is
+    rewritten (with a note on stderr), and a tree that is not a generated one stops with
+    DatasetMissing rather than being replaced.
     """
+    from filelock import FileLock
+
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    with FileLock(root.rstrip("/") + ".lock"):
+        if if_missing and os.path.isdir(root):
+            found = smoke_imagenet_version(root)
+            if found == SMOKE_TREE_VERSION:
+                return None
+            if not _is_generated_smoke_tree(root):
+                raise DatasetMissing(
+                    f"{root} is not an ImageNet-style digits tree of version {SMOKE_TREE_VERSION} "
+                    f"(no {SMOKE_VERSION_FILE} file saying so, and not only digit_0..digit_9 "
+                    "folders, so it is left as it is). Move it away, or rewrite it with "
+                    "`make data-imagenet-smoke` / `python -m reproduce data make-smoke-imagenet`.")
+            print(f"{root} was written by version {found or 1} of the ImageNet-style digits "
+                  f"generator; rewriting it with version {SMOKE_TREE_VERSION}", file=sys.stderr)
+        return _write_smoke_imagenet(root, size, val_fraction, per_class)
+
+
+def _write_smoke_imagenet(root: str, size: int, val_fraction: float,
+                          per_class: int | None) -> dict:
     from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     rng = np.random.default_rng(SPLIT_SEED)
     tmp = root.rstrip("/") + ".partial"
+    if os.path.isdir(tmp):                # left by an interrupted write
+        import shutil
+        shutil.rmtree(tmp)
     splits = dict(zip(("train", "val"), digits_split(val_fraction)))
     if per_class is not None:
         splits = {k: np.concatenate([idx[digits.target[idx] == c][:per_class] for c in range(10)])
                   for k, idx in splits.items()}
+    lo, hi = SMOKE_GLYPH_SIDE
     for split, indices in splits.items():
         for c in range(10):
             os.makedirs(os.path.join(tmp, split, f"digit_{c}"), exist_ok=True)
         for i in sorted(indices.tolist()):
             ink = digits.images[i] / 16.0                                # 8x8 in [0, 1]
-            side = int(rng.integers(int(0.35 * size), int(0.9 * size) + 1))
+            side = int(rng.integers(int(lo * size), int(hi * size) + 1))
             glyph = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(
                 (side, side), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
             bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-            while np.abs(bg - fg).sum() < 200:                           # keep the digit visible
-                fg = rng.uniform(0, 255, 3)
+            while abs(_luma(bg) - _luma(fg)) < SMOKE_MIN_LUMA_GAP:      # keep the digit visible
+                bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
             img = np.broadcast_to(bg, (size, size, 3)).copy()
             y0, x0 = rng.integers(0, size - side + 1, 2)
             img[y0:y0 + side, x0:x0 + side] = glyph * fg + (1 - glyph) * bg
             img += rng.normal(0, 8, img.shape)
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
                 os.path.join(tmp, split, f"digit_{digits.target[i]}", f"{i:04d}.png"))
+    with open(os.path.join(tmp, SMOKE_VERSION_FILE), "w") as f:
+        f.write(f"{SMOKE_TREE_VERSION}\n")
     if os.path.isdir(root):
         import shutil
         shutil.rmtree(root)
@@ -390,14 +468,15 @@ def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: f
 def _imagefolder(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
     from torchvision import datasets, transforms as T
     root = folder_root(cfg)
-    if cfg.dataset == "imagenet_smoke" and not os.path.isdir(root):
-        make_smoke_imagenet(root)         # generated from bundled data: nothing to download
+    if (cfg.dataset == "imagenet_smoke"
+            and smoke_imagenet_version(root) != SMOKE_TREE_VERSION):   # missing or older
+        make_smoke_imagenet(root, if_missing=True)   # from bundled data: nothing to download
     size = cfg.image_size or (SMOKE_IMAGE_SIZE if cfg.dataset == "imagenet_smoke" else 224)
     check_image_folder(root)
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     # the reference recipe's resize 256 / crop 224, scaled with the image size
     val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
-    train_tf = (T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    train_tf = (T.Compose([T.RandomResizedCrop(size, scale=(cfg.crop_scale, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), norm])
                 if cfg.augment else val_tf)
     try:
         train = datasets.ImageFolder(os.path.join(root, "train"), train_tf)
@@ -456,6 +535,10 @@ def check_available(cfg: DataConfig) -> None:
         from .segmentation_data import voc_missing, voc_missing_message
         if voc_missing(root):
             raise DatasetMissing(voc_missing_message(root))
+    if cfg.dataset == "voc" and cfg.sbd and not cfg.download:
+        from .segmentation_data import sbd_missing, sbd_missing_message
+        if sbd_missing(root):
+            raise DatasetMissing(sbd_missing_message(root))
     if cfg.dataset == "ptb":
         from .text_data import ptb_missing, ptb_missing_message
         if ptb_missing(root):
@@ -482,6 +565,8 @@ def build_data(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 
     if cfg.dataset in SEGMENTATION_DATASETS:
         if cfg.dataset == "voc" and cfg.download:
             download("voc", data_root(cfg))
+            if cfg.sbd:
+                download("sbd", data_root(cfg))
         return _segmentation(cfg, device, seed)
     if cfg.dataset == "digits":
         xtr, ytr, xva, yva = _digits(cfg)

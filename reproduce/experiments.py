@@ -9,12 +9,17 @@ An experiment file (experiments/<name>.yaml) declares which runs a figure or tab
     profiles:                            # per-profile overrides (on top of experiments/profiles.yaml)
       smoke: {seeds: [0], config: {train: {epochs: 30}}}
       paper: {seeds: [0, 1, 2]}
+      # or on top of another shared profile: these runs' `paper` is ImageNet, not CIFAR-10
+      # paper: {shared: paper-imagenet}
     runs:                                # one entry per variant (default: one run named "grow")
       - variant: grow
         config: {budget: {target: 0.5}}
 
 A run's config = defaults ← profiles.yaml[profile] ← base ← profiles[profile].config ← run config
-← command-line --set, then seed. Its identity is the hash of that resolved config: a finished run
+← command-line --set, then seed. `profiles[profile].shared` names the profiles.yaml entry to
+start from instead of profiles.yaml[profile] (its seeds and config), for experiments whose data
+and schedule differ from the profile's usual ones (ImageNet under `paper`, whose shared entry
+is CIFAR-10); the runs are still tracked under `profile`. Its identity is the hash of that resolved config: a finished run
 with the same hash is reused unless forced.
 """
 
@@ -33,6 +38,8 @@ EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 PROFILES_FILE = "profiles.yaml"
 EXPERIMENT_KEYS = {"name", "description", "figures", "base", "profiles", "runs"}
 PROFILE_KEYS = {"seeds", "config", "description"}
+# an experiment file's own profile entry may also name the shared profile it starts from
+EXPERIMENT_PROFILE_KEYS = PROFILE_KEYS | {"shared"}
 RUN_KEYS = {"variant", "config", "profiles", "description"}
 
 
@@ -116,8 +123,13 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
     if profile not in profiles and profile not in exp_profiles:
         known = sorted(set(profiles) | set(exp_profiles))
         raise ConfigError(f"{path}: unknown profile {profile!r}; choose one of {', '.join(known)}")
-    shared, own = profiles.get(profile) or {}, exp_profiles.get(profile) or {}
-    check_keys(f"{path}: profiles.{profile}", own, PROFILE_KEYS)
+    own = exp_profiles.get(profile) or {}
+    check_keys(f"{path}: profiles.{profile}", own, EXPERIMENT_PROFILE_KEYS)
+    base_profile = str(own.get("shared", profile))
+    if "shared" in own and base_profile not in profiles:
+        raise ConfigError(f"{path}: profiles.{profile}.shared: unknown shared profile "
+                          f"{base_profile!r}; profiles.yaml defines {', '.join(sorted(profiles))}")
+    shared = profiles.get(base_profile) or {}
     seeds = own.get("seeds", shared.get("seeds", [0]))
     name = exp.get("name", path.stem)
     figures = [str(f) for f in exp.get("figures", [name])]

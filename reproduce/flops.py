@@ -10,9 +10,13 @@ from .models import create_model, default_cfg
 CONVENTION = "conv and linear layers only; MACs per image; FLOPs = 2 x MACs"
 
 
-def describe(model: str, input_shape: str = "3,32,32", num_classes: int | None = None,
+def describe(model: str, input_shape: str | None = None, num_classes: int | None = None,
              run_id: str | None = None) -> dict:
-    c, h, w = (int(v) for v in input_shape.split(","))
+    """Params and MACs of `model` at `input_shape` ("C,H,W"; default: the model's own)."""
+    if input_shape is None:
+        c, h, w = default_cfg(model).input_size
+    else:
+        c, h, w = (int(v) for v in input_shape.split(","))
     if num_classes is None:
         num_classes = default_cfg(model).num_classes
     net = create_model(model, num_classes=num_classes, in_channels=c, gate_channels=False)

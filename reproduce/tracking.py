@@ -104,7 +104,9 @@ def experiment_name(profile: str) -> str:
     return f"{EXPERIMENT_PREFIX}-{profile}"
 
 
-# MLflow 3's UI opens an experiment on its GenAI overview unless told it holds model training.
+# The experiment's kind, for MLflow UIs that read it (before the sidebar's GenAI / Model training
+# switch). MLflow 3.17's UI does not: there the switch alone, kept per browser, decides whether
+# an experiment opens on its runs table or its GenAI overview (see runs_table_url).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 

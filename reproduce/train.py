@@ -167,6 +167,8 @@ def lr_factor(tc: TrainConfig, progress: float) -> float:
     if tc.lr_schedule == "step":
         return tc.lr_gamma ** sum(progress >= m * tc.epochs for m in tc.milestones)
     span = max(1e-8, tc.epochs - tc.warmup_epochs)
+    if tc.lr_schedule == "poly":
+        return max(0.0, 1 - (progress - tc.warmup_epochs) / span) ** tc.lr_power
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - tc.warmup_epochs) / span)))
 
 

@@ -25,6 +25,22 @@ def isolated_stores(tmp_path, monkeypatch):
     return uri
 
 
+# The ImageNet experiment files (figure-3, table-imagenet) shrunk to seconds: synthetic 16-px
+# images, two epochs; ResNet-50 and MobileNetV1 keep their full depth and width.
+IMAGENET_TINY = {
+    "data": {"dataset": "synthetic", "synthetic_train": 64, "synthetic_val": 32,
+             "batch_size": 32, "image_size": 16, "num_classes": 4},
+    "train": {"epochs": 2, "threads": 1},
+}
+
+
+@pytest.fixture
+def imagenet_tiny():
+    """Overrides that shrink the ImageNet experiments to seconds (a fresh deep copy per test)."""
+    import copy
+    return copy.deepcopy(IMAGENET_TINY)
+
+
 @pytest.fixture
 def tiny():
     """Overrides that shrink any experiment to seconds (a fresh deep copy per test)."""

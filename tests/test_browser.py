@@ -353,6 +353,13 @@ def assert_runs_table(browser: Browser, exp_id: str, names: list[str]) -> dict:
     return state
 
 
+# MLflow 3.17.2 (and 3.18.0) build their UI with the flag shouldEnableWorkflowBasedNavigation
+# hard-wired on: useExperimentKind() then maps the sidebar's switch to the experiment kind and
+# never reads the tag mlflow.experimentKind, and the experiment page's default tab is Overview for
+# a GenAI kind, Runs otherwise. The switch is ?workflowType= in the URL, else localStorage
+# 'mlflow.workflowType_v1', else 'genai'; the home page's links carry no workflowType and no
+# server option or environment variable reaches it. Strict, so a release that honours the tag
+# (or changes the default) shows up here as XPASS.
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "MLflow 3.17's UI ignores the experiment tag mlflow.experimentKind: the sidebar's GenAI / "
     "Model training switch (GenAI in a new browser, kept in localStorage 'mlflow.workflowType') "

@@ -160,3 +160,79 @@ def test_lr_factor_warmup_step_and_cosine():
     assert [lr_factor(step, e) for e in (0, 3.9, 4, 5.9, 6, 7.9)] == \
         pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     assert lr_factor(TrainConfig(lr_schedule="constant"), 17.3) == 1.0
+
+
+def test_poly_lr_decays_to_zero_after_the_warm_up():
+    from reproduce.config import TrainConfig
+    from reproduce.train import lr_factor
+
+    epochs, warmup = int(random.randint(5, 40)), 1
+    power = round(random.uniform(0.5, 2.0), 3)
+    tc = TrainConfig(epochs=epochs, lr_schedule="poly", lr_power=power, warmup_epochs=warmup)
+    t = random.uniform(warmup, epochs)
+    assert lr_factor(tc, warmup) == pytest.approx(1.0)
+    assert lr_factor(tc, t) == pytest.approx((1 - (t - warmup) / (epochs - warmup)) ** power)
+    assert lr_factor(tc, epochs) == 0.0 and lr_factor(tc, epochs + 0.5) == 0.0   # never complex
+    assert lr_factor(tc, 0.5) == pytest.approx((0.5 + 1e-3) / warmup)            # warm-up as usual
+
+
+def test_fields_added_later_leave_earlier_identities_alone():
+    """A field in LATER_FIELDS at its old-behaviour value is not part of the hash (runs tracked
+    before it existed keep their identity); any other value is."""
+    import hashlib
+    import json
+
+    from reproduce.config import LATER_FIELDS, NON_IDENTITY, TRAINER_SECTIONS
+
+    cfg = resolve({"data": {"dataset": "voc"}, "train": {"lr": random.uniform(0.01, 1)}})
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if k not in NON_IDENTITY and k not in LATER_FIELDS
+            and k.split(".")[0] not in TRAINER_SECTIONS}
+    before = hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode())
+    assert config_hash(cfg) == before.hexdigest()[:16]
+    for key, changed in (("data.sbd", True), ("data.base_size", random.randint(1, 999)),
+                         ("train.lr_power", random.uniform(1.0, 3.0))):
+        assert config_hash(resolve(to_dict(cfg), unflatten({key: changed}))) != config_hash(cfg)
+    with pytest.raises(ConfigError, match="data.sbd.*data.dataset: voc"):
+        resolve({"data": {"sbd": True}})
+def test_an_experiment_profile_can_start_from_another_shared_profile(tmp_path):
+    """`paper: {shared: paper-imagenet}`: the runs take that profile's seeds and config (and
+    their own on top) and are still planned under `paper`."""
+    epochs = random.randint(2, 50)
+    profiles = {"smoke": {"seeds": [0], "config": {"data": {"dataset": "digits"}}},
+                "smoke-other": {"seeds": [4, 7], "config": {"data": {"dataset": "synthetic"},
+                                                            "train": {"epochs": epochs, "lr": 0.2}}}}
+    path = write_experiment(tmp_path, {"profiles": {"smoke": {"shared": "smoke-other",
+                                                              "config": {"train": {"lr": 0.3}}}},
+                                       "runs": [{"variant": "a"}]}, profiles)
+    runs = plan(path, "smoke")
+    assert [(r.cfg.seed, r.profile) for r in runs] == [(4, "smoke"), (7, "smoke")]
+    cfg = runs[0].cfg
+    assert (cfg.data.dataset, cfg.train.epochs, cfg.train.lr) == ("synthetic", epochs, 0.3)
+    bad = write_experiment(tmp_path, {"profiles": {"smoke": {"shared": "smoke-typo"}}}, profiles)
+    with pytest.raises(ConfigError, match=r"profiles.smoke.shared.*'smoke-typo'.*smoke-other"):
+        plan(bad, "smoke")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_imagenet_experiments_share_their_mobilenet_runs_and_state_their_recipe(profile):
+    """figure-3 and table-imagenet train MobileNetV1's dense and grow-50 runs once; the paper
+    profile is ImageNet at the model's 224 px with the stated recipe, the smoke one the
+    generated tree at 32 px."""
+    fig = {r.cfg.variant: r for r in plan("figure-3", profile)}
+    table = {r.cfg.variant: r for r in plan("table-imagenet-mobilenet", profile)}
+    for variant in ("dense", "grow-50"):
+        assert fig[variant].hash == table[variant].hash
+    resnet = plan("table-imagenet-resnet50", profile)
+    for run in [*fig.values(), *table.values(), *resnet]:
+        cfg = run.cfg
+        assert run.profile == profile
+        if profile == "paper":
+            assert (cfg.data.dataset, cfg.data.image_size, cfg.train.epochs) == ("imagenet", 224, 90)
+            assert (cfg.train.lr, cfg.train.lr_schedule, cfg.train.weight_decay) == (0.1, "step", 1e-4)
+            assert cfg.train.amp and cfg.train.channels_last and not cfg.train.nesterov
+            assert [round(m * 90) for m in cfg.train.milestones] == [30, 60]
+        else:
+            assert (cfg.data.dataset, cfg.data.image_size) == ("imagenet_smoke", 32)
+    assert sorted(fig[v].cfg.model.width_multiplier for v in fig if v.startswith(("dense", "uni"))) \
+        == [0.25, 0.5, 0.75, 1.0]

@@ -273,7 +273,7 @@ def test_data_dir_env_and_download_hook(tmp_path, rng, monkeypatch):
 
 def test_download_rejects_other_datasets(tmp_path):
     for name in ("digits", "synthetic", "imagefolder", "ptb", "pydoc_text", "digit_scenes"):
-        with pytest.raises(ValueError, match="only cifar10, cifar100 and voc"):
+        with pytest.raises(ValueError, match="only cifar10, cifar100, voc and sbd are downloadable"):
             D.download(name, str(tmp_path))
 
 
@@ -401,6 +401,67 @@ def test_smoke_imagenet_tree(tmp_path):
                                      image_size=32, batch_size=8))
     x, y = next(iter(bundle.train))
     assert x.shape == (8, 3, 32, 32) and bundle.num_classes == 10
+
+
+def test_smoke_imagenet_digits_contrast_with_their_background(tmp_path):
+    """Every generated image's digit differs from its background in luminance (the version-1
+    generator drew both colours at random, often nearly equal, and nothing could learn it)."""
+    from PIL import Image
+    root = tmp_path / "smoke"
+    D.make_smoke_imagenet(str(root), size=32, per_class=3)
+    luma = np.array([0.299, 0.587, 0.114])
+    for path in root.glob("*/digit_*/*.png"):
+        img = np.asarray(Image.open(path), dtype=np.float64) @ luma
+        # the brightest and darkest tenths: digit vs background, both sides past the noise
+        lo, hi = np.percentile(img, [5, 95])
+        assert hi - lo > 0.6 * D.SMOKE_MIN_LUMA_GAP, path
+
+
+def test_an_older_smoke_imagenet_tree_is_rewritten(tmp_path, capsys):
+    """A tree written before the generator's current version (no VERSION file, as version 1
+    wrote it) is rewritten on use, with a note; one of the current version is kept."""
+    root = tmp_path / "imagenet-smoke"
+    D.make_smoke_imagenet(str(root), size=16, per_class=1)
+    assert D.smoke_imagenet_version(str(root)) == D.SMOKE_TREE_VERSION
+    (root / D.SMOKE_VERSION_FILE).unlink()                      # as the old generator left it
+    stale = root / "train" / "digit_3" / "stale.png"
+    stale.write_bytes(b"")
+    cfg = DataConfig(dataset="imagenet_smoke", root=str(root), image_size=16, batch_size=4)
+    bundle = D.build_data(cfg)
+    assert "rewriting" in capsys.readouterr().err
+    assert D.smoke_imagenet_version(str(root)) == D.SMOKE_TREE_VERSION and not stale.exists()
+    assert bundle.num_train == 1437 and bundle.num_val == 360   # the whole tree, rewritten
+    marker = root / "val" / "digit_0" / "kept.png"
+    marker.write_bytes(b"")
+    assert D.make_smoke_imagenet(str(root), if_missing=True) is None and marker.exists()
+
+
+def test_a_foreign_tree_at_the_smoke_imagenet_root_is_not_replaced(tmp_path):
+    root = tmp_path / "mine"
+    make_tree(root, np.random.default_rng(), per_class=2)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    with pytest.raises(D.DatasetMissing, match="make-smoke-imagenet"):
+        D.build_data(DataConfig(dataset="imagenet_smoke", root=str(root), image_size=16))
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def _smoke_tree_if_missing(root: str):
+    return D.make_smoke_imagenet(root, size=16, per_class=3, if_missing=True)
+
+
+def test_smoke_imagenet_tree_is_written_once_when_runs_start_together(tmp_path):
+    """Two processes asking for the missing tree at once (JOBS=2): one writes it, the other
+    waits and reads it, and the tree is whole."""
+    import multiprocessing
+
+    root = str(tmp_path / "data" / "imagenet-smoke")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_smoke_tree_if_missing, [root, root])
+    assert sorted(results, key=lambda r: r is None) == [{"train": 30, "val": 30}, None]
+    info = D.describe_image_folder(root)
+    assert info["train"]["images"] == info["val"]["images"] == 30
+    assert not info["train"]["empty_classes"] and info["same_classes"]
+    assert _smoke_tree_if_missing(root) is None             # there: kept as it is
 
 
 def test_data_cli_check_and_make(tmp_path, monkeypatch, capsys):

@@ -253,3 +253,53 @@ def test_figure_4_from_real_tiny_training(drawn, tiny):
     legend = [t.get_text() for t in drawn["figure-4"].axes[0].get_legend().get_texts()]
     assert any(t.startswith("growing (") for t in legend)
     assert any(t.startswith("dense (") for t in legend)
+
+
+@pytest.mark.slow
+def test_figure_3_from_real_tiny_training(drawn, tmp_path, monkeypatch, imagenet_tiny):
+    """experiments/figure-3.yaml -> runs -> MLflow -> figure-3: the plotted points are the
+    tracked MACs and top-1, the uniform widths' MACs grow with the width, and paper points are
+    drawn from the reference file, only on the runs' dataset."""
+    from analysis import figure_3, reference
+
+    shipped, ref = reference.REFERENCE_FILE, tmp_path / "reference.csv"
+    known = [["figure-3", "mobilenet_v1", "synthetic", "grow", "p1", "top1", "40.5", "%", "src S", ""],
+             ["figure-3", "mobilenet_v1", "synthetic", "grow", "p1", "macs", "2.5", "M", "src S", ""],
+             ["figure-3", "mobilenet_v1", "imagenet", "grow", "p2", "top1", "70.0", "%", "src I", ""],
+             ["figure-3", "mobilenet_v1", "imagenet", "grow", "p2", "macs", "300", "M", "src I", ""],
+             ["figure-3", "mobilenet_v1", "synthetic", "grow", "p3", "top1", "60.0", "%", "src S", ""],
+             ["figure-3", "mobilenet_v1", "synthetic", "grow", "p3", "macs", "", "M", "src S", ""]]
+    pd.DataFrame(known, columns=reference.COLUMNS).to_csv(ref, index=False)
+    monkeypatch.setattr(reference, "REFERENCE_FILE", ref)
+    runs = draw("figure-3", imagenet_tiny)
+    assert sorted(runs["variant"]) == sorted(["dense", "uniform-0.75", "uniform-0.5",
+                                              "uniform-0.25", "grow-75", "grow-50", "grow-25",
+                                              "grow-10"])
+    ax = drawn["figure-3"].axes[0]
+    plotted = {c.get_label(): np.c_[c.lines[0].get_xdata(), c.lines[0].get_ydata()]
+               for c in ax.containers}
+    c = tracking.client()
+    params = {r: c.get_run(r).data.params for r in runs["run_id"]}
+    for label, method in (("uniform width multiplier α (dense)", "dense"),
+                          ("growing (Yuan et al. 2021) at MACs budget τ", "grow")):
+        ids = [r for r in runs["run_id"] if params[r]["method"] == method]
+        expected = sorted([metric(r, "cost/macs").iloc[-1] / 1e6, metric(r, "val/acc").iloc[-1]]
+                          for r in ids)
+        np.testing.assert_allclose(plotted[label].astype(float), expected, rtol=1e-9)
+    uniform = sorted((float(params[r]["model.width_multiplier"]), metric(r, "cost/macs").iloc[-1])
+                     for r in runs["run_id"] if params[r]["method"] == "dense")
+    assert [w for w, _ in uniform] == [0.25, 0.5, 0.75, 1.0]
+    assert all(a[1] < b[1] for a, b in zip(uniform, uniform[1:]))          # MACs ordered by width
+    stars = [li for li in ax.get_lines() if li.get_marker() == "*"]
+    assert len(stars) == 1 and "src S" in stars[0].get_label()
+    np.testing.assert_allclose(np.c_[stars[0].get_xdata(), stars[0].get_ydata()], [[2.5, 40.5]])
+    assert "16 px" in ax.get_xlabel() and "smoke profile" in ax.get_title()
+    assert "synthetic" in ax.get_title() and "cpu" in ax.get_title()
+    # without known points on the runs' dataset, the figure says so and draws none
+    monkeypatch.setattr(reference, "REFERENCE_FILE", shipped)
+    none_here, elsewhere = figure_3.paper_points(["synthetic"])
+    assert none_here.empty and elsewhere == 0                # the shipped file: all blank
+    make("figure-3", profile="smoke", overrides=imagenet_tiny, run_missing=False, progress=False)
+    ax = drawn["figure-3"].axes[0]
+    assert not [li for li in ax.get_lines() if li.get_marker() == "*"]
+    assert any("paper points: none known" in t.get_text() for t in ax.texts)

@@ -101,6 +101,7 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
 
 def test_failed_and_interrupted_runs_are_marked(tiny, monkeypatch):
     from reproduce import runner
+    grow = runner.TRAINERS["grow"]
 
     def exploding(cfg, data, device, task, on_epoch=None, progress=True, **_):
         raise FloatingPointError("loss is nan")
@@ -121,7 +122,9 @@ def test_failed_and_interrupted_runs_are_marked(tiny, monkeypatch):
     statuses = sorted(r.info.status for r in runs_of()[1])
     assert statuses == ["FAILED", "KILLED"]
     # neither counts as finished: the next call trains again instead of reusing
-    monkeypatch.undo()
+    # (the trainer restored alone: undo() would also restore the environment, and with it the
+    # user's tracking store)
+    monkeypatch.setitem(runner.TRAINERS, "grow", grow)
     c, _ = runs_of()
     assert tracking.find_finished(c, tracking.experiment_id(c, "smoke"),
                                   plan("figure-7", "smoke", tiny)[0].hash) is None
@@ -173,6 +176,18 @@ def test_cli_flops_json_matches_flop_counter(capsys):
     assert info["macs"] == counter.get_total_flops() // 2
     assert info["params"] == sum(p.numel() for n, p in model.named_parameters()
                                  if "bn" not in n and "shortcut.1" not in n)
+
+
+def test_cli_flops_defaults_to_the_models_own_input_size(capsys):
+    """An ImageNet model is counted at its 224 px unless --input says otherwise."""
+    from reproduce.cli import main
+
+    assert main(["flops", "--model", "mobilenet_v1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input"] == [3, 224, 224] and round(info["macs"] / 1e6) == 569    # Howard et al.
+    assert main(["flops", "--model", "mobilenet_v1", "--input", "3,32,32", "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)
+    assert small["input"] == [3, 32, 32] and small["macs"] < info["macs"] / 40
 
 
 def test_figures_draw_from_a_store_at_a_non_default_uri(tiny, tmp_path, monkeypatch):

@@ -101,6 +101,79 @@ def test_costs_against_the_flop_counter_at_the_evaluation_resolution():
     assert macs == counted(compact, (3, 32, 32))
 
 
+def test_fcn_resnet50_is_torchvisions_fcn_resnet50():
+    """Dense, it is torchvision's fcn_resnet50 (dilated ResNet-50, output stride 8, FCNHead,
+    no aux head): same parameters, and torchvision's weights give the same outputs."""
+    from torchvision.models.segmentation import fcn_resnet50
+
+    torch.set_num_threads(1)
+    reference = fcn_resnet50(weights=None, weights_backbone=None, aux_loss=False,
+                             num_classes=21).eval()
+    model = create_model("fcn_resnet50", gate_channels=False).eval()
+    # the gate slot (an Identity when ungated) shifts the head's last conv from 4 to 5
+    state = {k.replace("classifier.4.", "classifier.5."): v
+             for k, v in reference.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out, reference(x)["out"])
+        assert model.backbone.features(x).shape == (2, 2048, 8, 6)      # output stride 8
+    assert out.shape == (2, 21, 64, 48)
+    assert CostModel(model, (3, 64, 48)).dense_params == sum(
+        m.weight.numel() + (0 if m.bias is None else m.bias.numel())
+        for m in reference.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_fcn_resnet50_closed_channels_and_export():
+    """Gated ResNet-50 FCN (blocks gated too): a closed channel of the last stream and of the
+    head is exactly 0 downstream; export gives the same outputs, the counted MACs and params."""
+    from .test_costs_export import _check_export, randomise_bn, randomise_gates
+
+    torch.set_num_threads(1)
+    model = create_model("fcn_resnet50", num_classes=5, width_multiplier=0.25, gate_blocks=True)
+    randomise_bn(model)
+    randomise_gates(model, closed_channel_gates=2)
+    model.eval()
+    stream, head = model.backbone.layer4.gate, model.classifier[2]
+    with torch.no_grad():                   # these two partly open (others may be fully closed)
+        for g in (stream, head):
+            g.logits.copy_(torch.randn(g.n))
+            g.logits[int(torch.randint(g.n, ()))] = 0.5
+    closed = {"stream": torch.nonzero(stream.logits <= 0).flatten(),
+              "head": torch.nonzero(head.logits <= 0).flatten()}
+    assert len(closed["stream"]) and len(closed["head"])
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, k=k: seen.update({k: o}) and None)
+             for k, m in (("stream", model.backbone.layer4), ("head", head))]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        for k in ("stream", "head"):
+            assert seen[k][:, closed[k]].abs().max() == 0                 # exactly 0
+            assert seen[k].abs().max() > 0
+        for h in hooks:
+            h.remove()
+        model.classifier[0].weight[:, closed["stream"]] = 9.0             # what reads them
+        model.classifier[5].weight[:, closed["head"]] = 9.0
+        assert torch.equal(model(x), before)
+    compact = _check_export(model, (3, 64, 64))
+    assert compact.classifier[0].in_channels == stream.n - len(closed["stream"])
+    assert compact.classifier[0].out_channels == head.n - len(closed["head"])
+    assert compact.arch["replace_stride_with_dilation"] == (False, True, True)
+    assert not any(isinstance(m, ChannelGate) for m in compact.modules())
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (3, 40, 56)])
+def test_fcn_resnet50_costs_against_the_flop_counter(shape):
+    torch.set_num_threads(1)
+    dense = create_model("fcn_resnet50", num_classes=int(torch.randint(2, 30, ())),
+                         gate_channels=False)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        dense.eval()(torch.zeros(1, *shape))
+    assert CostModel(dense, shape).dense_macs == counter.get_total_flops() / 2
+
+
 def test_digit_scenes_are_deterministic_with_digit_labels_and_void_rims():
     cfg = DataConfig(dataset="digit_scenes", synthetic_train=16, synthetic_val=8, batch_size=8)
     a, b = build_data(cfg), build_data(cfg)
@@ -113,27 +186,60 @@ def test_digit_scenes_are_deterministic_with_digit_labels_and_void_rims():
     assert ink[a.train.y == 0].mean() < ink[(a.train.y > 0) & (a.train.y < 255)].mean()
 
 
-def test_voc_is_read_through_torchvision_with_joint_transforms(tmp_path):
+def _image(path, rng, shape) -> None:
     from PIL import Image
+    Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(path)
+
+
+def write_voc(root, train: list[str], val: list[str], rng) -> dict[str, np.ndarray]:
+    """A miniature VOCdevkit/VOC2012 (random images, palette masks with a void top row);
+    returns each image's label map."""
+    from PIL import Image
+    voc = root / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / d).mkdir(parents=True, exist_ok=True)
+    labels = {}
+    for n in train + val:
+        shape = tuple(int(v) for v in rng.integers(16, 40, 2))
+        _image(voc / "JPEGImages" / f"{n}.jpg", rng, shape)
+        mask = rng.integers(0, 21, shape).astype(np.uint8)
+        mask[0] = 255
+        img = Image.fromarray(mask, mode="P")
+        img.putpalette([0] * 768)
+        img.save(voc / "SegmentationClass" / f"{n}.png")
+        labels[n] = mask
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(train))
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(val))
+    return labels
+
+
+def write_sbd(root, train: list[str], val: list[str], rng) -> dict[str, np.ndarray]:
+    """A miniature SBD as its release lays it out (img/<id>.jpg, cls/<id>.mat holding a GTcls
+    struct whose Segmentation field is the label map, train.txt, val.txt); returns the labels."""
+    from scipy.io import savemat
+    sbd = root / "sbd"
+    (sbd / "img").mkdir(parents=True)
+    (sbd / "cls").mkdir()
+    labels = {}
+    for n in dict.fromkeys(train + val):
+        shape = tuple(int(v) for v in rng.integers(16, 40, 2))
+        _image(sbd / "img" / f"{n}.jpg", rng, shape)
+        labels[n] = rng.integers(0, 21, shape).astype(np.uint8)      # SBD marks no void
+        savemat(sbd / "cls" / f"{n}.mat", {"GTcls": {
+            "Segmentation": labels[n], "CategoriesPresent": np.unique(labels[n])[None]}})
+    (sbd / "train.txt").write_text("\n".join(train) + "\n")
+    (sbd / "val.txt").write_text("\n".join(val) + "\n")
+    return labels
+
+
+def test_voc_is_read_through_torchvision_with_joint_transforms(tmp_path):
     cfg = DataConfig(dataset="voc", root=str(tmp_path), batch_size=2, eval_batch_size=2,
                      image_size=24)
     with pytest.raises(DatasetMissing, match="make data-voc") as e:
         check_available(cfg)
     assert str(tmp_path / "VOCdevkit" / "VOC2012") in str(e.value)
-    voc = tmp_path / "VOCdevkit" / "VOC2012"
-    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / d).mkdir(parents=True)
     names = [f"2007_{i:06d}" for i in range(4)]
-    rng = np.random.default_rng(0)
-    for n in names:
-        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{n}.jpg")
-        mask = rng.integers(0, 21, (20, 30)).astype(np.uint8)
-        mask[0] = 255
-        img = Image.fromarray(mask, mode="P")
-        img.putpalette([0] * 768)
-        img.save(voc / "SegmentationClass" / f"{n}.png")
-    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(names[:2]))
-    (voc / "ImageSets/Segmentation/val.txt").write_text("\n".join(names[2:]))
+    write_voc(tmp_path, names[:2], names[2:], np.random.default_rng())
     data = build_data(cfg)
     assert data.num_classes == 21 and data.image_size == 24
     x, y = next(iter(data.train))
@@ -141,6 +247,54 @@ def test_voc_is_read_through_torchvision_with_joint_transforms(tmp_path):
     assert set(torch.unique(y).tolist()) <= set(range(21)) | {255}
     xv, yv = next(iter(data.val))
     assert xv.shape == (2, 3, 24, 24) and (yv[:, 0] == 255).all()          # nearest: void kept
+
+
+def test_train_aug_is_voc_train_and_sbd_without_voc_val(tmp_path):
+    """data.sbd: VOC train ∪ SBD train ∪ SBD val, VOC val left out, each image once (VOC's own
+    label where an image has both), SBD's labels read from its .mat files."""
+    from reproduce.config import resolve
+    from reproduce.errors import ConfigError
+    from reproduce.segmentation_data import image_id, train_aug
+
+    rng = np.random.default_rng()
+    voc_train, voc_val = ["2007_000001", "2007_000002"], ["2007_000003", "2007_000004"]
+    voc_labels = write_voc(tmp_path, voc_train, voc_val, rng)
+    cfg = DataConfig(dataset="voc", root=str(tmp_path), sbd=True, batch_size=2,
+                     eval_batch_size=2, image_size=16)
+    with pytest.raises(DatasetMissing, match="make data-sbd") as e:
+        check_available(cfg)
+    assert str(tmp_path / "sbd") in str(e.value) and "data.sbd: false" in str(e.value)
+    check_available(DataConfig(dataset="voc", root=str(tmp_path)))      # VOC alone is fine
+    with pytest.raises(ConfigError, match="data.sbd"):
+        resolve({"data": {"dataset": "digit_scenes", "sbd": True}})
+
+    # SBD train: one VOC train image, one VOC val image, two of its own; SBD val: one of SBD
+    # train's again, the other VOC val image, one of its own
+    sbd_train = ["2007_000002", "2007_000003", "2008_000010", "2008_000011"]
+    sbd_val = ["2008_000011", "2007_000004", "2008_000012"]
+    sbd_labels = write_sbd(tmp_path, sbd_train, sbd_val, rng)
+    check_available(cfg)
+    ds = train_aug(str(tmp_path))
+    voc_part, *sbd_parts = ds.datasets
+    ids = [image_id(p) for p in voc_part.images] + \
+        [image_id(part.dataset.images[i]) for part in sbd_parts for i in part.indices]
+    assert ids == voc_train + ["2008_000010", "2008_000011", "2008_000012"]
+    assert len(ds) == len(ids) and not set(ids) & set(voc_val)
+    for i, name in enumerate(ids):
+        image, target = ds[i]
+        want = voc_labels[name] if name in voc_train else sbd_labels[name]
+        assert np.array_equal(np.array(target), want), name
+        assert image.size == want.shape[::-1]
+    # 2007_000002 is in SBD too, with other labels: the VOC annotation is the one used
+    assert not np.array_equal(voc_labels["2007_000002"], sbd_labels["2007_000002"])
+
+    data = build_data(cfg)
+    assert data.num_train == 5 and data.num_val == 2
+    batches = list(data.train)
+    assert sum(len(y) for _, y in batches) == 5                 # every image once per epoch
+    for x, y in batches:
+        assert x.shape[1:] == (3, 16, 16) and y.shape[1:] == (16, 16)
+        assert set(torch.unique(y).tolist()) <= set(range(21)) | {255}
 
 
 @pytest.mark.slow

@@ -26,9 +26,16 @@ def test_reference_file_holds_only_confirmed_numbers_with_sources():
     ref = reference.load()
     assert list(ref.columns[:len(reference.COLUMNS)]) == reference.COLUMNS
     assert (ref["source"] != "").all()
-    imagenet = reference.reference("imagenet").set_index("metric")["value"]
-    assert imagenet["top1"] == 75.2 and imagenet["inference_savings"] == 49.7
-    assert imagenet["train_savings"] == 47.4
+    imagenet = reference.reference("imagenet")
+    known = imagenet[imagenet["value"].notna()]
+    assert set(known["model"]) == {"resnet50"} and set(known["variant"]) == {"grow-50"}
+    assert known.set_index("metric")["value"].to_dict() == {
+        "top1": 75.2, "inference_savings": 49.7, "train_savings": 47.4}
+    assert set(known["source"]) == {"Yuan et al. 2021, abstract"}
+    blank = imagenet[imagenet["value"].isna()]      # the rest: for a user with the PDF
+    assert {"mobilenet_v1", "resnet50"} == set(blank["model"])
+    assert (blank["source"] == "paper table (fill in from the PDF)").all()
+    assert reference.reference("figure-3")["value"].isna().all()
     autogrow = reference.reference("autogrow")
     published = autogrow[autogrow["method"].str.startswith("autogrow")]
     assert set(published["source"]) == {"Wen et al. 2020"}
@@ -110,10 +117,10 @@ def _experiment(tmp_path, name: str, runs: list[dict], figures: list[str]) -> st
     return str(path)
 
 
-def _store_runs(uri: str) -> dict[str, dict]:
+def _store_runs(uri: str, profile: str = "tiny") -> dict[str, dict]:
     from reproduce import tracking
     c = tracking.client(uri)
-    exp = tracking.experiment_id(c, "tiny", create=False)
+    exp = tracking.experiment_id(c, profile, create=False)
     return {r.info.run_id: r.data for r in c.search_runs([exp], max_results=1000)}
 
 
@@ -255,3 +262,89 @@ def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, mon
     dense_row = next(line for line in md.splitlines() if line.startswith("| dense"))
     assert [c.strip() for c in dense_row.strip("|").split("|")][5] == "–"
     assert by_variant["defaults"]["run_id"].iloc[0] in md
+
+
+@pytest.mark.slow
+def test_schedule_table_compares_each_length_with_its_own_dense_run(tmp_path, monkeypatch,
+                                                                    isolated_stores):
+    """table-schedule end to end: one row per schedule length, gaps are differences of the
+    tracked accuracies, and training savings use the dense run of the same length."""
+    from analysis import table_schedule
+    from analysis.runs import load_runs
+
+    lengths = (2, 1)
+    runs = []
+    for e in lengths:
+        suffix = "" if e == lengths[0] else "-half"
+        runs += [{"variant": f"dense{suffix}", "config": {"method": "dense", "train": {"epochs": e}}},
+                 {"variant": f"uniform-50{suffix}", "config": {
+                     "method": "dense", "model": {"width_multiplier": 0.7}, "train": {"epochs": e}}},
+                 {"variant": f"grow-50{suffix}", "config": {
+                     "budget": {"target": 0.5}, "train": {"epochs": e}}}]
+    exp = _experiment(tmp_path, "tiny-schedule", runs, ["table-schedule"])
+    monkeypatch.setattr(table_schedule, "EXPERIMENTS", [exp])
+    outputs = make("table-schedule", profile="tiny", progress=False)
+    csv = pd.read_csv(next(p for p in outputs if p.suffix == ".csv")).set_index("epochs")
+    tracked = load_runs("tiny")
+    assert sorted(csv.index) == sorted(lengths)
+    for e in lengths:
+        group = tracked[pd.to_numeric(tracked["param.train.epochs"]) == e]
+        acc = {v.replace("-half", ""): float(a) for v, a in zip(group["variant"], group["val/acc"])}
+        assert csv.loc[e, "grow_minus_uniform"] == pytest.approx(acc["grow-50"] - acc["uniform-50"])
+        assert csv.loc[e, "grow_minus_dense"] == pytest.approx(acc["grow-50"] - acc["dense"])
+        dense = group[group["variant"].str.startswith("dense")]
+        grow = group[group["variant"].str.startswith("grow")]
+        expected = 100 * (1 - float(grow["cost/train_macs_total"].iloc[0])
+                          / float(dense["cost/train_macs_total"].iloc[0]))
+        assert csv.loc[e, "grow_train_savings"] == pytest.approx(expected)
+        assert set(csv.loc[e, "run_ids"].split(";")) == set(group["run_id"])
+def test_table_imagenet_end_to_end(isolated_stores, imagenet_tiny):
+    """experiments/table-imagenet-*.yaml -> runs -> MLflow -> table-imagenet: every number is
+    the tracked one, uniform width sits at the method's MACs, and the paper's ResNet-50 result
+    stands in its own columns beside the reproduced grow-50 row."""
+    outputs = make("table-imagenet", profile="smoke", overrides=imagenet_tiny, progress=False)
+    out_dir = outputs[0].parent
+    assert {p.name for p in outputs} == {f"table-imagenet.{s}" for s in ("md", "csv", "tex",
+                                                                          "runs.json")}
+    csv = pd.read_csv(out_dir / "table-imagenet.csv")
+    assert list(zip(csv["model"], csv["variant"])) == [
+        (m, v) for m in ("resnet50", "mobilenet_v1") for v in ("dense", "grow-50", "uniform-50")]
+    store = _store_runs(isolated_stores, "smoke")
+    assert sorted(csv["run_ids"]) == sorted(store)              # one run per row, all of them
+    for _, row in csv.iterrows():
+        m = store[row["run_ids"]].metrics
+        assert row["top1_mean"] == pytest.approx(m["val/acc"])
+        assert row["top5_mean"] == pytest.approx(m["val/top5"])
+        assert row["params_m_mean"] == pytest.approx(m["cost/params"] / 1e6)
+        assert row["macs_m_mean"] == pytest.approx(m["cost/macs"] / 1e6)
+        assert row["image_size"] == 16
+    rows = csv.set_index(["model", "variant"])
+    for model, width in (("resnet50", 0.705), ("mobilenet_v1", 0.7)):
+        dense, grow, uniform = (rows.loc[(model, v)] for v in ("dense", "grow-50", "uniform-50"))
+        assert dense["kind"] == "dense" and dense["inference_savings_mean"] == 0
+        assert uniform["kind"] == "uniform" and uniform["width_multiplier"] == width
+        assert uniform["macs_ratio_mean"] == pytest.approx(0.5, abs=0.03)   # at the method's MACs
+        assert grow["kind"] == "grow" and grow["target"] == 0.5
+        assert grow["inference_savings_mean"] == pytest.approx(
+            100 * (1 - grow["macs_m_mean"] / dense["macs_m_mean"]))
+        gm = store[grow["run_ids"]].metrics
+        assert grow["train_savings_mean"] == pytest.approx(
+            100 * (1 - gm["cost/train_macs_total"]
+                   / store[dense["run_ids"]].metrics["cost/train_macs_total"]))
+    # the paper's ResNet-50 result: paper columns of resnet50 / grow-50, nowhere else
+    paper = rows.loc[("resnet50", "grow-50")]
+    assert (paper["paper_top1"], paper["paper_inference_savings"], paper["paper_train_savings"]) \
+        == (75.2, 49.7, 47.4)
+    assert paper["paper_source"] == "Yuan et al. 2021, abstract"
+    assert paper["top1_mean"] == pytest.approx(store[paper["run_ids"]].metrics["val/acc"])
+    others = csv[~((csv["model"] == "resnet50") & (csv["variant"] == "grow-50"))]
+    assert others[[f"paper_{m}" for m in ("top1", "top5", "inference_savings",
+                                           "train_savings")]].isna().all().all()
+    md = (out_dir / "table-imagenet.md").read_text()
+    assert "Profile `smoke`; dataset: synthetic." in md and "16 px" in md
+    assert "Yuan et al. 2021, abstract" in md and all(i in md for i in store)
+    grow_line = next(line for line in md.splitlines() if line.startswith("| resnet50 | growing"))
+    cells = [c.strip() for c in grow_line.strip("|").split("|")]
+    assert cells[-8:-2] == ["75.2", "", "", "", "49.7", "47.4"]         # the paper's columns
+    assert cells[3] == tables.num(paper["top1_mean"], "top1")             # the reproduced one
+    assert "Paper values without a reproduced row" not in md

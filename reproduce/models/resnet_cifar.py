@@ -112,12 +112,15 @@ class ResNetCIFAR(StagedModel):
         self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.layer1.gate(self.bn1(self.conv1(x)))
-        x = F.relu(x)
+    def features(self, x: Tensor) -> Tensor:
+        """The last stage's output, before pooling (what a segmentation head reads)."""
+        x = F.relu(self.layer1.gate(self.bn1(self.conv1(x))))
         for k in range(len(self.arch["depths"])):
             x = getattr(self, f"layer{k + 1}")(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
         return self.fc(x)
 
     # -- structure description (used by costs and export) ---------------------------------------

@@ -6,6 +6,12 @@ every stage. Module names follow torchvision's, so with gates off the state dict
 interchangeable with `torchvision.models.resnet50()`'s (and so are params and MACs: 25.56 M,
 4.09 G MACs at 224 px).
 
+Dilation (`replace_stride_with_dilation`, torchvision's argument and rule): a stage k ≥ 2 marked
+True keeps the resolution of the stage before it and dilates its 3×3 convs instead: its first
+block with the dilation of the stage before, the others with that times the stride it replaced.
+The segmentation backbone (models/segmentation.py) dilates stages 3 and 4, for an output stride
+of 8. The default, no dilation, is the classifier above.
+
 Gates (PAPER.md §3):
   stem_gate                the stem's 64 channels (after its BN, before the max-pool)
   layer<k>.gate            channels of stage k's residual stream, shared by every block of the
@@ -33,12 +39,12 @@ def _gate(n: int, gated: bool) -> nn.Module:
 
 class Bottleneck(nn.Module):
     def __init__(self, cin: int, mid1: int, mid2: int, cout: int, stride: int, project: bool,
-                 gate_channels: bool, gate_block: bool):
+                 gate_channels: bool, gate_block: bool, dilation: int = 1):
         super().__init__()
         self.conv1 = Conv2d(cin, mid1, 1, bias=False)
         self.bn1 = BatchNorm2d(mid1)
         self.gate1 = _gate(mid1, gate_channels)
-        self.conv2 = Conv2d(mid1, mid2, 3, stride, 1, bias=False)
+        self.conv2 = Conv2d(mid1, mid2, 3, stride, dilation, dilation=dilation, bias=False)
         self.bn2 = BatchNorm2d(mid2)
         self.gate2 = _gate(mid2, gate_channels)
         self.conv3 = Conv2d(mid2, cout, 1, bias=False)
@@ -68,11 +74,16 @@ class ResNetImageNet(StagedModel):
     def __init__(self, depths=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion: int = 4,
                  num_classes: int = 1000, in_channels: int = 3, width_multiplier: float = 1.0,
                  gate_channels: bool = True, gate_blocks: bool = False,
-                 sizes: dict[str, int] | None = None, removed: set[str] | frozenset = frozenset()):
+                 sizes: dict[str, int] | None = None, removed: set[str] | frozenset = frozenset(),
+                 replace_stride_with_dilation=(False, False, False)):
         super().__init__()
+        dilate = tuple(bool(d) for d in replace_stride_with_dilation)
+        if len(dilate) != len(depths) - 1:
+            raise ValueError(f"replace_stride_with_dilation: one flag per stage after the first "
+                             f"({len(depths) - 1}), got {replace_stride_with_dilation!r}")
         self.arch = dict(depths=tuple(depths), widths=tuple(widths), expansion=expansion,
                          num_classes=num_classes, in_channels=in_channels,
-                         width_multiplier=width_multiplier)
+                         width_multiplier=width_multiplier, replace_stride_with_dilation=dilate)
         self.gate_channels, self.gate_blocks = gate_channels, gate_blocks
         self.removed = frozenset(removed)
         sizes = sizes or {}
@@ -85,28 +96,36 @@ class ResNetImageNet(StagedModel):
         self.bn1 = BatchNorm2d(stem)
         self.stem_gate = _gate(stem, gate_channels)
         self.maxpool = MaxPool2d(3, 2, 1)
-        cin = stem
+        cin, dilation = stem, 1
         for k, (depth, mid) in enumerate(zip(depths, mids)):
+            stride, previous = (2 if k > 0 else 1), dilation
+            if k > 0 and dilate[k - 1]:          # torchvision's _make_layer(dilate=True)
+                dilation, stride = dilation * stride, 1
             blocks = []
             for j in range(depth):
                 name = f"layer{k + 1}.{j}"
                 if name in self.removed:
                     blocks.append(RemovedBlock())
                     continue
-                stride = 2 if (j == 0 and k > 0) else 1
                 blocks.append(Bottleneck(cin, sizes.get(f"{name}.gate1", mid),
-                                         sizes.get(f"{name}.gate2", mid), stream[k], stride, j == 0,
-                                         gate_channels, gate_blocks and j > 0))
+                                         sizes.get(f"{name}.gate2", mid), stream[k],
+                                         stride if j == 0 else 1, j == 0, gate_channels,
+                                         gate_blocks and j > 0, previous if j == 0 else dilation))
                 cin = stream[k]
             cin = stream[k]
             self.add_module(f"layer{k + 1}", Stage(_gate(stream[k], gate_channels), blocks))
         self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """The last stage's output, before pooling (what a segmentation head reads)."""
         x = self.maxpool(F.relu(self.stem_gate(self.bn1(self.conv1(x)))))
         for k in range(len(self.arch["depths"])):
             x = getattr(self, f"layer{k + 1}")(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1) if x.shape[1] else x.new_zeros(x.shape[0], 0)
         return self.fc(x)
 

@@ -236,3 +236,20 @@ def test_imagenet_experiments_share_their_mobilenet_runs_and_state_their_recipe(
             assert (cfg.data.dataset, cfg.data.image_size) == ("imagenet_smoke", 32)
     assert sorted(fig[v].cfg.model.width_multiplier for v in fig if v.startswith(("dense", "uni"))) \
         == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_fields_only_growing_reads_leave_baseline_identities_alone():
+    """budget.growth_push is read by the growing method only: a baseline's identity does not
+    depend on it (its tracked runs stay valid when the default changes); a growing run's does."""
+    from reproduce.config import GROW_ONLY
+
+    other = {"cost": "uniform", "uniform": "cost"}
+    lr = random.uniform(0.01, 1)
+    for method in ("dense", "prune", "autogrow"):
+        base = resolve({"method": method, "train": {"lr": lr}})
+        for key, value in GROW_ONLY.items():
+            flipped = resolve(to_dict(base), unflatten({key: other[value]}))
+            assert config_hash(flipped) == config_hash(base), (method, key)
+    grow = resolve({"method": "grow", "train": {"lr": lr}})
+    assert config_hash(resolve(to_dict(grow), unflatten({"budget.growth_push": "uniform"}))) != \
+        config_hash(resolve(to_dict(grow), unflatten({"budget.growth_push": "cost"})))

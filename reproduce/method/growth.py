@@ -16,7 +16,8 @@
 
 Objective: task loss + λ_t · Σ_i w_i·p_i with p_i = σ(β_i·s_i) and w_i the cost of structure i
 normalised by the mean structure cost (or by the dense total). While pruning (λ > 0) the weights
-are always cost-proportional; while growing (λ < 0) they are uniform unless `growth_push = cost`.
+are always cost-proportional; while growing (λ < 0) too by default (`growth_push = cost`), or
+uniform (`growth_push = uniform`: every structure pushed alike).
 
 `execution="restructured"` computes only the sampled sub-network in training (execution.py);
 `after_backward` then gives the parameters it skipped their (zero) gradient.

@@ -115,7 +115,7 @@ class BudgetOptions:
     usage: str = "hard"                 # USAGES: the hard architecture's cost, or the expected one
     cost: str = "macs"                  # COSTS: what one structure costs in the penalty
     normalize: str = "mean"             # NORMALIZATIONS: structure costs over their mean or total
-    growth_push: str = "uniform"        # GROWTH_PUSHES: the penalty's weights while growing
+    growth_push: str = "cost"           # GROWTH_PUSHES: the penalty's weights while growing
 
     def __post_init__(self):
         _choice("budget", "metric", self.metric, BUDGET_METRICS)

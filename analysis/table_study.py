@@ -1,8 +1,10 @@
-"""Table: the study behind the method's defaults (experiments/study-fidelity.yaml).
+"""Table: the study behind the method's defaults (experiments/study-fidelity.yaml and
+experiments/study-growth-push.yaml).
 
-ResNet-20 growing to 0.5 of dense MACs, smoke profile. Rows: the dense and uniform-width
+Growing to 0.5 of dense MACs, smoke profile. ResNet-20 (15 epochs): the dense and uniform-width
 references; "before" (the formulation as first built) and one change added to it per row;
-"defaults" (the method now) and one change taken away per row. Columns as in the CIFAR table,
+"defaults" (the method now) and one change taken away per row. ResNet-56 (20 epochs, five
+seeds): the default growth push against the uniform one, with its own references. Columns as in the CIFAR table,
 plus what the changes were made for: validation accuracy after epoch 2 (is the hard network
 measured correctly early?), the largest MACs usage over the run (did growth overshoot to the
 full network before being pruned back?) and the first epoch at which usage reached 90 % of the
@@ -21,9 +23,9 @@ from reproduce import contract
 from . import tables
 from .runs import histories
 
-EXPERIMENTS = ["study-fidelity"]
-TITLE = "Table: the study behind the method's defaults (ResNet-20, MACs ≤ 0.5)"
-ORDER = ["dense", "uniform-50", "before", "defaults"]
+EXPERIMENTS = ["study-fidelity", "study-growth-push"]
+TITLE = "Table: the study behind the method's defaults (MACs ≤ 0.5)"
+ORDER = ["dense", "uniform-50", "before", "defaults", "grow-50"]
 
 
 def dynamics(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
@@ -43,24 +45,31 @@ def dynamics(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
 
 def rows(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
     measured = tables.per_run(runs).merge(dynamics(runs, uri), on="run_id", how="left")
+    measured["epochs"] = measured["run_id"].map(
+        dict(zip(runs["run_id"], runs["param.train.epochs"].astype(int))))
     extra = ["acc_epoch2", "max_usage", "epoch_at_budget"]
     out = tables.aggregate(measured, metrics=[*tables.METRICS, "macs_ratio", "train_macs_total",
                                               *extra])
     rank = {v: i for i, v in enumerate(ORDER)}
     out["order"] = [rank.get(v, len(ORDER) + (0 if v.startswith("before") else 1))
                     for v in out["variant"]]
-    grouped = out.sort_values(["order", "variant"]).reset_index(drop=True)
-    # "before+..." rows right after "before", "defaults-..." rows after "defaults"
-    before = grouped[grouped["variant"].str.startswith("before")]
-    after = grouped[grouped["variant"].str.startswith("defaults")]
-    refs = grouped[~grouped.index.isin(before.index) & ~grouped.index.isin(after.index)]
-    return pd.concat([refs, before, after], ignore_index=True)
+    parts = []
+    for _, model in out.groupby("model", sort=True):      # resnet20's study, then resnet56's
+        grouped = model.sort_values(["order", "variant"]).reset_index(drop=True)
+        # "before+..." rows right after "before", "defaults-..." rows after "defaults"
+        before = grouped[grouped["variant"].str.startswith("before")]
+        after = grouped[grouped["variant"].str.startswith("defaults")]
+        refs = grouped[~grouped.index.isin(before.index) & ~grouped.index.isin(after.index)]
+        parts += [refs, before, after]
+    return pd.concat(parts, ignore_index=True)
 
 
 def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
     r = rows(runs, uri)
     fmt = tables.mean_std
     display = pd.DataFrame({
+        "model": list(r["model"]),
+        "epochs": [int(v) for v in r["epochs"]],
         "variant": list(r["variant"]),
         "top-1 (%)": [fmt(a, b, "top1") for a, b in zip(r["top1_mean"], r["top1_std"])],
         "MACs / dense": [f"{v:.3f}" for v in r["macs_ratio_mean"]],
@@ -74,12 +83,14 @@ def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
                                     else f"{v:.1f}" for i, v in enumerate(r["epoch_at_budget_mean"])],
         "seeds": list(r["n_seeds"]),
     })
-    csv = tables.csv_frame(r, ["variant"]).assign(
+    csv = tables.csv_frame(r, ["model", "variant"]).assign(
         **{c: r[c] for c in r.columns if c.startswith(("acc_epoch2", "max_usage", "epoch_at"))})
     notes = ["before = s_on 0.5, beta_0 1, beta_final in the last epoch, no logit spread, no BN "
              "recalibration, no warm-up; defaults = the method's current defaults "
-             "(docs/METHOD.md explains each)."]
+             "(docs/METHOD.md explains each); grow-50-uniform-push = the defaults with the "
+             "growth push of before (budget.growth_push: uniform)."]
     return tables.write(stem, display, csv, title=TITLE, profile=profile,
                         datasets=sorted(r["dataset"].unique()),
                         run_ids=[ids.split(";") for ids in r["run_ids"]],
-                        row_names=list(r["variant"]), n_left=1, notes=notes)
+                        row_names=[f"{m}/{v}" for m, v in zip(r["model"], r["variant"])],
+                        n_left=3, notes=notes)

@@ -247,20 +247,34 @@ def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, mon
                                          "budget": {"target": 0.5}}},
         {"variant": "defaults", "config": {"budget": {"target": 0.5}}},
     ], ["table-study"])
-    monkeypatch.setattr(table_study, "EXPERIMENTS", [exp])
+    other = "basic3resnet-2-1-1"          # a second study on another model: its own rows
+    exp2 = _experiment(tmp_path, "tiny-study-2", [
+        {"variant": "dense", "config": {"method": "dense", "model": {"name": other}}},
+        {"variant": "defaults", "config": {"budget": {"target": 0.5}, "model": {"name": other}}},
+    ], ["table-study"])
+    monkeypatch.setattr(table_study, "EXPERIMENTS", [exp, exp2])
     outputs = make("table-study", profile="tiny", progress=False)
     md = next(p for p in outputs if p.suffix == ".md").read_text()
     runs = load_runs("tiny")
-    by_variant = {v: g for v, g in runs.groupby("variant")}
+    mine = runs[runs["model"] != other]
+    by_variant = {v: g for v, g in mine.groupby("variant")}
     h = histories(by_variant["defaults"], "val/acc|budget/usage")
     usage = h[(h["key"] == "budget/usage") & (h["epoch"] >= 1)]["value"]
     acc2 = h[(h["key"] == "val/acc") & (h["epoch"] == 2)]["value"].iloc[0]
-    row = next(line for line in md.splitlines() if line.startswith("| defaults"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[4] == f"{acc2:.1f}" or cells[4] == f"{acc2:.2f}"
-    assert cells[5] == f"{usage.max():.2f}"
-    dense_row = next(line for line in md.splitlines() if line.startswith("| dense"))
-    assert [c.strip() for c in dense_row.strip("|").split("|")][5] == "–"
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| ") and not line.startswith("| model")]
+    # each model's rows together, references first
+    assert [(c[0] == other, c[2]) for c in lines] == [
+        (False, "dense"), (False, "before"), (False, "defaults"), (True, "dense"),
+        (True, "defaults")] or [(c[0] == other, c[2]) for c in lines] == [
+        (True, "dense"), (True, "defaults"), (False, "dense"), (False, "before"),
+        (False, "defaults")]
+    table = {c[2]: c for c in lines if c[0] != other}
+    cells = table["defaults"]              # model, epochs, variant, top-1, MACs, savings, ...
+    assert cells[:2] == [by_variant["defaults"]["model"].iloc[0], "2"]
+    assert cells[6] == f"{acc2:.1f}" or cells[6] == f"{acc2:.2f}"
+    assert cells[7] == f"{usage.max():.2f}"
+    assert table["dense"][7] == "–"
     assert by_variant["defaults"]["run_id"].iloc[0] in md
 
 

@@ -4,11 +4,11 @@ experiments/study-growth-push.yaml).
 Growing to 0.5 of dense MACs, smoke profile. ResNet-20 (15 epochs): the dense and uniform-width
 references; "before" (the formulation as first built) and one change added to it per row;
 "defaults" (the method now) and one change taken away per row. ResNet-56 (20 epochs, five
-seeds): the default growth push against the uniform one, with its own references. Columns as in the CIFAR table,
-plus what the changes were made for: validation accuracy after epoch 2 (is the hard network
-measured correctly early?), the largest MACs usage over the run (did growth overshoot to the
-full network before being pruned back?) and the first epoch at which usage reached 90 % of the
-budget (how fast the network grew).
+seeds): the default growth push against the uniform one, with its own references. Columns as
+in the CIFAR table, plus what the changes were made for: validation accuracy after epoch 2 (is
+the hard network measured correctly early?), the largest MACs usage over the run (did growth
+overshoot to the full network before being pruned back?) and the first epoch at which usage
+reached 90 % of the budget (how fast the network grew).
 """
 
 from __future__ import annotations

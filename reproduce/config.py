@@ -135,7 +135,7 @@ class BudgetConfig:
     # objective's own gradient, λ·c_i·∂p_i); `uniform` pushes every structure alike and lets the
     # task loss decide what grows. Over budget pruning is always cost-weighted. [ours: cost]
     # `uniform` left the shared high-resolution streams narrow (ResNet-56 at 0.5 MACs: 97.83 %
-    # against 98.55 % with `cost`, five seeds; docs/METHOD.md)
+    # against 98.56 % with `cost`, five seeds; docs/METHOD.md)
     growth_push: str = field(default="cost", metadata=choice(*M.GROWTH_PUSHES))
 
 

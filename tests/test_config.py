@@ -247,8 +247,10 @@ def test_fields_only_growing_reads_leave_baseline_identities_alone():
     lr = random.uniform(0.01, 1)
     for method in ("dense", "prune", "autogrow"):
         base = resolve({"method": method, "train": {"lr": lr}})
-        for key, value in GROW_ONLY.items():
-            flipped = resolve(to_dict(base), unflatten({key: other[value]}))
+        flat = flatten(to_dict(base))
+        for key in GROW_ONLY:
+            flipped = resolve(to_dict(base), unflatten({key: other[flat[key]]}))
+            assert flatten(to_dict(flipped))[key] != flat[key]
             assert config_hash(flipped) == config_hash(base), (method, key)
     grow = resolve({"method": "grow", "train": {"lr": lr}})
     assert config_hash(resolve(to_dict(grow), unflatten({"budget.growth_push": "uniform"}))) != \

@@ -182,13 +182,14 @@ class GrowthController:
             q = replay.detach().float().cpu()
             write_samples(self.gates, q)
             self._held = None             # a period in progress continues from these samples
+            self._sampled = self._state(q)
         elif self.sampling == "deterministic":
             open_all(self.gates)      # nothing is skipped: every channel is computed
-            q = torch.ones(sum(g.n for g in self.gates))
+            self._sampled = self._state(torch.ones(sum(g.n for g in self.gates)))
         elif self.sampling == "hard":  # fixed masks: the hard architecture is what trains
             hard = torch.cat([g.hard().detach() for g in self.gates])
             write_samples(self.gates, hard)
-            q = hard.cpu()
+            self._sampled = self._state(hard.cpu())
         else:
             if self.draws % self.resample_every == 0:
                 self._held = self._state(sample_gates(self.gates, self.generator).cpu())
@@ -197,9 +198,6 @@ class GrowthController:
                                                     for g in self.gates]).cpu())
             self.draws += 1
             self._sampled = self._held                  # the same object: the plan is reused
-            self.execution.plan(self._sampled)
-            return
-        self._sampled = self._state(q)
         self.execution.plan(self._sampled)
 
     def _state(self, q: Tensor) -> dict[str, Tensor]:

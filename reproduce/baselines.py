@@ -24,6 +24,13 @@ block's inner channels `layer<k>.<j>.gate1`, as Li et al. prune ResNets; every c
 `all` also prunes the residual streams `layer<k>.gate` (scored over every layer writing the
 stream); `auto` is `inner` for residual networks and `all` otherwise.
 
+Shared pre-training: runs that differ only in `baseline.prune_target` (l1-50 and l1-30 of one
+seed) pre-train the same dense network, so the trainer takes a `shared` store (the runner's
+checkpoint.SharedPretraining; anything with `load() -> state | None` and `save(state)`): the first
+run saves its state after pre-training, the others load it, report its pre-training epochs as
+their own steps (same stats, same training cost) and go on to prune and fine-tune. On CPU a run
+that loads the state ends with exactly the numbers of one that pre-trains itself (tested).
+
 Steps reported to on_epoch: 0 = before training, 1..P pre-training (`phase` 0), P+1..P+F
 fine-tuning (`phase` 1), with the same keys as the method's epochs plus `phase` and `prune/*`.
 """
@@ -38,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from . import contract
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, config_hash
 from .data import DataBundle
 from .method import ChannelGate, CostModel, GatedModel, Site
 from .tasks import Task
@@ -253,9 +260,19 @@ def phase_schedule(inner: RunConfig, epochs: int, lr: float, warmup: int | None 
     return schedule
 
 
+def pretraining_key(cfg: RunConfig) -> str:
+    """What decides a pruning run's pre-training: its whole identity but `baseline.prune_target`
+    and its name (the seed, the schedules, the criterion and its regulariser all count). Runs
+    with the same key pre-train the same dense network."""
+    common = copy.deepcopy(cfg)
+    common.baseline.prune_target, common.variant = 1.0, "pruning"
+    return config_hash(common)
+
+
 def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
                            on_epoch=None, progress: bool = True, *, checkpoints=None,
-                           resume: dict | None = None) -> TrainState:
+                           resume: dict | None = None, shared=None) -> TrainState:
+    """Pre-train (or load the shared pre-training, see the module doc), prune, fine-tune."""
     b = cfg.baseline
     inner = internal_config(cfg)
     state = build(inner, data, device)
@@ -264,10 +281,18 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
     if not gates:
         raise ConfigError(f"baseline.scope = {b.scope!r}: {cfg.model.name} has no prunable channel "
                           f"gates in that scope; use scope: all")
+    pretrained = None
     if resume is not None:
         state.load_state_dict(resume)
-    elif on_epoch is not None:
-        on_epoch(0, {**controller.architecture_stats(), contract.PHASE: 0.0}, controller)
+    else:
+        if on_epoch is not None:
+            on_epoch(0, {**controller.architecture_stats(), contract.PHASE: 0.0}, controller)
+        pretrained = shared.load() if shared is not None else None
+        if pretrained is not None:
+            state.load_state_dict(pretrained)     # its RNG state too: fine-tuning goes on as if
+            for step, stats in enumerate(state.history, 1):     # it had pre-trained here
+                if on_epoch is not None:
+                    on_epoch(step, stats, controller)
     label = f"{cfg.model.name}/{cfg.variant}/s{cfg.seed}"
 
     if state.phase == 0:
@@ -279,6 +304,9 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
                          name=" pretrain")
         run_epochs(state, pretrain, data, task, device, on_epoch, progress, label,
                    checkpoints=checkpoints)
+        if shared is not None and pretrained is None:
+            # fine-tuning starts fresh optimizers: the pre-training ones are not needed
+            shared.save({**state.state_dict(), "optimizers": {}})
         masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
         apply_masks(model, masks)
         amp = cfg.train.amp and device.type == "cuda"
@@ -293,5 +321,5 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
     return state
 
 __all__ = ["apply_masks", "bisect_ratio", "bisect_threshold", "choose_masks", "l1_scores",
-           "prunable_gates", "ratio_masks", "slimming_regularizer", "slimming_scores",
-           "threshold_masks", "train_pruning_baseline"]
+           "prunable_gates", "pretraining_key", "ratio_masks", "slimming_regularizer",
+           "slimming_scores", "threshold_masks", "train_pruning_baseline"]

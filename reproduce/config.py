@@ -149,6 +149,11 @@ class BaselineConfig:
     prune_target: float = 0.5       # keep this fraction of the dense model's MACs
     slimming_l1: float = 1e-4       # network slimming: L1 on BN scales during pre-training
     scope: str = field(default="auto", metadata=choice("auto", "inner", "all"))  # auto: inner for ResNets
+    # runs of one experiment that differ only in prune_target pre-train one dense network and
+    # each prune and fine-tune it (the practice of Li et al. and Liu et al.); every run still
+    # logs and counts the pre-training. Not part of a run's identity: on CPU the pruned runs'
+    # numbers are the same either way (tests/test_baselines.py)
+    share_pretraining: bool = True
 
 
 @dataclass
@@ -213,7 +218,8 @@ class RunConfig:
 
 # Fields that do not change a run's result: left out of its identity hash.
 NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_batch_size",
-                "train.device", "train.threads", "train.checkpoint_minutes"}
+                "train.device", "train.threads", "train.checkpoint_minutes",
+                "baseline.share_pretraining"}
 # Fields added after runs were tracked, with the value that does what the suite did before they
 # existed: left out of a run's identity while at that value, so runs tracked earlier keep their
 # hashes. Changing one of these defaults means taking it out of this table (and new pins).

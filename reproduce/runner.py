@@ -41,15 +41,17 @@ TRAINERS = {
 
 def execute(cfg: RunConfig, on_epoch: EpochCallback | None = None, progress: bool = True,
             data: DataBundle | None = None, *, checkpoints: Checkpoints | None = None,
-            resume: dict | None = None) -> TrainState:
+            resume: dict | None = None, shared=None) -> TrainState:
     """Train one resolved config, untracked: device, data, task, then the method's trainer
-    (from a checkpoint's state when `resume` is given)."""
+    (from a checkpoint's state when `resume` is given; `shared`: a pruning run's shared
+    pre-training, baselines.py)."""
     device = train.pick_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     data = data or build_data(cfg.data, device, seed=cfg.seed)
+    extra = {"shared": shared} if shared is not None else {}
     return TRAINERS[cfg.method](cfg, data, device, task_for(cfg, data), on_epoch, progress,
-                                checkpoints=checkpoints, resume=resume)
+                                checkpoints=checkpoints, resume=resume, **extra)
 
 
 class RunStopped(Exception):
@@ -112,10 +114,16 @@ def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bo
                  uri: str | None) -> list[dict]:
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, profile)
+    sharing = _pretraining_groups(runs, exp_id)
     summaries: dict[str, dict] = {}
     waiting = []
     for pr in runs:
         if pr.hash in summaries:                      # two entries resolving to the same config
+            continue
+        if pr.hash in sharing and _shared(uri, sharing[pr.hash]).busy():
+            print(f"{run_name_of(pr)}: another process is pre-training the network it prunes; "
+                  f"coming back to it later")
+            waiting.append(pr)
             continue
         lock = tracking.claim(uri, exp_id, pr.hash)
         if lock is None:
@@ -123,21 +131,54 @@ def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bo
             waiting.append(pr)
             continue
         try:                                          # claim() returned it acquired
-            summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, force, progress, uri)
+            summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, force, progress, uri,
+                                                        sharing.get(pr.hash))
         finally:
             lock.release()
+        _forget_pretraining(c, exp_id, runs, sharing, pr, uri)
     for pr in waiting:
         if pr.hash in summaries:
             continue
         print(f"{run_name_of(pr)}: waiting for the other process to finish it")
         from filelock import FileLock
         with FileLock(str(tracking.state_dir(uri) / "claims" / f"{exp_id}-{pr.hash}.lock")):
-            summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, False, progress, uri)
+            summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, False, progress, uri,
+                                                        sharing.get(pr.hash))
+        _forget_pretraining(c, exp_id, runs, sharing, pr, uri)
     return [summaries[pr.hash] for pr in runs]
 
 
+def _pretraining_groups(runs: list[PlannedRun], exp_id: str) -> dict[str, str]:
+    """Config hash -> the name its pre-training is shared under, for pruning runs of this plan
+    that pre-train the same network as another of its runs (baselines.pretraining_key)."""
+    if distributed.is_distributed():              # the other ranks could not follow a load
+        return {}
+    groups: dict[str, set[str]] = {}
+    for pr in runs:
+        if pr.cfg.method == "prune" and pr.cfg.baseline.share_pretraining:
+            groups.setdefault(baselines.pretraining_key(pr.cfg), set()).add(pr.hash)
+    return {h: f"{exp_id}-{key}" for key, hashes in groups.items() if len(hashes) > 1
+            for h in hashes}
+
+
+def _shared(uri: str | None, name: str, run_id: str = "", on_load=None):
+    from .checkpoint import SharedPretraining
+    return SharedPretraining(tracking.state_dir(uri) / "pretrained", name, run_id, on_load)
+
+
+def _forget_pretraining(c, exp_id: str, runs: list[PlannedRun], sharing: dict[str, str],
+                        pr: PlannedRun, uri: str | None) -> None:
+    """Delete a shared pre-training once every run of the plan that shares it has finished."""
+    name = sharing.get(pr.hash)
+    if name is None:
+        return
+    siblings = {r.hash for r in runs if sharing.get(r.hash) == name}
+    if all(tracking.find_finished(c, exp_id, h) is not None for h in siblings):
+        _shared(uri, name).delete()
+
+
 def _reuse_resume_or_train(c, exp_id: str, pr: PlannedRun, force: bool, progress: bool,
-                           uri: str | None) -> dict:
+                           uri: str | None, pretraining: str | None = None) -> dict:
     """With the config's claim held: reuse a finished run, resume an interrupted one, or train."""
     existing = None if force else tracking.find_finished(c, exp_id, pr.hash)
     if existing is not None:
@@ -145,8 +186,9 @@ def _reuse_resume_or_train(c, exp_id: str, pr: PlannedRun, force: bool, progress
         return _summary(existing.info.run_id, pr, existing.data.metrics, reused=True)
     unfinished = tracking.find_unfinished(c, exp_id, pr.hash)
     if unfinished is not None and not force:
-        return train_tracked(c, exp_id, pr, progress, resume_run=unfinished.info.run_id, uri=uri)
-    return train_tracked(c, exp_id, pr, progress, uri=uri)
+        return train_tracked(c, exp_id, pr, progress, resume_run=unfinished.info.run_id, uri=uri,
+                             pretraining=pretraining)
+    return train_tracked(c, exp_id, pr, progress, uri=uri, pretraining=pretraining)
 
 
 def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
@@ -168,7 +210,7 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
                   epoch_hook: Callable[[int, dict], None] | None = None,
                   on_start: Callable[[str], None] | None = None,
                   run_name: str | None = None, resume_run: str | None = None,
-                  uri: str | None = None) -> dict:
+                  uri: str | None = None, pretraining: str | None = None) -> dict:
     """Train one planned run inside an MLflow run; failures and interrupts are recorded as such.
 
     The run checkpoints its whole training state (beside the store, tracking.state_dir) after
@@ -179,10 +221,12 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
     Optional, for callers such as the Optuna search: `parent_run_id` nests the run under another
     (tag mlflow.parentRunId), `extra_tags` are added to the contract's tags, `on_start(run_id)` is
     called once the run exists, and `epoch_hook(step, stats)` after each step's metrics are
-    logged; the hook may raise `RunStopped` to end the run early (see there).
+    logged; the hook may raise `RunStopped` to end the run early (see there). `pretraining`
+    names the pre-training a pruning run shares with others (checkpoint.SharedPretraining).
     """
     if resume_run is not None:
-        return _train_in_run(c, pr, resume_run, progress, epoch_hook, uri, resumed=True)
+        return _train_in_run(c, pr, resume_run, progress, epoch_hook, uri, resumed=True,
+                             pretraining=pretraining)
     cfg = pr.cfg
     tags = {"model": cfg.model.name, "dataset": cfg.data.dataset, "profile": pr.profile,
             "variant": cfg.variant, "seed": str(cfg.seed), "figures": ",".join(pr.figures),
@@ -199,7 +243,8 @@ def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,
         on_start(run_id)
     tracking.log_params(c, run_id, flatten(to_dict(cfg)))
     c.log_text(run_id, yaml.safe_dump(to_dict(cfg), sort_keys=False), tracking.ARTIFACT_CONFIG)
-    return _train_in_run(c, pr, run_id, progress, epoch_hook, uri, resumed=False)
+    return _train_in_run(c, pr, run_id, progress, epoch_hook, uri, resumed=False,
+                         pretraining=pretraining)
 
 
 def _device_label(cfg: RunConfig) -> str:
@@ -209,7 +254,7 @@ def _device_label(cfg: RunConfig) -> str:
 
 
 def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, uri: str | None,
-                  resumed: bool) -> dict:
+                  resumed: bool, pretraining: str | None = None) -> dict:
     cfg = pr.cfg
     checkpoints = RunCheckpoints(tracking.state_dir(uri), run_id, cfg.train.checkpoint_minutes,
                                  extra={"traces": []})
@@ -238,9 +283,14 @@ def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, ur
     if distributed.is_distributed():              # the other ranks train it with this process
         distributed.broadcast_object({"hash": pr.hash, "checkpoint": str(checkpoints.path)
                                       if saved is not None else None})
+    shared = None
+    if pretraining is not None:    # held until the pre-training is saved (or the run ends)
+        shared = _shared(uri, pretraining, run_id,
+                         on_load=lambda source: c.set_tag(run_id, "pretrained_in", source))
+        shared.lock()
     try:
         result = execute(cfg, on_epoch=on_epoch, progress=progress, checkpoints=checkpoints,
-                         resume=saved["train"] if saved is not None else None)
+                         resume=saved["train"] if saved is not None else None, shared=shared)
         _log_final_artifacts(c, run_id, result, traces)
     except RunStopped as e:
         e.run_id = run_id
@@ -270,6 +320,9 @@ def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, ur
         c.set_tag(run_id, "failure_reason", f"{type(e).__name__}: {e}"[:5000])
         c.set_terminated(run_id, "FAILED")
         raise
+    finally:
+        if shared is not None:
+            shared.release()
     c.set_terminated(run_id, "FINISHED")
     checkpoints.delete()                        # the compact model stays, as an artifact
     return _summary(run_id, pr, result.final, reused=False)

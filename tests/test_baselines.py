@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -175,3 +177,53 @@ def test_baseline_config_ranges():
         resolve({"baseline": {"pretrain_epochs": -1}})
     with pytest.raises(ConfigError, match="criterion"):
         resolve({"baseline": {"criterion": "random"}})
+
+
+class MemoryPretraining:
+    """The trainer's `shared` store, in memory: what the runner's SharedPretraining does on disk."""
+
+    def __init__(self):
+        self.state, self.saves, self.loads = None, 0, 0
+
+    def load(self):
+        if self.state is None:
+            return None
+        self.loads += 1
+        return copy.deepcopy(self.state)
+
+    def save(self, state):
+        self.state, self.saves = copy.deepcopy(state), self.saves + 1
+
+
+def _timeless(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if not k.startswith("time/")}
+
+
+@pytest.mark.parametrize("criterion", ["l1_norm", "slimming"])
+def test_shared_pretraining_gives_exactly_the_numbers_of_pretraining_alone(tiny, criterion,
+                                                                         fresh_seed):
+    base = {"method": "prune", "seed": fresh_seed % 1000, "model": {"name": "resnet20"},
+            "baseline": {"criterion": criterion, "pretrain_epochs": 2, "finetune_epochs": 1}}
+    first = resolve(tiny, base, {"variant": "l1-60", "baseline": {"prune_target": 0.6}})
+    second = resolve(tiny, base, {"variant": "l1-30", "baseline": {"prune_target": 0.3}})
+    assert baselines.pretraining_key(first) == baselines.pretraining_key(second)
+    for other in ({"seed": fresh_seed % 1000 + 1}, {"baseline": {"pretrain_epochs": 3}},
+                  {"baseline": {"criterion": "slimming" if criterion == "l1_norm" else "l1_norm"}}):
+        assert baselines.pretraining_key(resolve(tiny, base, other)) != \
+            baselines.pretraining_key(first), other
+
+    shared = MemoryPretraining()
+    execute(first, progress=False, shared=shared)
+    assert shared.saves == 1 and shared.state["epoch"] == 2 and shared.state["phase"] == 0
+
+    loaded_steps, alone_steps = [], []
+    loaded = execute(second, progress=False, shared=shared,
+                     on_epoch=lambda s, st, c: loaded_steps.append((s, _timeless(st))))
+    alone = execute(second, progress=False,
+                    on_epoch=lambda s, st, c: alone_steps.append((s, _timeless(st))))
+    assert shared.loads == 1 and shared.saves == 1           # loaded, not pre-trained again
+    assert [s for s, _ in loaded_steps] == [0, 1, 2, 3]       # pre-training reported as its own
+    assert loaded_steps == alone_steps                        # every number of every step
+    assert loaded_steps[-1][1]["cost/macs"] < loaded_steps[2][1]["cost/macs"]   # it did prune
+    for (k, a), b in zip(loaded.model.state_dict().items(), alone.model.state_dict().values()):
+        assert torch.equal(a, b), k

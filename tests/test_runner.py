@@ -204,3 +204,52 @@ def test_figures_draw_from_a_store_at_a_non_default_uri(tiny, tmp_path, monkeypa
     assert [r["run_id"] for r in sidecar["runs"]] == [summaries[0]["run_id"]]
     with pytest.raises(ConfigError, match="no finished runs"):   # the default store has none
         make("figure-7", profile="smoke", overrides=tiny, run_missing=False)
+
+
+def test_pruning_runs_share_their_pretraining_and_keep_its_numbers(tiny, tmp_path):
+    """l1-60 and l1-30 of one seed pre-train once: the second run loads the first's pre-trained
+    network, reports its pre-training epochs as its own, names where they come from, and ends
+    with the numbers of a run that pre-trained alone; the shared file goes once both finished."""
+    import yaml
+    from reproduce.runner import execute
+
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({"tiny": {"seeds": [0],
+                                                                     "config": tiny}}))
+    prune = {"method": "prune", "baseline": {"pretrain_epochs": 2, "finetune_epochs": 1}}
+    path = tmp_path / "prune-pair.yaml"
+    path.write_text(yaml.safe_dump({"name": "prune-pair", "figures": [],
+                                    "base": {"model": {"name": "resnet20"}, **prune}, "runs": [
+        {"variant": "l1-60", "config": {"baseline": {"prune_target": 0.6}}},
+        {"variant": "dense", "config": {"method": "dense"}},
+        {"variant": "l1-30", "config": {"baseline": {"prune_target": 0.3}}}]}))
+    summaries = run_experiment(str(path), "tiny", progress=False)
+    c = tracking.client()
+    first, _, second = (c.get_run(s["run_id"]) for s in summaries)
+    assert "pretrained_in" not in first.data.tags
+    assert second.data.tags["pretrained_in"] == first.info.run_id
+    phases = c.get_metric_history(second.info.run_id, "phase")
+    assert [(m.step, m.value) for m in phases] == [(0, 0.0), (1, 0.0), (2, 0.0), (3, 1.0)]
+    pre_first = c.get_metric_history(first.info.run_id, "val/acc")[:2]
+    pre_second = c.get_metric_history(second.info.run_id, "val/acc")[:2]
+    assert [m.value for m in pre_first] == [m.value for m in pre_second]
+    alone = execute(plan(str(path), "tiny")[2].cfg, progress=False).final
+    for key in ("val/acc", "val/loss", "cost/macs", "cost/train_macs_total"):
+        assert second.data.metrics[key] == pytest.approx(alone[key], rel=1e-12), key
+    assert not list((tracking.state_dir() / "pretrained").glob("*.pt"))
+
+
+def test_shared_pretraining_lock_tells_other_processes_it_is_busy(tmp_path):
+    from reproduce.checkpoint import SharedPretraining
+
+    holder = SharedPretraining(tmp_path, "key", "run-a")
+    other = SharedPretraining(tmp_path, "key", "run-b")
+    assert not other.busy()
+    holder.lock()
+    assert other.busy() and not SharedPretraining(tmp_path, "another", "run-b").busy()
+    holder.save({"epoch": 2})                   # saving hands the pre-training over
+    assert not other.busy()
+    seen = []
+    other.on_load = seen.append
+    assert other.load() == {"epoch": 2} and seen == ["run-a"]
+    other.delete()
+    assert other.load() is None

@@ -37,9 +37,12 @@ RUN := $(PY) -m reproduce
 
 # every analysis/figure_<N>.py and analysis/table_<name>.py is a target
 FIGURES := $(shell printf "%s\n" $(patsubst analysis/figure_%.py,%,$(wildcard analysis/figure_*.py)) | sort -n)
-TABLES := $(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py)))
+# the paper's tables are `make tables`; the studies behind the method's defaults and schedules
+# (docs/METHOD.md) are tables too, drawn by `make studies`
+STUDIES := schedule study
+TABLES := $(filter-out $(STUDIES),$(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py))))
 
-.PHONY: help setup demo test test-fast figures tables run flops list-runs list-experiments mlflow-ui \
+.PHONY: help setup demo test test-fast figures tables studies run flops list-runs list-experiments mlflow-ui \
         optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet data-voc \
         data-sbd \
         lock clean-figures clean search search-best \
@@ -54,6 +57,7 @@ help: ## Show this help
 	@echo
 	@echo "Figures: $(addprefix figure-,$(FIGURES))"
 	@echo "Tables:  $(addprefix table-,$(TABLES))"
+	@echo "Studies: $(addprefix table-,$(STUDIES))"
 	@echo
 	@echo "Variables (current value):"
 	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10; ImageNet for figure-3, table-imagenet; full schedules)"
@@ -94,8 +98,11 @@ table-%: $(STAMP) ## Train what a table needs, then write figures/table-NAME.{md
 figures: $(STAMP) ## Every figure for PROFILE
 	@$(RUN) figure $(FIGURES) --profile $(PROFILE)
 
-tables: $(STAMP) ## Every table for PROFILE
+tables: $(STAMP) ## Every table of the paper for PROFILE
 	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE),echo "no tables yet")
+
+studies: $(STAMP) ## The study tables behind the method's defaults (table-study, table-schedule)
+	@$(RUN) table $(STUDIES) --profile $(PROFILE)
 
 search: $(STAMP) ## Optuna search: make search SEARCH=search-resnet20-budget [TRIALS=n] [WORKERS=n]
 	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS))

@@ -115,6 +115,9 @@ def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bo
     c = tracking.client(uri)
     exp_id = tracking.experiment_id(c, profile)
     sharing = _pretraining_groups(runs, exp_id)
+    if force:                                     # retrain means pre-train again too
+        for name in set(sharing.values()):
+            _shared(uri, name).delete()
     summaries: dict[str, dict] = {}
     waiting = []
     for pr in runs:
@@ -135,7 +138,7 @@ def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bo
                                                         sharing.get(pr.hash))
         finally:
             lock.release()
-        _forget_pretraining(c, exp_id, runs, sharing, pr, uri)
+        _forget_pretraining(c, exp_id, runs, sharing, pr, uri, summaries, force)
     for pr in waiting:
         if pr.hash in summaries:
             continue
@@ -144,7 +147,7 @@ def _run_planned(runs: list[PlannedRun], profile: str, force: bool, progress: bo
         with FileLock(str(tracking.state_dir(uri) / "claims" / f"{exp_id}-{pr.hash}.lock")):
             summaries[pr.hash] = _reuse_resume_or_train(c, exp_id, pr, False, progress, uri,
                                                         sharing.get(pr.hash))
-        _forget_pretraining(c, exp_id, runs, sharing, pr, uri)
+        _forget_pretraining(c, exp_id, runs, sharing, pr, uri, summaries, force)
     return [summaries[pr.hash] for pr in runs]
 
 
@@ -167,13 +170,15 @@ def _shared(uri: str | None, name: str, run_id: str = "", on_load=None):
 
 
 def _forget_pretraining(c, exp_id: str, runs: list[PlannedRun], sharing: dict[str, str],
-                        pr: PlannedRun, uri: str | None) -> None:
-    """Delete a shared pre-training once every run of the plan that shares it has finished."""
+                        pr: PlannedRun, uri: str | None, done: dict, force: bool) -> None:
+    """Delete a shared pre-training once every run of the plan that shares it has finished:
+    here (`done`), or in another process (in the store; not when retraining them all)."""
     name = sharing.get(pr.hash)
     if name is None:
         return
     siblings = {r.hash for r in runs if sharing.get(r.hash) == name}
-    if all(tracking.find_finished(c, exp_id, h) is not None for h in siblings):
+    if all(h in done or (not force and tracking.find_finished(c, exp_id, h) is not None)
+           for h in siblings):
         _shared(uri, name).delete()
 
 

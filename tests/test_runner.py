@@ -237,6 +237,18 @@ def test_pruning_runs_share_their_pretraining_and_keep_its_numbers(tiny, tmp_pat
         assert second.data.metrics[key] == pytest.approx(alone[key], rel=1e-12), key
     assert not list((tracking.state_dir() / "pretrained").glob("*.pt"))
 
+    # FORCE retrains from scratch: a pre-training left behind (here one that cannot load) is
+    # not used, the forced runs pre-train again and share that
+    from reproduce.checkpoint import SharedPretraining
+    from reproduce.runner import _pretraining_groups
+    exp_id = tracking.experiment_id(c, "tiny")
+    (name,) = set(_pretraining_groups(plan(str(path), "tiny"), exp_id).values())
+    SharedPretraining(tracking.state_dir() / "pretrained", name, "stale").save({"broken": True})
+    forced = run_experiment(str(path), "tiny", force=True, progress=False)
+    again = c.get_run(forced[2]["run_id"])
+    assert again.data.tags["pretrained_in"] == forced[0]["run_id"]
+    assert again.data.metrics["val/acc"] == second.data.metrics["val/acc"]
+
 
 def test_shared_pretraining_lock_tells_other_processes_it_is_busy(tmp_path):
     from reproduce.checkpoint import SharedPretraining

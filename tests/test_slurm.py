@@ -54,11 +54,15 @@ def _facts() -> dict:
 
 
 def _square(x: int, where: str) -> dict:
-    """A small task of an array: x squared, with the time it started and ended."""
-    start = _facts()
+    """A small task of an array: x squared, with the time it started and ended. It waits (20 s
+    at most) until a second task has started too, so that tasks able to run at once overlap."""
+    start = time.time()
+    env = _facts()["env"]
     Path(where, f"started-{x}").write_text("")
-    time.sleep(3)
-    return {"value": x * x, "start": start["time"], "end": time.time(), "env": start["env"]}
+    while len(list(Path(where).glob("started-*"))) < 2 and time.time() < start + 20:
+        time.sleep(0.1)
+    time.sleep(1)
+    return {"value": x * x, "start": start, "end": time.time(), "env": env}
 
 
 def _log_start(where: str, name: str) -> dict:

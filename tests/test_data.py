@@ -490,29 +490,3 @@ def test_data_cli_check_and_make(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "10 classes" in out and "10 images" in out
 
-
-def test_data_cli_lists_and_checks_every_dataset(tmp_path, rng, monkeypatch, capsys):
-    import json
-
-    from reproduce.cli import main
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    name = str(rng.choice(["cifar10", "cifar100"]))
-    folder = T.CIFAR[name]["folder"]
-    assert main(["data", "list", "--json"]) == 0
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
-    assert list(rows) == D.available_datasets()
-    assert str(tmp_path / folder) in rows[name]["missing"]
-    assert f"make data-{name}" in rows[name]["missing"] and rows[name]["obtained"] == "download"
-    assert rows["digits"]["missing"] is None and rows["digits"]["obtained"] == "built in"
-    assert rows["ptb"]["task"] == "language_modelling" and rows["ptb"]["obtained"] == "by hand"
-    assert main(["data", "check", name]) == 2                # missing: the path looked at
-    assert str(tmp_path / folder) in capsys.readouterr().err
-    (make_cifar10 if name == "cifar10" else make_cifar100)(tmp_path, rng)
-    assert main(["data", "check", name]) == 0
-    assert main(["data", "list"]) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(name + " "))
-    assert line.split()[1:3] == ["classification", "ready"]
-    assert main(["data", "check", "no_such_set"]) == 2
-    assert "digit_scenes" in capsys.readouterr().err
-    assert main(["data", "no_such_set"]) == 2              # neither an action nor a download
-    assert "cifar10, cifar100, voc, sbd" in capsys.readouterr().err

@@ -77,6 +77,33 @@ def test_image_size_defaults_come_from_the_registry(scratch_registry):
         assert cfg.data.image_size == want, name
 
 
+def test_data_cli_lists_and_checks_every_dataset(tmp_path, monkeypatch, capsys):
+    from reproduce.cli import main
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    name = random.choice(["cifar10", "cifar100"])
+    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}[name]
+    assert main(["data", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert list(rows) == D.available_datasets()
+    assert str(tmp_path / folder) in rows[name]["missing"]
+    assert f"make data-{name}" in rows[name]["missing"] and rows[name]["obtained"] == "download"
+    assert rows["digits"]["missing"] is None and rows["digits"]["obtained"] == "built in"
+    assert (rows["ptb"]["task"], rows["ptb"]["obtained"]) == ("language_modelling", "by hand")
+    assert main(["data", "check", "ptb"]) == 2               # missing: the path looked at
+    assert str(tmp_path / "ptb") in capsys.readouterr().err
+    (tmp_path / "ptb").mkdir()
+    for split in ("train", "valid"):
+        (tmp_path / "ptb" / f"ptb.{split}.txt").write_text(" ".join(misspelt() for _ in range(9)))
+    assert main(["data", "check", "ptb"]) == 0
+    assert main(["data", "list"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ptb "))
+    assert line.split()[1:3] == ["language_modelling", "ready"]
+    assert main(["data", "check", misspelt()]) == 2
+    assert "digit_scenes" in capsys.readouterr().err
+    assert main(["data", misspelt()]) == 2                   # neither an action nor a download
+    assert "cifar10, cifar100, voc, sbd" in capsys.readouterr().err
+
+
 STRIPES = '''
     """Stripes: horizontal against vertical bars under noise, an easy two-class dataset."""
 

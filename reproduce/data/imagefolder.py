@@ -10,7 +10,7 @@ constants.
 
 The crop side (data.image_size) is stated in the resolved config: the model's input side
 (224 for the ImageNet models, 32 for the CIFAR ones), 64 for imagenet_smoke. Another tree is
-one call: `register_image_folder(name, folder=...)`.
+one call: `register_image_folder(name, folder, source)`.
 """
 
 from __future__ import annotations

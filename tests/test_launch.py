@@ -64,7 +64,7 @@ def test_profile_sections_give_each_profile_its_resources():
     assert slurm_settings(smoke.launch).gpus == 0 and slurm_settings(smoke.launch).cpus == 1
     assert slurm_settings(paper.launch).gpus == 1
     s = slurm_settings(imagenet.launch)
-    assert s.gpus == 8 and s.tasks == 8
+    assert s.gpus == 8 and s.ranks == 8
     params = executor_parameters(s, "x")
     assert params["tasks_per_node"] == 8 and params["gpus_per_node"] == 8
 
@@ -92,6 +92,12 @@ def test_command_line_overrides_win_and_leave_identity_alone():
 def test_bad_settings_stop_with_a_message_naming_them(layer, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         slurm_settings(layer)
+
+
+def test_a_run_of_k_tasks_without_gpus_is_a_cpu_ddp_job():
+    s = slurm_settings({"tasks": 2})
+    assert s.ranks == 2 and executor_parameters(s, "x")["tasks_per_node"] == 2
+    assert "gpus_per_node" not in executor_parameters(s, "x")
 
 
 def test_defaults_are_a_cpu_job():

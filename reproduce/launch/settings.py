@@ -25,6 +25,7 @@ class SlurmSettings:
     constraint: str | None = None      # --constraint (e.g. a GPU model)
     time_min: int = 60                 # --time, per job; a longer run requeues itself
     gpus: int = 0                      # GPUs per run; > 1: that many tasks on one node, DDP
+    tasks: int = 0                     # tasks (DDP ranks) per run; 0: one per GPU, at least one
     cpus: int = 1                      # CPUs per task (--cpus-per-task)
     mem_gb: float | None = None        # memory per node (--mem)
     signal_delay_s: int = 120          # USR2 this long before the time limit: checkpoint, requeue
@@ -34,12 +35,13 @@ class SlurmSettings:
     folder: str | None = None          # submitit's folder (pickles, logs); default <state>/slurm
 
     @property
-    def tasks(self) -> int:
-        """Tasks of the job: one per GPU under DDP, else one."""
-        return max(1, self.gpus)
+    def ranks(self) -> int:
+        """Tasks of the job, each a DDP rank: `tasks`, else one per GPU, else one."""
+        return self.tasks or max(1, self.gpus)
 
     def describe(self) -> str:
-        parts = [f"{self.gpus} GPU" if self.gpus else "CPU only", f"{self.cpus} CPU/task",
+        parts = [f"{self.gpus} GPU" if self.gpus else "CPU only", f"{self.ranks} task(s)",
+                 f"{self.cpus} CPU/task",
                  f"{self.time_min} min"]
         parts += [f"{k} {getattr(self, k)}" for k in ("partition", "account", "qos", "constraint",
                                                        "mem_gb") if getattr(self, k)]
@@ -47,7 +49,7 @@ class SlurmSettings:
 
 
 FIELDS = {f.name: f for f in fields(SlurmSettings)}
-_INTS = {"time_min", "gpus", "cpus", "signal_delay_s", "parallelism", "max_requeues"}
+_INTS = {"time_min", "gpus", "tasks", "cpus", "signal_delay_s", "parallelism", "max_requeues"}
 
 
 def slurm_settings(*layers: dict | None, where: str = "launcher") -> SlurmSettings:
@@ -109,7 +111,7 @@ def split_launcher(overrides: dict | None) -> tuple[dict, dict]:
 def executor_parameters(s: SlurmSettings, name: str) -> dict:
     """submitit's update_parameters() for these settings."""
     extra = {k: getattr(s, k) for k in ("account", "qos", "constraint") if getattr(s, k)}
-    params = dict(name=name, timeout_min=s.time_min, nodes=1, tasks_per_node=s.tasks,
+    params = dict(name=name, timeout_min=s.time_min, nodes=1, tasks_per_node=s.ranks,
                   cpus_per_task=s.cpus, slurm_signal_delay_s=s.signal_delay_s,
                   slurm_max_num_timeout=s.max_requeues, slurm_additional_parameters=extra)
     if s.gpus:

@@ -377,11 +377,16 @@ def test_end_epoch_returns_the_contract_keys(make):
     assert stats["budget/usage"] == pytest.approx(macs / ctrl.costs.dense_macs)
     assert stats["budget/lambda"] == pytest.approx(
         0.05 * (stats["budget/usage"] - 0.5) / 0.5)
+    floor = GateOptions().min_channels        # channels a gate keeps on whatever its logits
+
+    def kept(g):
+        return max(int((g.logits > 0).sum()), min(floor, g.n))
+
     gated_layers = [s for s in model.sites() if s.out_gate is not None]
     assert gated_layers
     for site in gated_layers:
         gate = named[site.out_gate]
-        ratio = float((gate.logits > 0).float().mean())
+        ratio = kept(gate) / gate.n
         if site.block is not None:
             ratio *= float(named[site.block].logits.item() > 0)
         assert stats[f"channels/{site.name}"] == pytest.approx(ratio), site.name
@@ -395,7 +400,7 @@ def test_end_epoch_returns_the_contract_keys(make):
         gates_k = [g for n, g in named.items() if isinstance(g, ChannelGate)
                    and ctrl.costs.stage_of.get(n) == k]
         if gates_k:
-            on = sum(int((g.logits > 0).sum()) for g in gates_k)
+            on = sum(kept(g) for g in gates_k)
             assert stats[f"channels/stage{k}"] == pytest.approx(on / sum(g.n for g in gates_k))
     if make is small_resnet:
         for k in (1, 2, 3):

@@ -7,9 +7,15 @@
 
 Anyone using the method in their own loop gets the same clear errors as an experiment file: the
 suite's config schema (reproduce/config.py) uses these dataclasses as its `gates`, `temperature`
-and `budget` sections, so adding a method knob is one field here. "Seed" in `seed_fraction`,
-`seed_blocks` and `seed_selection` is the seed *architecture* the network grows from; the
-random-number seed is `rng_seed`.
+and `budget` sections. "Seed" in `seed_fraction`, `seed_blocks` and `seed_selection` is the seed
+*architecture* the network grows from; the random-number seed is `rng_seed`.
+
+Adding a method knob is one field here, e.g. in GateOptions
+
+    warmup_epochs: int = field(default=0, metadata=at_least(0, added_later=0))
+
+and experiment files, `--set gates.warmup_epochs=2`, search spaces and the tracked params all
+have it; `added_later=0` keeps every run tracked before it at its identity while it is 0.
 
 A field's metadata is plain data, read by `check_fields` and by the suite:
 
@@ -186,8 +192,3 @@ class BudgetOptions:
 
     def __post_init__(self):
         check_fields(self, "budget")
-
-
-def from_fields(cls, source) -> object:
-    """Build an options dataclass from any object with attributes of the same names."""
-    return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})

@@ -27,20 +27,20 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 from .method import options as M
-from .method.options import at_least, check_fields, choice, fraction, positive, rule
+from .method.options import (at_least, check_fields, choice, choices_of, fraction,  # noqa: F401
+                             positive, rule)
 
 
-
-
-IMAGE_FOLDER_DATASETS = ("imagefolder", "imagenet", "imagenet_smoke")
-SMOKE_IMAGE_SIZE = 64               # side of the generated ImageNet-style digits (imagenet_smoke)
+def _datasets() -> list[str]:
+    # the data registry imports this module's DataConfig; it is read at validation time
+    from .data.registry import available_datasets
+    return available_datasets()
 
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="digits", metadata=choice(
-        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "imagenet", "imagenet_smoke",
-        "ptb", "pydoc_text", "voc", "digit_scenes"))
+    # any registered dataset: `python -m reproduce data list` (reproduce/data/registry.py)
+    dataset: str = field(default="digits", metadata={"choices": _datasets})
     # "" means $DATA_DIR (else ./data); imagenet: $DATA_DIR/imagenet, imagenet_smoke (ImageNet-style
     # digits, generated on first use): $DATA_DIR/imagenet-smoke
     root: str = field(default="", metadata={"identity": False})
@@ -290,10 +290,12 @@ def resolve(*layers: dict, source: str = "config") -> RunConfig:
     if not model_exists(cfg.model.name):
         raise ConfigError(f"{source}: model.name: unknown model {cfg.model.name!r}; "
                           f"choose one of {', '.join(available_models())}")
-    if cfg.data.dataset in IMAGE_FOLDER_DATASETS and not cfg.data.image_size:
+    from .data.registry import dataset
+    defaults = dataset(cfg.data.dataset).defaults   # image folders state their crop side
+    if defaults.image_size_in_config and not cfg.data.image_size:
         from .models import default_cfg
-        cfg.data.image_size = (SMOKE_IMAGE_SIZE if cfg.data.dataset == "imagenet_smoke"
-                               else default_cfg(cfg.model.name).input_size[-1])
+        cfg.data.image_size = (default_cfg(cfg.model.name).input_size[-1]
+                               if defaults.image_size_from_model else defaults.image_size)
     return cfg
 
 

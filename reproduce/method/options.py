@@ -19,7 +19,7 @@ have it; `added_later=0` keeps every run tracked before it at its identity while
 
 A field's metadata is plain data, read by `check_fields` and by the suite:
 
-    choices        the accepted values
+    choices        the accepted values (or a function returning them)
     check          a test the value must pass, worded as `expected` in the error ("in (0, 1]")
     identity       False: the field cannot change a result, so it is not part of a tracked run's
                    identity (its config hash)
@@ -76,13 +76,20 @@ def fraction(**meta) -> dict:
     return rule(lambda v: 0.0 < v <= 1.0, "in (0, 1]", **meta)
 
 
+def choices_of(metadata) -> tuple[str, ...]:
+    """A field's accepted values: its "choices" metadata, a tuple, or a function returning them
+    (read when a value is checked, e.g. from a registry filled after the field is declared)."""
+    options = metadata.get("choices") or ()
+    return tuple(options() if callable(options) else options)
+
+
 def check_fields(obj, group: str) -> None:
     """Check every field of the dataclass `obj` against its metadata; errors name `group.field`,
     the value and what is accepted."""
     for f in fields(obj):
         name, value = f"{group}.{f.name}" if group else f.name, getattr(obj, f.name)
-        options = f.metadata.get("choices")
-        if options is not None and value not in options:
+        options = choices_of(f.metadata)
+        if options and value not in options:
             raise OptionError(f"{name}: unknown value {value!r}; choose one of "
                               f"{', '.join(options)}")
         check = f.metadata.get("check")

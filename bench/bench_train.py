@@ -159,7 +159,8 @@ def main() -> None:
     ap.add_argument("--gate-blocks", action="store_true", help="also grow blocks")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--target", type=float, default=0.5, help="MACs budget of the schedule")
+    ap.add_argument("--target", type=float, default=BudgetOptions.target,
+                    help="MACs budget of the schedule (budget.target)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="iterations per epoch of the schedule")
     ap.add_argument("--archs", type=int, default=24, help="architectures replayed")
@@ -167,7 +168,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    ap.add_argument("--resample-every", type=int, default=1,
+    ap.add_argument("--resample-every", type=int, default=GateOptions.resample_every,
                     help="iterations each sampled architecture trains (gates.resample_every)")
     args = ap.parse_args()
     if args.threads:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -241,12 +242,12 @@ def internal_config(cfg: RunConfig) -> RunConfig:
     """The gated full network with fixed masks: every gate open, sampling hard, no penalty."""
     inner = copy.deepcopy(cfg)
     inner.model.gate_channels = True
-    inner.gates.sampling = "hard"
-    inner.gates.seed_fraction, inner.gates.seed_blocks = 1.0, "all"
-    inner.gates.s_on = LOGIT_ON
-    inner.budget.lambda_base = 0.0                       # λ stays 0: no sparsity penalty
-    inner.budget.metric = "macs"                         # budget/usage = hard MACs / dense
-    inner.temperature.beta_final = inner.temperature.beta_0   # β is unused by hard gates
+    inner.gates = replace(inner.gates, sampling="hard", seed_fraction=1.0, seed_blocks="all",
+                          s_on=LOGIT_ON)
+    # λ stays 0 (no sparsity penalty); budget/usage = hard MACs / dense
+    inner.budget = replace(inner.budget, lambda_base=0.0, metric="macs")
+    # β is unused by hard gates
+    inner.temperature = replace(inner.temperature, beta_final=inner.temperature.beta_0)
     inner.train.epochs = max(1, cfg.baseline.pretrain_epochs + cfg.baseline.finetune_epochs)
     return inner
 

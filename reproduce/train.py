@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import contract, distributed
-from .config import RunConfig, TrainConfig, method_options
+from .config import RunConfig, TrainConfig
 from .data import DataBundle
 from .method import GrowthController
 from .models import create_model
@@ -147,10 +147,9 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    gates, temperature, budget = method_options(cfg)
     controller = GrowthController(model, (data.in_channels, data.image_size, data.image_size),
-                                  epochs=cfg.train.epochs, gates=gates, temperature=temperature,
-                                  budget=budget, rng_seed=cfg.seed,
+                                  epochs=cfg.train.epochs, gates=cfg.gates,
+                                  temperature=cfg.temperature, budget=cfg.budget, rng_seed=cfg.seed,
                                   execution=cfg.train.execution if gated else "masked")
     return TrainState(model, controller)
 

@@ -30,7 +30,7 @@ from ..method.gates import BlockGate, ChannelGate, skipped
 from ..method.structure import Site, StagedModel
 from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
-from .resnet_cifar import RemovedBlock, Stage
+from .stages import add_stages
 
 
 def _gate(n: int, gated: bool) -> nn.Module:
@@ -96,24 +96,22 @@ class ResNetImageNet(StagedModel):
         self.bn1 = BatchNorm2d(stem)
         self.stem_gate = _gate(stem, gate_channels)
         self.maxpool = MaxPool2d(3, 2, 1)
-        cin, dilation = stem, 1
-        for k, (depth, mid) in enumerate(zip(depths, mids)):
+        plan, dilation = [], 1      # per stage: stride, first block's and later blocks' dilation
+        for k in range(len(depths)):
             stride, previous = (2 if k > 0 else 1), dilation
             if k > 0 and dilate[k - 1]:          # torchvision's _make_layer(dilate=True)
                 dilation, stride = dilation * stride, 1
-            blocks = []
-            for j in range(depth):
-                name = f"layer{k + 1}.{j}"
-                if name in self.removed:
-                    blocks.append(RemovedBlock())
-                    continue
-                blocks.append(Bottleneck(cin, sizes.get(f"{name}.gate1", mid),
-                                         sizes.get(f"{name}.gate2", mid), stream[k],
-                                         stride if j == 0 else 1, j == 0, gate_channels,
-                                         gate_blocks and j > 0, previous if j == 0 else dilation))
-                cin = stream[k]
-            cin = stream[k]
-            self.add_module(f"layer{k + 1}", Stage(_gate(stream[k], gate_channels), blocks))
+            plan.append((stride, previous, dilation))
+
+        def block(name: str, k: int, j: int, cin: int) -> Bottleneck:
+            stride, first, later = plan[k]
+            return Bottleneck(cin, sizes.get(f"{name}.gate1", mids[k]),
+                              sizes.get(f"{name}.gate2", mids[k]), stream[k],
+                              stride if j == 0 else 1, j == 0, gate_channels,
+                              gate_blocks and j > 0, first if j == 0 else later)
+
+        add_stages(self, depths, stream, stem, self.removed,
+                   lambda n: _gate(n, gate_channels), block)
         self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..method.gates import ChannelGate
 from ..method.structure import Block, GatedModel, Site
 from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
-from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
+from .registry import register_model
 
 # (output channels, stride) of the 13 depthwise-separable blocks
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
@@ -49,7 +49,6 @@ class SeparableBlock(nn.Module):
         return F.relu(self.gate(self.pw_bn(self.pw(x))))
 
 
-@register_class
 class MobileNetV1(GatedModel):
     """MobileNetV1; `sizes` builds a compact (exported) copy (`removed` is always empty)."""
 
@@ -114,7 +113,6 @@ class MobileNetV1(GatedModel):
         return sites
 
 
-@register_model("mobilenet_v1", input_size=(3, 224, 224), num_classes=1000, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, family="mobilenet")
+@register_model("mobilenet_v1", input_size=(3, 224, 224), num_classes=1000)
 def mobilenet_v1(**kwargs) -> MobileNetV1:
     return MobileNetV1(**kwargs)

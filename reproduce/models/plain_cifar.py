@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..method.gates import PassThroughGate, skipped
 from ..method.structure import Block, Site
 from .layers import BatchNorm2d, Conv2d
-from .registry import register_class, register_pattern
+from .registry import register_pattern
 from .stages import CIFARNet
 
 
@@ -43,7 +43,6 @@ class PlainBlock(nn.Module):
         return out if self.block_gate is None else self.block_gate(out, x)
 
 
-@register_class
 class Plain3Net(CIFARNet):
     """Shortcut-free CIFAR network; `sizes`/`removed` build a compact (exported) copy."""
 
@@ -57,6 +56,6 @@ class Plain3Net(CIFARNet):
                      block.stage, role="stream")]
 
 
-@register_pattern("plain3net-A-B-C", r"plain3net-(\d+)-(\d+)-(\d+)$", family="plain_cifar")
-def _plain3net(*depths: str):
-    return lambda **kwargs: Plain3Net(depths=tuple(map(int, depths)), **kwargs)
+@register_pattern("plain3net-A-B-C", r"plain3net-(\d+)-(\d+)-(\d+)$", example="plain3net-2-4-3")
+def _plain3net(*depths: str, **kwargs) -> Plain3Net:
+    return Plain3Net(depths=tuple(map(int, depths)), **kwargs)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..method.gates import BlockGate, ChannelGate, skipped
 from ..method.structure import Block, Site
 from .layers import BatchNorm2d, Conv2d
-from .registry import register_class, register_model, register_pattern
+from .registry import register_model, register_pattern
 from .stages import CIFARNet
 
 
@@ -52,7 +52,6 @@ class BasicBlock(nn.Module):
         return F.relu(identity + out)
 
 
-@register_class
 class ResNetCIFAR(CIFARNet):
     """Basic-block ResNet for 32×32 inputs; `sizes`/`removed` build a compact (exported) copy."""
 
@@ -76,7 +75,7 @@ class ResNetCIFAR(CIFARNet):
 
 
 def _resnet(n: int):
-    @register_model(f"resnet{6 * n + 2}", family="resnet_cifar")
+    @register_model(f"resnet{6 * n + 2}")
     def build(**kwargs) -> ResNetCIFAR:
         return ResNetCIFAR(depths=(n, n, n), **kwargs)
     return build
@@ -86,6 +85,7 @@ for _n in (3, 5, 7, 9, 18):
     _resnet(_n)
 
 
-@register_pattern("basic3resnet-A-B-C", r"basic3resnet-(\d+)-(\d+)-(\d+)$", family="resnet_cifar")
-def _basic3resnet(*depths: str):
-    return lambda **kwargs: ResNetCIFAR(depths=tuple(map(int, depths)), **kwargs)
+@register_pattern("basic3resnet-A-B-C", r"basic3resnet-(\d+)-(\d+)-(\d+)$",
+                  example="basic3resnet-2-4-3")
+def _basic3resnet(*depths: str, **kwargs) -> ResNetCIFAR:
+    return ResNetCIFAR(depths=tuple(map(int, depths)), **kwargs)

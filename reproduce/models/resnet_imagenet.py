@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..method.gates import BlockGate, ChannelGate, skipped
 from ..method.structure import Site, StagedModel
 from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
-from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
+from .registry import register_model
 from .stages import add_stages
 
 
@@ -65,7 +65,6 @@ class Bottleneck(nn.Module):
         return F.relu(identity + out)
 
 
-@register_class
 class ResNetImageNet(StagedModel):
     """Bottleneck ResNet for 224-px inputs; `sizes`/`removed` build a compact (exported) copy."""
 
@@ -150,7 +149,6 @@ class ResNetImageNet(StagedModel):
         return sites
 
 
-@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, family="resnet_imagenet")
+@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000)
 def resnet50(**kwargs) -> ResNetImageNet:
     return ResNetImageNet(depths=(3, 4, 6, 3), **kwargs)

@@ -154,6 +154,35 @@ def test_hard_sampling_equal_masked(fresh_seed):
     _check_equal(pair, x, y, steps=1)
 
 
+def test_train_step_updates_alike_in_both_modes(fresh_seed):
+    """The training loop's step (train.train_step, which the benchmarks call too): with momentum
+    and weight decay, the layers a restructured forward skips are updated as masked execution
+    updates them, so both modes leave the same parameters."""
+    from reproduce.train import train_step
+
+    pair = _pair("resnet20", gate_blocks=True)
+    values = _randomise([m for m, _ in pair])
+    removed = [n.rsplit(".", 1)[0] for n, v in values.items()
+               if n.endswith("block_gate") and v.item() < -10]
+    assert removed                                   # blocks that are never computed
+    before = {n: p.detach().clone() for n, p in pair[1][0].named_parameters()}
+    x, y = _data(6)
+    for model, controller in pair:
+        model.train()
+        opt_w = torch.optim.SGD(controller.weight_parameters(), lr=0.1, momentum=0.9,
+                                weight_decay=0.01)
+        opt_m = torch.optim.SGD(controller.mask_parameters(), lr=0.1, momentum=0.9)
+        for _ in range(2):
+            train_step(model, controller, (opt_w, opt_m), x, y, F.cross_entropy, x.shape[0])
+    (masked, _), (restructured, _) = pair
+    after = dict(restructured.named_parameters())
+    for name, p in masked.named_parameters():
+        torch.testing.assert_close(after[name], p, rtol=1e-9, atol=1e-10, msg=name)
+    for block in removed:                            # weight decay shrank what was skipped
+        name = f"{block}.conv1.weight"
+        assert after[name].norm() < before[name].norm()
+
+
 @pytest.mark.parametrize("name,kwargs", [
     ("resnet20", {"gate_blocks": True}),
     ("resnet50", {"gate_blocks": True, "width_multiplier": 0.125, "size": 64})])

@@ -5,7 +5,7 @@ pointwise conv-BN-ReLU), global average pooling and one linear classifier. At 22
 multiplier 1.0 it has the paper's 4.2 M parameters and 569 M mult-adds (conv and linear layers).
 `width_multiplier` is the paper's α (0.25, 0.5, 0.75, 1.0: the uniform-width baselines).
 
-Gates (PAPER.md §3):
+Gates (docs/METHOD.md, "Structures and gates"):
   gate0            the stem's output channels
   features.<i>.gate  block i's pointwise output channels
 A depthwise conv has one filter per input channel, so its channels are its input's: block i's

@@ -12,7 +12,7 @@ block with the dilation of the stage before, the others with that times the stri
 The segmentation backbone (models/segmentation.py) dilates stages 3 and 4, for an output stride
 of 8. The default, no dilation, is the classifier above.
 
-Gates (PAPER.md §3):
+Gates (docs/METHOD.md, "Structures and gates"):
   stem_gate                the stem's 64 channels (after its BN, before the max-pool)
   layer<k>.gate            channels of stage k's residual stream, shared by every block of the
                            stage (as in the CIFAR ResNets), applied to each block's conv3 output

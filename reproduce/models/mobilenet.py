@@ -113,6 +113,7 @@ class MobileNetV1(GatedModel):
         return sites
 
 
-@register_model("mobilenet_v1", input_size=(3, 224, 224), num_classes=1000)
+@register_model("mobilenet_v1", input_size=(3, 224, 224), num_classes=1000,
+                min_size=32)
 def mobilenet_v1(**kwargs) -> MobileNetV1:
     return MobileNetV1(**kwargs)

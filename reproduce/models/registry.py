@@ -31,6 +31,10 @@ class ModelDefaults:
     """What a model expects unless told otherwise (the resolved config states what was used)."""
     input_size: tuple[int, int, int] = (3, 32, 32)   # channels, height, width
     num_classes: int = 10
+    # the smallest input side it is meant for (tests build every model there): 8 px for the
+    # CIFAR-sized networks (the embedded digits), 32 px for the ImageNet ones (their last stage
+    # at 1×1); a language model's input is tokens
+    min_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,11 @@ def register_pattern(label: str, pattern: str, example: str, **defaults) -> Call
     """Decorator: `builder(*groups, **kwargs) -> Class` for every name matching `pattern`;
     `example` is one such name."""
     def wrap(builder: Callable[..., GatedModel]) -> Callable[..., GatedModel]:
-        entry = _Pattern(label, re.compile(pattern), builder, ModelDefaults(**defaults),
-                         _built_class(builder), example)
-        if not entry.pattern.match(example):
+        regex = re.compile(pattern)
+        if not regex.match(example):
             raise ValueError(f"model pattern {label!r}: its example {example!r} does not match")
-        _PATTERNS.append(entry)
+        _PATTERNS.append(_Pattern(label, regex, builder, ModelDefaults(**defaults),
+                                  _built_class(builder), example))
         return builder
     return wrap
 

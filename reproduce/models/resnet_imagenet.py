@@ -149,6 +149,7 @@ class ResNetImageNet(StagedModel):
         return sites
 
 
-@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000)
+@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000,
+                min_size=32)
 def resnet50(**kwargs) -> ResNetImageNet:
     return ResNetImageNet(depths=(3, 4, 6, 3), **kwargs)

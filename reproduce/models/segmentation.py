@@ -139,6 +139,7 @@ _fcn("fcn_resnet20", (3, 3, 3))
 _fcn("fcn_resnet56", (9, 9, 9))
 
 
-@register_model("fcn_resnet50", input_size=(3, 480, 480), num_classes=21)
+@register_model("fcn_resnet50", input_size=(3, 480, 480), num_classes=21,
+                min_size=32)
 def fcn_resnet50(**kwargs) -> SegmentationResNetImageNet:
     return SegmentationResNetImageNet(depths=(3, 4, 6, 3), **kwargs)

@@ -27,14 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..method.gates import BlockGate, ChannelGate, skipped
-from ..method.structure import Site, StagedModel
-from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
+from ..method.structure import Block, Site, StagedModel
+from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, maybe_gate, scaled
 from .registry import register_model
-from .stages import add_stages
-
-
-def _gate(n: int, gated: bool) -> nn.Module:
-    return ChannelGate(n) if gated else nn.Identity()
+from .stages import add_stages, run_stages, staged_sites
 
 
 class Bottleneck(nn.Module):
@@ -43,10 +39,10 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = Conv2d(cin, mid1, 1, bias=False)
         self.bn1 = BatchNorm2d(mid1)
-        self.gate1 = _gate(mid1, gate_channels)
+        self.gate1 = maybe_gate(ChannelGate, mid1, gate_channels)
         self.conv2 = Conv2d(mid1, mid2, 3, stride, dilation, dilation=dilation, bias=False)
         self.bn2 = BatchNorm2d(mid2)
-        self.gate2 = _gate(mid2, gate_channels)
+        self.gate2 = maybe_gate(ChannelGate, mid2, gate_channels)
         self.conv3 = Conv2d(mid2, cout, 1, bias=False)
         self.bn3 = BatchNorm2d(cout)
         self.block_gate = BlockGate() if gate_block else nn.Identity()
@@ -93,7 +89,7 @@ class ResNetImageNet(StagedModel):
 
         self.conv1 = Conv2d(in_channels, stem, 7, 2, 3, bias=False)
         self.bn1 = BatchNorm2d(stem)
-        self.stem_gate = _gate(stem, gate_channels)
+        self.stem_gate = maybe_gate(ChannelGate, stem, gate_channels)
         self.maxpool = MaxPool2d(3, 2, 1)
         plan, dilation = [], 1      # per stage: stride, first block's and later blocks' dilation
         for k in range(len(depths)):
@@ -110,16 +106,13 @@ class ResNetImageNet(StagedModel):
                               gate_blocks and j > 0, first if j == 0 else later)
 
         add_stages(self, depths, stream, stem, self.removed,
-                   lambda n: _gate(n, gate_channels), block)
+                   lambda n: maybe_gate(ChannelGate, n, gate_channels), block)
         self.fc = Linear(stream[-1], num_classes)
         initialise(self)
 
     def features(self, x: Tensor) -> Tensor:
         """The last stage's output, before pooling (what a segmentation head reads)."""
-        x = self.maxpool(F.relu(self.stem_gate(self.bn1(self.conv1(x)))))
-        for k in range(len(self.arch["depths"])):
-            x = getattr(self, f"layer{k + 1}")(x)
-        return x
+        return run_stages(self, self.maxpool(F.relu(self.stem_gate(self.bn1(self.conv1(x))))))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)
@@ -128,24 +121,21 @@ class ResNetImageNet(StagedModel):
 
     # -- structure description (used by costs and export) ---------------------------------------
     def sites(self) -> list[Site]:
-        g = self.gate
-        sites = [Site("conv1", None, g("stem_gate"), bn="bn1", stage=1, role="plain")]
-        prev = g("stem_gate")
-        for block in self.blocks():
-            name, k, bg = block.name, block.stage, block.gate
-            stream = g(f"layer{k}.gate")
-            sites += [
-                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), bg, f"{name}.bn1", k, role="inner"),
-                Site(f"{name}.conv2", g(f"{name}.gate1"), g(f"{name}.gate2"), bg, f"{name}.bn2", k,
-                     role="inner"),
-                Site(f"{name}.conv3", g(f"{name}.gate2"), stream, bg, f"{name}.bn3", k,
-                     role="stream"),
-            ]
-            if name.endswith(".0"):
-                sites.append(Site(f"{name}.downsample.0", prev, stream, None,
-                                  f"{name}.downsample.1", k, role="shortcut"))
-            prev = stream
-        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
+        stem = Site("conv1", None, self.gate("stem_gate"), bn="bn1", stage=1, role="plain")
+        return staged_sites(self, stem, self.block_sites)
+
+    def block_sites(self, block: Block, prev: str | None, stream: str | None) -> list[Site]:
+        g, name, k, bg = self.gate, block.name, block.stage, block.gate
+        sites = [
+            Site(f"{name}.conv1", prev, g(f"{name}.gate1"), bg, f"{name}.bn1", k, role="inner"),
+            Site(f"{name}.conv2", g(f"{name}.gate1"), g(f"{name}.gate2"), bg, f"{name}.bn2", k,
+                 role="inner"),
+            Site(f"{name}.conv3", g(f"{name}.gate2"), stream, bg, f"{name}.bn3", k,
+                 role="stream"),
+        ]
+        if name.endswith(".0"):
+            sites.append(Site(f"{name}.downsample.0", prev, stream, None,
+                              f"{name}.downsample.1", k, role="shortcut"))
         return sites
 
 

@@ -55,6 +55,27 @@ def add_stages(model: nn.Module, depths, stream: list[int], cin: int, removed,
         model.add_module(f"layer{k + 1}", Stage(stream_gate(stream[k]), blocks))
 
 
+def run_stages(model: nn.Module, x: Tensor) -> Tensor:
+    """`x` through `layer1` … `layerK` in turn."""
+    for k in range(len(model.arch["depths"])):
+        x = getattr(model, f"layer{k + 1}")(x)
+    return x
+
+
+def staged_sites(model: StagedModel, stem: Site,
+                 block_sites: Callable[[Block, str | None, str | None], list[Site]]) -> list[Site]:
+    """The gated layers of a staged model: `stem`, then `block_sites(block, prev, stream)` of
+    every block (it reads channels gated by `prev`, the stem's or the stage before's, and
+    writes its stage's, gated by `stream`), then the classifier `fc`."""
+    sites, prev = [stem], stem.out_gate
+    for block in model.blocks():
+        stream = model.gate(f"layer{block.stage}.gate")
+        sites += block_sites(block, prev, stream)
+        prev = stream
+    sites.append(Site("fc", prev, None, stage=len(model.arch["depths"]), role="head"))
+    return sites
+
+
 class CIFARNet(StagedModel):
     """A 3×3 conv-BN-ReLU stem, stages of blocks (the first of stages 2… halves the resolution),
     global average pooling and a linear classifier, for 32×32 inputs. The stem and every block
@@ -102,10 +123,7 @@ class CIFARNet(StagedModel):
 
     def features(self, x: Tensor) -> Tensor:
         """The last stage's output, before pooling (what a segmentation head reads)."""
-        x = F.relu(self.layer1.gate(self.bn1(self.conv1(x))))
-        for k in range(len(self.arch["depths"])):
-            x = getattr(self, f"layer{k + 1}")(x)
-        return x
+        return run_stages(self, F.relu(self.layer1.gate(self.bn1(self.conv1(x)))))
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
@@ -113,12 +131,5 @@ class CIFARNet(StagedModel):
 
     # -- structure description (used by costs and export) ---------------------------------------
     def sites(self) -> list[Site]:
-        g = self.gate
-        sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1, role="stream")]
-        prev = g("layer1.gate")
-        for block in self.blocks():
-            stream = g(f"layer{block.stage}.gate")
-            sites += self.block_sites(block, prev, stream)
-            prev = stream
-        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
-        return sites
+        stem = Site("conv1", None, self.gate("layer1.gate"), bn="bn1", stage=1, role="stream")
+        return staged_sites(self, stem, self.block_sites)

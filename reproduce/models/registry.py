@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
+from ..data.registry import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+from ..data.registry import IMAGENET_MEAN, IMAGENET_STD
 from ..method.structure import GatedModel
 
 

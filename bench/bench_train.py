@@ -48,6 +48,7 @@ from reproduce.method import GrowthController  # noqa: E402
 from reproduce.method.gates import BlockGate, ChannelGate  # noqa: E402
 from reproduce.method.options import BudgetOptions, GateOptions  # noqa: E402
 from reproduce.models import create_model  # noqa: E402
+from reproduce.train import pick_device, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -78,16 +79,8 @@ def record_schedule(args, device, x, y) -> tuple[list[torch.Tensor], list[float]
     for _ in range(args.epochs):
         grow.start_epoch()
         for _ in range(args.steps):
-            grow.sample()
-            samples.append(torch.cat([g.sample.detach().cpu() for g in grow.gates]))
-            loss = F.cross_entropy(model(x), y) + grow.penalty()
-            opt_w.zero_grad(set_to_none=True)
-            opt_m.zero_grad(set_to_none=True)
-            loss.backward()
-            grow.after_backward()
-            opt_w.step()
-            opt_m.step()
-            grow.after_step(args.batch)
+            train_step(model, grow, (opt_w, opt_m), x, y, F.cross_entropy, args.batch)
+            samples.append(torch.cat([g.sample.detach().cpu() for g in grow.gates]))  # its q
             usage.append(grow.budget.usage)
     return samples, usage
 
@@ -102,15 +95,7 @@ def gated_runner(args, device, x, y, execution: str):
     model.train()
 
     def step(q: torch.Tensor) -> None:
-        grow.sample(replay=q)
-        loss = F.cross_entropy(model(x), y) + grow.penalty()
-        opt_w.zero_grad(set_to_none=True)
-        opt_m.zero_grad(set_to_none=True)
-        loss.backward()
-        grow.after_backward()
-        opt_w.step()
-        opt_m.step()
-        grow.after_step(args.batch)
+        train_step(model, grow, (opt_w, opt_m), x, y, F.cross_entropy, args.batch, replay=q)
     return grow, step
 
 
@@ -174,8 +159,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)

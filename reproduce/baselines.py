@@ -50,7 +50,7 @@ from .config import ConfigError, RunConfig, config_hash
 from .data import DataBundle
 from .method import ChannelGate, CostModel, GatedModel, Site
 from .tasks import Task
-from .train import Phase, TrainState, build, evaluate, run_epochs
+from .train import Phase, TrainState, build, evaluate, run_epochs, use_amp
 
 LOGIT_ON, LOGIT_OFF = 1.0, -1.0
 
@@ -310,9 +310,8 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
             shared.save({**state.state_dict(), "optimizers": {}})
         masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
         apply_masks(model, masks)
-        amp = cfg.train.amp and device.type == "cuda"
         info["prune/val_acc_before_finetune"] = \
-            evaluate(model, data.val, task, amp)[task.main_metric]
+            evaluate(model, data.val, task, use_amp(cfg.train, device))[task.main_metric]
         state.phase, state.extra["prune_info"] = 1, info
     finetune = Phase(phase_schedule(inner, b.finetune_epochs, b.finetune_lr, warmup=0),
                      extra_stats={contract.PHASE: 1.0, **state.extra["prune_info"]},

@@ -132,8 +132,9 @@ def _stop_tags(e: RunStopped, run) -> dict:
 
 
 def _preempted_tags(e: Preempted, run) -> dict:
-    return {"state": "preempted", "failure_reason": f"preempted ({e.signal_name}): checkpointed "
-                                                    f"at a batch boundary; the same command resumes it"}
+    return {"state": "preempted",
+            "failure_reason": f"preempted ({e.signal_name}): checkpointed at a batch boundary; "
+                              f"the same command resumes it"}
 
 
 def _interrupted_tags(e, run) -> dict:
@@ -232,8 +233,10 @@ class TrackedRun:
         """An interrupted run, continued in place from its last checkpoint (or from its start)."""
         run = cls(c, pr, run_id, resumed=True)
         c.update_run(run_id, "RUNNING")
-        if c.get_run(run_id).data.tags.get("state") == "preempted":
+        stored = c.get_run(run_id)
+        if stored.data.tags.get("state") == "preempted":
             c.delete_tag(run_id, "state")          # it trains again; failure_reason keeps the story
+        tracking.add_figures(c, stored, pr.figures)     # as a reused run would
         saved = run.saved
         where = "its start" if saved is None else f"epoch {saved['train']['epoch']}" + (
             f", batch {saved['train']['position']['batch']}" if saved["train"]["position"] else "")

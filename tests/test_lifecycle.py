@@ -258,17 +258,26 @@ def test_make_plans_once_and_hands_the_planned_runs_to_the_runner(tiny, monkeypa
     assert run.info.status == "FINISHED"
 
 
-def test_experiments_that_need_the_same_run_share_it(tiny, tmp_path):
-    """Two files planning one config: trained once, tagged with the figures of both."""
+def test_experiments_that_need_the_same_run_share_it(tiny, tmp_path, monkeypatch):
+    """Two files planning one config: one run (here interrupted under the first file, then
+    resumed for both), tagged with the figures of both."""
     other = tmp_path / "other.yaml"
     text = (ROOT / "experiments" / "figure-7.yaml").read_text()
     other.write_text(text.replace("name: figure-7", "name: other")
                      .replace("figures: [figure-7, figure-9]", "figures: [other-figure]"))
     runs = plan("figure-7", "smoke", tiny) + plan(str(other), "smoke", tiny)
     assert runs[0].hash == runs[1].hash and runs[0].experiment != runs[1].experiment
+    grow = runner.TRAINERS["grow"]
+    monkeypatch.setitem(runner.TRAINERS, "grow", ends_with(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run_planned(runs[:1], progress=False)
+    _, interrupted = the_run()
+    assert set(interrupted.data.tags["figures"].split(",")) == {"figure-7", "figure-9"}
+    monkeypatch.setitem(runner.TRAINERS, "grow", grow)
     first, second = run_planned(runs, progress=False)
     assert first == second and not first["reused"]
     _, run = the_run()
+    assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
     assert set(run.data.tags["figures"].split(",")) == {"figure-7", "figure-9", "other-figure"}
 
 

@@ -11,10 +11,13 @@ its MLflow status, the tags written, whether the structure traces are logged, wh
 checkpoint is kept (so the same command resumes it) and whether the locks it holds (its claim,
 a shared pre-training) are released. Every way a run can end is a row of that table.
 
-While a run trains in the main thread of a single process, SIGTERM (a cluster preempts the job)
-and SIGUSR1 (Slurm's warning before the time limit, `--signal=USR1@60`) do not kill it: the
-loop checkpoints at its next batch boundary, the run ends as `preempted`, and `Preempted`
-propagates so that a cluster job can requeue itself; the same command then resumes the run.
+While a run trains in the main thread of a single process, SIGTERM (a cluster preempts the job),
+SIGUSR2 (what a job submitted through submitit gets ahead of its time limit or a preemption,
+`--signal=USR2@<s>`) and SIGUSR1 (the same warning where a job asked for it, `--signal=USR1@<s>`)
+do not kill it: the loop checkpoints at its next batch boundary, the run ends as `preempted`, and
+`Preempted` propagates so that a cluster job can requeue itself; the same call then resumes the
+run. The handlers (`preemption_signals`) are installed only while the run trains and put back as
+they were when it ends, so whoever installed theirs before (submitit does) gets them back.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from .experiments import PlannedRun
 from .train import device_label, pick_device
 
 # What a cluster sends before it stops a job: SIGTERM on preemption (then SIGKILL after Slurm's
-# KillWait), SIGUSR1 ahead of the time limit where the job asked for it.
+# KillWait); SIGUSR2 ahead of the time limit or a preemption in a job submitted through submitit
+# (its `slurm_signal_delay_s`, docs/SLURM.md); SIGUSR1 where a job asked for that one instead.
 PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None),
-                                       getattr(signal, "SIGUSR1", None)) if s is not None)
+                                       getattr(signal, "SIGUSR1", None),
+                                       getattr(signal, "SIGUSR2", None)) if s is not None)
 
 
 class RunStopped(Exception):
@@ -63,7 +68,7 @@ class RunStopped(Exception):
 
 
 class Preempted(KeyboardInterrupt):
-    """The process was asked to stop (SIGTERM, SIGUSR1) while a run trained: the run is
+    """The process was asked to stop (SIGTERM, SIGUSR1, SIGUSR2) while a run trained: the run is
     checkpointed at a batch boundary and ended KILLED with `state=preempted` (ENDINGS,
     "preempted"); the same command resumes it. If the run finished before the next batch
     boundary came, it is FINISHED and this still propagates, so no further run starts.
@@ -163,6 +168,31 @@ ENDINGS: dict[str, Ending] = {
 }
 
 
+@contextlib.contextmanager
+def preemption_signals(on_signal: Callable[[int, object], None]):
+    """`on_signal(signum, frame)` handles PREEMPTION_SIGNALS inside the block; on leaving it, by
+    any way, every handler is put back as it was. Yields whether the handlers are installed:
+    Python lets only the main thread install them, so elsewhere (a thread, e.g. a worker of a
+    thread pool) nothing is installed and the signals keep their usual effect, as under DDP,
+    where the other ranks would not stop at the same batch (the last periodic checkpoint is
+    resumed there)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            distributed.is_distributed():
+        yield False
+        return
+    before = {}
+    try:
+        for signum in PREEMPTION_SIGNALS:
+            previous = signal.getsignal(signum)
+            signal.signal(signum, on_signal)
+            before[signum] = previous
+        yield True
+    finally:
+        for signum, previous in before.items():
+            # (None: a handler not set from Python, which cannot be put back; the default then)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+
 def run_name_of(pr: PlannedRun) -> str:
     """`figure-7/resnet20-grow-s0`: one name per experiment, so runs table rows are told apart."""
     return f"{pr.experiment}/{pr.cfg.model.name}-{pr.cfg.variant}-s{pr.cfg.seed}"
@@ -206,7 +236,7 @@ class TrackedRun:
             self.checkpoints.extra = self.saved["extra"]
         self.logged = tracking.last_step(c, run_id, contract.USAGE) if resumed else -1
         self._locks: list = []
-        self._handlers: dict = {}
+        self._signals = contextlib.ExitStack()
 
     @classmethod
     def create(cls, c, exp_id: str, pr: PlannedRun, *, parent_run_id: str | None = None,
@@ -290,11 +320,11 @@ class TrackedRun:
 
     def __enter__(self) -> "TrackedRun":
         self._heartbeat()
-        self._catch_preemption()
+        self._signals.enter_context(preemption_signals(self._on_signal))
         return self
 
     def __exit__(self, kind, e, tb) -> bool:
-        self._restore_signals()
+        self._signals.close()                       # the handlers from before the run, again
         late = None
         if e is None:
             try:
@@ -352,20 +382,5 @@ class TrackedRun:
             frame.to_csv(path, index=False, compression="gzip")
             self.c.log_artifact(self.run_id, str(path), str(Path(tracking.ARTIFACT_TRACES).parent))
 
-    def _catch_preemption(self) -> None:
-        """Preemption signals checkpoint and stop the run, while it trains. Only the main thread
-        can install handlers; under DDP the other ranks would not stop at the same batch, so
-        there a signal keeps its usual effect and the last periodic checkpoint is resumed."""
-        if threading.current_thread() is not threading.main_thread() or \
-                distributed.is_distributed():
-            return
-        for signum in PREEMPTION_SIGNALS:
-            self._handlers[signum] = signal.signal(signum, self._on_signal)
-
     def _on_signal(self, signum: int, frame) -> None:
         self.checkpoints.signum = signum               # the loop checkpoints at its next batch
-
-    def _restore_signals(self) -> None:
-        for signum, handler in self._handlers.items():     # (None: not set from Python)
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        self._handlers.clear()

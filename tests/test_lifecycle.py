@@ -24,7 +24,8 @@ from reproduce import train as train_module
 from reproduce.experiments import plan
 from reproduce.method import growth
 from reproduce.runner import run_experiment, run_planned, train_one, train_tracked
-from reproduce.tracked_run import ENDINGS, Preempted, RunStopped, TrackedRun
+from reproduce.tracked_run import (ENDINGS, PREEMPTION_SIGNALS, Preempted, RunStopped, TrackedRun,
+                                   preemption_signals)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,12 +123,52 @@ def test_each_ending_leaves_its_status_tags_checkpoint_and_free_claim(way, tiny,
 
 # ----------------------------------------------------------------------------- preemption
 
+def test_preemption_handlers_are_installed_in_the_main_thread_only_and_put_back():
+    assert {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2} <= set(PREEMPTION_SIGNALS)
+    got: list[int] = []
+
+    def theirs(signum, frame):            # e.g. submitit's, installed before the run
+        got.append(-signum)
+
+    before = {s: signal.signal(s, theirs if s == signal.SIGUSR2 else signal.getsignal(s))
+              for s in PREEMPTION_SIGNALS}
+    try:
+        with pytest.raises(RuntimeError):
+            with preemption_signals(lambda signum, frame: got.append(signum)) as installed:
+                assert installed
+                for s in (signal.SIGUSR1, signal.SIGUSR2):
+                    os.kill(os.getpid(), s)
+                raise RuntimeError("the block fails: the handlers are put back all the same")
+        assert got == [signal.SIGUSR1, signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is theirs
+        for s in PREEMPTION_SIGNALS:
+            if s != signal.SIGUSR2:
+                assert signal.getsignal(s) == before[s]
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert got[-1] == -signal.SIGUSR2
+
+        elsewhere: dict = {}
+
+        def in_a_thread():
+            with preemption_signals(lambda signum, frame: None) as installed:
+                elsewhere["installed"] = installed
+                elsewhere["handler"] = signal.getsignal(signal.SIGUSR2)
+        thread = threading.Thread(target=in_a_thread)
+        thread.start()
+        thread.join()
+        assert elsewhere == {"installed": False, "handler": theirs}
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 def test_a_preemption_signal_checkpoints_at_the_next_batch_and_the_same_call_resumes(
         tiny, monkeypatch, tmp_path):
-    """SIGUSR1 (Slurm's warning before the time limit) in a random batch: the run checkpoints
-    right after that batch, ends KILLED and preempted, the handlers are restored, and the one-run
-    call resumes the same run to exactly the numbers of an uninterrupted run."""
-    signum = signal.SIGUSR1
+    """SIGUSR2 (what a job submitted through submitit gets before its time limit) in a random
+    batch: the run checkpoints right after that batch, ends KILLED and preempted, the handlers
+    are restored, and the one-run call resumes the same run to exactly the numbers of an
+    uninterrupted run."""
+    signum = signal.SIGUSR2
     before = signal.getsignal(signum)
     pr = plan("figure-7", "smoke", tiny)[0]
     batches = tiny["data"]["synthetic_train"] // tiny["data"]["batch_size"]

@@ -27,7 +27,7 @@ from analysis.runs import load_runs
 
 from .errors import ConfigError
 from .experiments import PlannedRun, plan
-from .runner import run_planned
+from .runner import run_all
 
 
 def experiments_of(targets: list[str]) -> list[str]:
@@ -51,17 +51,17 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
     list; returns this process's summary of each run.
 
     Every process walks all runs; a run's claim (tracking.claim) makes sure exactly one trains
-    it, while the others move on and later reuse its result. With jobs = 1 this is run_planned.
+    it, while the others move on and later reuse its result. With jobs = 1 this is run_all.
     """
     helpers = []
     if jobs > 1 and not force:                 # (forcing retrains in one process)
         spawn = multiprocessing.get_context("spawn")   # fresh interpreters, no forked torch state
-        helpers = [spawn.Process(target=run_planned, args=(runs,),
+        helpers = [spawn.Process(target=run_all, args=(runs,),
                                  kwargs={"progress": False, "uri": uri}) for _ in range(jobs - 1)]
         for h in helpers:
             h.start()
     try:
-        summaries = run_planned(runs, force, progress, uri)
+        summaries = run_all(runs, force, progress, uri)
     finally:
         for h in helpers:
             h.join()
@@ -80,7 +80,7 @@ def make(target: str, profile: str = "smoke", run_missing: bool = True, force: b
     experiments = list(module.EXPERIMENTS)
     planned = plan_all(experiments, profile, overrides)
     if run_missing:
-        run_planned(planned, force, progress, uri)
+        run_all(planned, force, progress, uri)
     hashes = {p.hash for p in planned}
     runs = load_runs(profile, hashes, uri=uri)
     if runs.empty:

@@ -1,10 +1,10 @@
 """Tracked runs: train (or reuse, or resume) planned runs, each inside its MLflow run.
 
-`run_planned(runs)` takes what `experiments.plan` resolved, reuses every run already finished
+`run_all(runs)` takes what `experiments.plan` resolved, reuses every run already finished
 with the same config hash, resumes interrupted ones and trains the rest through the trainer
-table below; `train_one(run)` does the same for exactly one run (what a cluster job calls);
-`run_experiment(path, profile)` plans an experiment file and runs it. A run's life in MLflow
-(created or resumed, logged, and how it ends) is `tracked_run.TrackedRun`.
+table below; `run_planned(run)` does the same for exactly one run and returns its run id (what a
+cluster job calls); `run_experiment(path, profile)` plans an experiment file and runs it. A run's
+life in MLflow (created or resumed, logged, and how it ends) is `tracked_run.TrackedRun`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .config import RunConfig
 from .data import DataBundle, build_data, check_available
 from .experiments import PlannedRun, plan
 from .tasks import task_class, task_for
-from .tracked_run import TrackedRun, run_name_of
+from .tracked_run import Preempted, TrackedRun, run_name_of
 from .train import Checkpoints, EpochCallback, TrainState
 
 # Which training procedure a run's `method` uses. Every trainer has the signature
@@ -54,11 +54,11 @@ def run_experiment(path: str | Path, profile: str = "smoke", force: bool = False
                    overrides: dict | None = None, only: list[str] | None = None,
                    progress: bool = True, uri: str | None = None) -> list[dict]:
     """Plan an experiment file's runs (all validated before anything trains) and run them."""
-    return run_planned(plan(path, profile, overrides, only), force, progress, uri)
+    return run_all(plan(path, profile, overrides, only), force, progress, uri)
 
 
-def run_planned(runs: list[PlannedRun], force: bool = False, progress: bool = True,
-                uri: str | None = None) -> list[dict]:
+def run_all(runs: list[PlannedRun], force: bool = False, progress: bool = True,
+            uri: str | None = None) -> list[dict]:
     """Train (or reuse, or resume) planned runs; one summary per run, in their order.
 
     A finished run with the same config hash is reused; an interrupted one (KILLED, or RUNNING
@@ -69,62 +69,92 @@ def run_planned(runs: list[PlannedRun], force: bool = False, progress: bool = Tr
     """
     for pr in runs:
         check_available(pr.cfg.data)                  # a missing dataset stops before tracking
-    return _on_every_rank(runs, lambda: _run_all(runs, force, progress, uri)) or []
+    summaries = _on_every_rank(runs, lambda: _lead_all(runs, force, progress, uri))
+    return summaries if distributed.is_main() else []
 
 
-def train_one(pr: PlannedRun, *, force: bool = False, progress: bool = True,
-              uri: str | None = None, pretraining: Pretraining | None = None) -> dict | None:
-    """Train exactly one planned run by itself, with its claim held: reuse it if finished,
-    resume it if interrupted, else train it (`force`: train it anew). While another process
-    holds the claim this waits, then reuses what it trained. Returns the run's summary.
+def run_planned(pr: PlannedRun, *, uri: str | None = None, force: bool = False,
+                progress: bool = True, pretraining: Pretraining | None = None) -> str:
+    """Train exactly one planned run into the store and return its MLflow run id.
 
-    What a cluster job calls. `pretraining` is the pre-training this pruning run shares with
-    others of its plan (`pretraining_groups`). A preemption signal ends the call with
-    `tracked_run.Preempted` once the run is checkpointed; calling it again resumes the run.
-    Under torchrun every rank calls it: rank 0 tracks, the others train with it (None).
+    What a cluster job calls, in a fresh process: every argument pickles (`pr` as
+    `experiments.plan` returned it), and nothing is read from the command line; the store is
+    `uri`, else $MLFLOW_TRACKING_URI (tracking.tracking_uri), and checkpoints and claims are in
+    its state folder (tracking.state_dir: beside a SQLite store, else $REPRODUCE_STATE_DIR).
+
+    - The config's claim (tracking.claim) is held while anything is decided or trained, so two
+      processes never train one run: while another process holds it, this call waits for it.
+    - Already finished (a FINISHED run with the config hash in the profile's experiment, here or
+      by the process it waited for): nothing trains; that run's id is returned (its `figures`
+      tag gains `pr.figures`). `force` trains a new run instead.
+    - Interrupted before (KILLED or RUNNING with the config hash: preempted, Ctrl-C, a killed
+      process, store trouble): the same run is resumed from its checkpoint in the state folder
+      (from its start when there is none) and its id returned once it finished.
+    - Otherwise a new run is created, trained and finished, and its id returned.
+    - Preempted (SIGTERM, SIGUSR1 or SIGUSR2 while it trains in the main thread): the run
+      checkpoints at its next batch boundary, is left KILLED with `state=preempted` (resumable:
+      the next call resumes it, exactly as if never stopped), the claim is released, the signal
+      handlers there before are put back, and `tracked_run.Preempted` (a KeyboardInterrupt
+      carrying `signum` and `run_id`) is raised for the caller to requeue the job. A signal that
+      comes after the last batch lets the run finish: then its id is returned.
+    - Fails (any other exception): the run is left FAILED with `failure_reason`, the claim
+      released, and the exception raised; a later call trains a new run (FAILED is not resumed).
+      Store trouble raises tracking.StoreError and leaves the run resumable; a missing dataset
+      raises data.DatasetMissing before anything is tracked.
+
+    `pretraining` is the pre-training this pruning run shares with others of its plan
+    (`pretraining_groups`). Under torchrun every rank calls it: rank 0 tracks, the others train
+    with it, and every rank returns the run id.
     """
     check_available(pr.cfg.data)
 
-    def lead() -> dict:
+    def lead() -> str:
         c = tracking.client(uri)
         exp_id = tracking.experiment_id(c, pr.profile)
-        summary = _claimed(c, exp_id, pr, force, progress, pretraining, wait=True)
+        try:
+            run_id = _claimed(c, exp_id, pr, force, progress, pretraining, wait=True)["run_id"]
+        except Preempted as stop:
+            if not stop.finished:
+                raise
+            run_id = stop.run_id               # nothing is left to resume: the run is done
         _forget_pretraining(c, exp_id, pretraining, {pr.hash}, force)
-        return summary
+        return run_id
     return _on_every_rank([pr], lead)
 
 
 def _on_every_rank(runs: list[PlannedRun], lead: Callable):
-    """`lead()` here; under torchrun on rank 0 only, while the other ranks follow (None)."""
+    """`lead()` here; under torchrun on rank 0 only, while the other ranks follow and then
+    return what it returned (None when it raised)."""
     if not distributed.is_distributed():
         return lead()
     if not distributed.is_main():
-        _follow(runs)
-        return None
+        return _follow(runs)
+    result = None
     try:
-        return lead()
+        result = lead()
+        return result
     finally:
-        distributed.broadcast_object(None)       # the other ranks stop following
+        distributed.broadcast_object({"done": result})    # the other ranks stop following
 
 
-def _follow(runs: list[PlannedRun]) -> None:
+def _follow(runs: list[PlannedRun]):
     """Ranks other than 0 under torchrun: train exactly the runs rank 0 trains, untracked.
 
     Rank 0 decides (reuse, resume, train) and sends, before each training, the run's config
     hash and the checkpoint it resumes from; these ranks then train it with it (no MLflow, no
-    checkpoints of their own). A None ends the experiment."""
+    checkpoints of their own). `{"done": result}` ends the experiment with rank 0's result."""
     by_hash = {pr.hash: pr for pr in runs}
     while True:
         msg = distributed.broadcast_object()
-        if msg is None:
-            return
+        if "done" in msg:
+            return msg["done"]
         saved = torch.load(msg["checkpoint"], map_location="cpu", weights_only=False) \
             if msg["checkpoint"] else None
         execute(by_hash[msg["hash"]].cfg, progress=False,
                 resume=saved["train"] if saved is not None else None)
 
 
-def _run_all(runs: list[PlannedRun], force: bool, progress: bool, uri: str | None) -> list[dict]:
+def _lead_all(runs: list[PlannedRun], force: bool, progress: bool, uri: str | None) -> list[dict]:
     c = tracking.client(uri)
     unique = _one_per_config(runs)
     exp_ids = {p: tracking.experiment_id(c, p) for p in dict.fromkeys(pr.profile for pr in unique)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from reproduce import runner, tracking
 from reproduce import train as train_module
 from reproduce.experiments import plan
 from reproduce.method import growth
-from reproduce.runner import run_experiment, run_planned, train_one, train_tracked
+from reproduce.runner import run_all, run_experiment, run_planned, train_tracked
 from reproduce.tracked_run import (ENDINGS, PREEMPTION_SIGNALS, Preempted, RunStopped, TrackedRun,
                                    preemption_signals)
 
@@ -185,7 +186,7 @@ def test_a_preemption_signal_checkpoints_at_the_next_batch_and_the_same_call_res
 
     monkeypatch.setattr(growth.GrowthController, "after_step", after_step)
     with pytest.raises(Preempted) as info:
-        train_one(pr, progress=False)
+        run_planned(pr, progress=False)
     monkeypatch.setattr(growth.GrowthController, "after_step", real)
     assert signal.getsignal(signum) is before
     assert steps["n"] == at                               # stopped right at that batch
@@ -197,8 +198,7 @@ def test_a_preemption_signal_checkpoints_at_the_next_batch_and_the_same_call_res
     assert (saved["epoch"], saved["position"]["batch"]) == ((at - 1) // batches,
                                                              (at - 1) % batches + 1)
 
-    summary = train_one(pr, progress=False)
-    assert summary["run_id"] == run.info.run_id and not summary["reused"]
+    assert run_planned(pr, progress=False) == run.info.run_id
     _, run = the_run()
     assert run.info.status == "FINISHED" and "state" not in run.data.tags
     assert not checkpoint_of(run.info.run_id).exists()
@@ -206,7 +206,8 @@ def test_a_preemption_signal_checkpoints_at_the_next_batch_and_the_same_call_res
     (tmp_path / "clean").mkdir()
     run_experiment("figure-7", "smoke", overrides=tiny, progress=False, uri=clean)
     assert histories() == histories(clean)
-    assert train_one(pr, progress=False)["reused"]
+    assert run_planned(pr, progress=False) == run.info.run_id     # finished: nothing trains
+    assert the_run()[1].info.end_time == run.info.end_time
 
 
 def test_a_signal_after_the_last_batch_finishes_the_run_and_still_stops(tiny, monkeypatch):
@@ -311,24 +312,24 @@ def test_experiments_that_need_the_same_run_share_it(tiny, tmp_path, monkeypatch
     grow = runner.TRAINERS["grow"]
     monkeypatch.setitem(runner.TRAINERS, "grow", ends_with(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        run_planned(runs[:1], progress=False)
+        run_all(runs[:1], progress=False)
     _, interrupted = the_run()
     assert set(interrupted.data.tags["figures"].split(",")) == {"figure-7", "figure-9"}
     monkeypatch.setitem(runner.TRAINERS, "grow", grow)
-    first, second = run_planned(runs, progress=False)
+    first, second = run_all(runs, progress=False)
     assert first == second and not first["reused"]
     _, run = the_run()
     assert run.info.run_id == interrupted.info.run_id and run.info.status == "FINISHED"
     assert set(run.data.tags["figures"].split(",")) == {"figure-7", "figure-9", "other-figure"}
 
 
-def test_train_one_waits_for_a_claim_held_elsewhere_then_reuses_that_run(tiny):
+def test_run_planned_waits_for_a_claim_held_elsewhere_then_returns_that_run(tiny):
     pr = plan("figure-7", "smoke", tiny)[0]
     c = tracking.client()
     exp = tracking.experiment_id(c, "smoke")
     held = tracking.claim(None, exp, pr.hash)
     got: dict = {}
-    waiter = threading.Thread(target=lambda: got.update(train_one(pr, progress=False)))
+    waiter = threading.Thread(target=lambda: got.update(run_id=run_planned(pr, progress=False)))
     waiter.start()
     try:
         time.sleep(1.0)
@@ -337,5 +338,25 @@ def test_train_one_waits_for_a_claim_held_elsewhere_then_reuses_that_run(tiny):
     finally:
         held.release()
     waiter.join(timeout=120)
-    assert got["run_id"] == trained["run_id"] and got["reused"]
+    assert got["run_id"] == trained["run_id"]
     assert len(c.search_runs([exp])) == 1
+
+
+def test_run_planned_takes_a_pickled_run_and_a_signal_after_the_last_batch_returns_its_id(
+        tiny, monkeypatch, tmp_path):
+    """What a cluster job does: unpickle a planned run in another process and train it into the
+    store named by its argument; a signal that comes too late to stop it leaves it finished."""
+    pr = pickle.loads(pickle.dumps(plan("figure-7", "smoke", tiny)[0]))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    real = TrackedRun.finish
+
+    def finish_under_signal(self, result):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        real(self, result)
+
+    monkeypatch.setattr(TrackedRun, "finish", finish_under_signal)
+    run_id = run_planned(pr, uri=uri, progress=False)
+    c, run = the_run(uri)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.tags["config_hash"] == pr.hash
+    assert not (tracking.state_dir(uri) / f"{run_id}.pt").exists()

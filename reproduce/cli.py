@@ -71,15 +71,17 @@ def cmd_run(args) -> int:
 
 
 def cmd_figure(args) -> int:
-    from .pipeline import experiments_of, make, plan_all, train_all
+    from .pipeline import experiments_of, make, plan_each, train_all
 
     overrides = _run_overrides(args)
+    plans = plan_each(experiments_of(args.targets), args.profile, overrides)   # once, for all
     if not args.no_run:      # everything the targets need first, with --jobs processes at once
-        train_all(plan_all(experiments_of(args.targets), args.profile, overrides), args.force,
-                  args.jobs, progress=not args.quiet)
+        train_all([pr for runs in plans.values() for pr in runs], args.force, args.jobs,
+                  progress=not args.quiet)
     for target in args.targets:
         outputs = make(target, profile=args.profile, run_missing=False, overrides=overrides,
-                       out_dir=Path(args.out) if args.out else None, progress=not args.quiet)
+                       out_dir=Path(args.out) if args.out else None, progress=not args.quiet,
+                       plans=plans)
         for path in outputs:
             print(f"wrote {path}")
     return 0

@@ -39,10 +39,17 @@ def experiments_of(targets: list[str]) -> list[str]:
     return names
 
 
+def plan_each(experiments: list[str], profile: str = "smoke", overrides: dict | None = None,
+              only: list[str] | None = None) -> dict[str, list[PlannedRun]]:
+    """Each experiment file's runs, by file; all validated before anything trains."""
+    return {e: plan(e, profile, overrides, only) for e in experiments}
+
+
 def plan_all(experiments: list[str], profile: str = "smoke", overrides: dict | None = None,
              only: list[str] | None = None) -> list[PlannedRun]:
     """Every run of the experiment files, in order; all validated before anything trains."""
-    return [pr for e in experiments for pr in plan(e, profile, overrides, only)]
+    return [pr for runs in plan_each(experiments, profile, overrides, only).values()
+            for pr in runs]
 
 
 def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progress: bool = True,
@@ -74,11 +81,15 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
 
 def make(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,
          overrides: dict | None = None, out_dir: Path | None = None, progress: bool = True,
-         uri: str | None = None) -> list[Path]:
+         uri: str | None = None, plans: dict[str, list[PlannedRun]] | None = None) -> list[Path]:
+    """Draw one figure or table. `plans`: experiment files already planned (`plan_each`) with
+    the same profile and overrides, so that a command drawing several targets plans once."""
     name = analysis.canonical(target)
     module = importlib.import_module(analysis.targets()[name])
     experiments = list(module.EXPERIMENTS)
-    planned = plan_all(experiments, profile, overrides)
+    plans = plans or {}
+    plans = {**plan_each([e for e in experiments if e not in plans], profile, overrides), **plans}
+    planned = [pr for e in experiments for pr in plans[e]]
     if run_missing:
         run_all(planned, force, progress, uri)
     hashes = {p.hash for p in planned}

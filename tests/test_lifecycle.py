@@ -298,6 +298,11 @@ def test_make_plans_once_and_hands_the_planned_runs_to_the_runner(tiny, monkeypa
     assert calls == {"pipeline": 1, "runner": 0}
     _, run = the_run()
     assert run.info.status == "FINISHED"
+    # `reproduce figure` plans every target's files once and hands the plans to each target
+    plans = pipeline.plan_each(pipeline.experiments_of(["figure-7"]), "smoke", tiny)
+    calls.update(pipeline=0)
+    pipeline.make("figure-7", profile="smoke", overrides=tiny, progress=False, plans=plans)
+    assert calls == {"pipeline": 0, "runner": 0}
 
 
 def test_experiments_that_need_the_same_run_share_it(tiny, tmp_path, monkeypatch):

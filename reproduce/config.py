@@ -23,21 +23,27 @@ from .errors import ConfigError
 from .method import options as M
 
 
-
-
-IMAGE_FOLDER_DATASETS = ("imagefolder", "imagenet", "imagenet_smoke")
-SMOKE_IMAGE_SIZE = 64               # side of the generated ImageNet-style digits (imagenet_smoke)
-
-
 def choice(*options: str) -> dict:
     return {"choices": options}
 
 
+def choices_of(metadata) -> tuple[str, ...]:
+    """A field's accepted values: its "choices" metadata, a tuple, or a function returning them
+    (read when a value is checked, from a registry filled after this module is imported)."""
+    options = metadata.get("choices") or ()
+    return tuple(options() if callable(options) else options)
+
+
+def _datasets() -> list[str]:
+    # the data registry imports this module's DataConfig; it is read at validation time
+    from .data.registry import available_datasets
+    return available_datasets()
+
+
 @dataclass
 class DataConfig:
-    dataset: str = field(default="digits", metadata=choice(
-        "digits", "cifar10", "cifar100", "synthetic", "imagefolder", "imagenet", "imagenet_smoke",
-        "ptb", "pydoc_text", "voc", "digit_scenes"))
+    # any registered dataset: `python -m reproduce data list` (reproduce/data/registry.py)
+    dataset: str = field(default="digits", metadata={"choices": _datasets})
     # "" means $DATA_DIR (else ./data); imagenet: $DATA_DIR/imagenet, imagenet_smoke (ImageNet-style
     # digits, generated on first use): $DATA_DIR/imagenet-smoke
     root: str = ""
@@ -242,7 +248,7 @@ def _check_value(path: str, f: dataclasses.Field, value: Any, typ: Any) -> Any:
         (item,) = get_args(typ)
         return [_coerce(f"{path}[{i}]", v, item) for i, v in enumerate(value)]
     value = _coerce(path, value, typ)
-    options = f.metadata.get("choices")
+    options = choices_of(f.metadata)
     if options and value not in options:
         raise ConfigError(f"{path}: unknown value {value!r}; choose one of {', '.join(options)}")
     return value
@@ -357,10 +363,12 @@ def resolve(*layers: dict, source: str = "config") -> RunConfig:
     if not model_exists(cfg.model.name):
         raise ConfigError(f"{source}: model.name: unknown model {cfg.model.name!r}; "
                           f"choose one of {', '.join(available_models())}")
-    if cfg.data.dataset in IMAGE_FOLDER_DATASETS and not cfg.data.image_size:
+    from .data.registry import dataset
+    defaults = dataset(cfg.data.dataset).defaults   # image folders state their crop side
+    if defaults.image_size_in_config and not cfg.data.image_size:
         from .models import default_cfg
-        cfg.data.image_size = (SMOKE_IMAGE_SIZE if cfg.data.dataset == "imagenet_smoke"
-                               else default_cfg(cfg.model.name).input_size[-1])
+        cfg.data.image_size = (default_cfg(cfg.model.name).input_size[-1]
+                               if defaults.image_size_from_model else defaults.image_size)
     return cfg
 
 

@@ -254,7 +254,7 @@ def test_train_aug_is_voc_train_and_sbd_without_voc_val(tmp_path):
     label where an image has both), SBD's labels read from its .mat files."""
     from reproduce.config import resolve
     from reproduce.errors import ConfigError
-    from reproduce.segmentation_data import image_id, train_aug
+    from reproduce.data.segmentation import image_id, train_aug
 
     rng = np.random.default_rng()
     voc_train, voc_val = ["2007_000001", "2007_000002"], ["2007_000003", "2007_000004"]

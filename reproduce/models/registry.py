@@ -17,10 +17,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from ..data.registry import CIFAR10_MEAN as CIFAR_MEAN, CIFAR10_STD as CIFAR_STD
+from ..data.registry import IMAGENET_MEAN, IMAGENET_STD
 from ..method.structure import GatedModel
-
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,43 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=None, metavar="VARIANT",
                    help="train only this variant of the experiment (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 1), metavar="N",
-                   help="train with N processes at once (each run is trained by exactly one)")
+    p.add_argument("--jobs", type=int, default=int(os.environ["JOBS"]) if os.environ.get("JOBS")
+                   else None, metavar="N",
+                   help="train with N processes at once (each run is trained by exactly one); "
+                        "on G GPUs process i trains on GPU i mod G")
+    p.add_argument("--runs-per-gpu", type=int, metavar="K",
+                   default=int(os.environ["RUNS_PER_GPU"]) if os.environ.get("RUNS_PER_GPU")
+                   else None, help="let K runs share one GPU (--jobs then defaults to GPUs x K)")
+    _add_launcher(p)
     # overrides as JSON, for scripts that start the command line with a whole override tree
     p.add_argument("--overrides-json", default="{}", help=argparse.SUPPRESS)
+
+
+def _add_launcher(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", choices=("local", "slurm"),
+                   default=os.environ.get("LAUNCHER") or "local",
+                   help="local: processes of this machine; slurm: one Slurm job per missing run "
+                        "(resources: the profile's launcher: section, --set launcher.FIELD=V)")
+    p.add_argument("--no-wait", action="store_true", default=os.environ.get("NO_WAIT") == "1",
+                   help="with --launcher slurm: return once the jobs are submitted; the same "
+                        "command later draws from what finished")
+
+
+def _launch_options(args) -> dict:
+    """train_all's keywords for the command's launcher (and the `launcher.*` of --set)."""
+    from .launch.devices import default_jobs, visible_gpus
+    from .launch.settings import split_launcher
+
+    overrides, launch = split_launcher(_run_overrides(args))
+    if launch and args.launcher == "local":
+        print(f"note: --set launcher.* ({', '.join(launch)}) applies to --launcher slurm only",
+              file=sys.stderr)
+    jobs = args.jobs
+    if jobs is None:
+        gpus = visible_gpus() if args.runs_per_gpu else []
+        jobs = default_jobs(gpus, args.runs_per_gpu, 1)
+    return {"overrides": overrides, "jobs": jobs, "launcher": args.launcher, "launch": launch,
+            "wait": not args.no_wait, "runs_per_gpu": args.runs_per_gpu}
 
 
 def _run_overrides(args) -> dict:
@@ -58,11 +91,12 @@ def cmd_run(args) -> int:
     from . import distributed
     from .pipeline import plan_all, train_all
 
-    overrides = _run_overrides(args)
+    opts = _launch_options(args)
     if distributed.init_from_env():   # under torchrun: one run on every process, rank 0 tracks
-        args.jobs = 1
-    runs = plan_all(args.experiments, args.profile, overrides, args.only)
-    for s in train_all(runs, args.force, args.jobs, progress=not args.quiet):
+        opts["jobs"] = 1
+    runs = plan_all(args.experiments, args.profile, opts.pop("overrides"), args.only)
+    label = "-".join(Path(e).stem for e in args.experiments)
+    for s in train_all(runs, args.force, progress=not args.quiet, label=label, **opts):
         state = "reused" if s["reused"] else "trained"
         print(f"{state:8s} {s['run_id']}  {s['model']}/{s['variant']}/seed{s['seed']}  "
               f"{s['main_metric']} {s[s['main_metric']]:.2f}  MACs {s['cost/macs'] / max(1, s['cost/dense_macs']):.3f}"
@@ -71,19 +105,33 @@ def cmd_run(args) -> int:
 
 
 def cmd_figure(args) -> int:
-    from .pipeline import experiments_of, make, plan_each, train_all
+    from .pipeline import experiments_of, finished_hashes, make, plan_each, train_all
 
-    overrides = _run_overrides(args)
+    opts = _launch_options(args)
+    overrides = opts.pop("overrides")
     plans = plan_each(experiments_of(args.targets), args.profile, overrides)   # once, for all
     if not args.no_run:      # everything the targets need first, with --jobs processes at once
-        train_all([pr for runs in plans.values() for pr in runs], args.force, args.jobs,
-                  progress=not args.quiet)
+        train_all([pr for runs in plans.values() for pr in runs], args.force, progress=not args.quiet,
+                  label="-".join(args.targets), **opts)
     for target in args.targets:
+        if args.launcher == "slurm" and not finished_hashes(
+                [pr for e in experiments_of([target]) for pr in plans[e]]):
+            print(f"{target}: nothing to draw yet, none of its runs has finished; the same "
+                  f"command draws it once they have (`python -m reproduce jobs` lists the jobs)")
+            continue
         outputs = make(target, profile=args.profile, run_missing=False, overrides=overrides,
                        out_dir=Path(args.out) if args.out else None, progress=not args.quiet,
                        plans=plans)
         for path in outputs:
             print(f"wrote {path}")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from . import tracking
+    from .launch.slurm import list_jobs
+
+    list_jobs(tracking.tracking_uri(), args.profile if args.profile != "all" else None)
     return 0
 
 
@@ -239,6 +287,8 @@ def cmd_search(args) -> int:
 
     from .search import best_trial, pareto_trials, redact, run_search, spec_ref
 
+    launch = _overrides([s for s in args.overrides if s.startswith("launcher.")]).get("launcher")
+    args.overrides = [s for s in args.overrides if not s.startswith("launcher.")]
     spec = _load_spec(args, args.trials)
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
@@ -253,7 +303,7 @@ def cmd_search(args) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         res = run_search(spec, args.storage, args.worker_index, args.force, not args.quiet,
-                         args.workers, extra)
+                         args.workers, extra, launcher=args.launcher, launch=launch)
     except KeyboardInterrupt:
         print(f"[search] stopped; resume with the same command (study {spec.study_name})",
               file=sys.stderr)
@@ -332,6 +382,7 @@ def _add_search_commands(sub) -> None:
                    help="retrain trials whose exact configuration is already tracked")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
+    _add_launcher(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("search-best", help="write a search's best trial (or a Pareto point) as a "
@@ -437,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="smoke")
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("jobs", help="the suite's Slurm jobs: state, run, link (LAUNCHER=slurm)")
+    p.add_argument("--profile", default=os.environ.get("PROFILE", "all"),
+                   help="only this profile's jobs (default: all)")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("links", help="direct links to each experiment's runs table in mlflow ui")
     p.add_argument("--host", default="127.0.0.1")

@@ -78,7 +78,7 @@ def test_command_line_overrides_win_and_leave_identity_alone():
     assert (s.partition, s.time_min, s.gpus) == ("gpu", 90, 1)
     assert plan("figure-7", "paper", runs)[0].hash == pr.hash
     params = executor_parameters(slurm_settings({"account": "lab", "qos": "high"}), "x")
-    assert params["slurm_additional_parameters"] == {"account": "lab", "qos": "high"}
+    assert (params["slurm_account"], params["slurm_qos"]) == ("lab", "high")
 
 
 @pytest.mark.parametrize("layer, message", [

@@ -109,11 +109,12 @@ def split_launcher(overrides: dict | None) -> tuple[dict, dict]:
 
 
 def executor_parameters(s: SlurmSettings, name: str) -> dict:
-    """submitit's update_parameters() for these settings."""
-    extra = {k: getattr(s, k) for k in ("account", "qos", "constraint") if getattr(s, k)}
+    """submitit's update_parameters() for these settings (`max_requeues` goes to the executor
+    itself: AutoExecutor(..., slurm_max_num_timeout=...))."""
     params = dict(name=name, timeout_min=s.time_min, nodes=1, tasks_per_node=s.ranks,
-                  cpus_per_task=s.cpus, slurm_signal_delay_s=s.signal_delay_s,
-                  slurm_max_num_timeout=s.max_requeues, slurm_additional_parameters=extra)
+                  cpus_per_task=s.cpus, slurm_signal_delay_s=s.signal_delay_s)
+    params.update({f"slurm_{k}": getattr(s, k) for k in ("account", "qos", "constraint")
+                   if getattr(s, k)})
     if s.gpus:
         params["gpus_per_node"] = s.gpus
     if s.partition:

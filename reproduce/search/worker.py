@@ -95,8 +95,10 @@ def _spawn(spec: SearchSpec, url: str, workers: int, worker_index: int,
 
 
 def run_search(spec: SearchSpec, url: str | None = None, worker_index: int = 0, force: bool = False,
-               progress: bool = True, workers: int = 1, extra_args: list[str] | None = None) -> dict:
-    """Create or resume the study and run trials (in this process, or in `workers` subprocesses)."""
+               progress: bool = True, workers: int = 1, extra_args: list[str] | None = None,
+               launcher: str = "local", launch: dict | None = None) -> dict:
+    """Create or resume the study and run trials: in this process, in `workers` subprocesses, or
+    (launcher "slurm") in `workers` Slurm jobs (`launch`: the command's `--set launcher.*`)."""
     url = storage_url(url)
     holder: dict = {}
     storage = make_storage(url, spec.heartbeat, on_failed=mark_stale_run(holder))
@@ -112,7 +114,10 @@ def run_search(spec: SearchSpec, url: str | None = None, worker_index: int = 0, 
           f"finished{' (new study)' if created else ''}; MLflow parent run {parent_id}")
     if done < spec.trials:
         mark_parent_running(c, parent_id)
-    if workers > 1:
+    if launcher == "slurm":
+        from ..launch.slurm import run_search_workers
+        run_search_workers(spec, url, workers, worker_index, force, c.tracking_uri, launch)
+    elif workers > 1:
         _spawn(spec, url, workers, worker_index, extra_args)
     else:
         objective = TrialObjective(spec, c, exp_id, parent_id, url, force, progress)

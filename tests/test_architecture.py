@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PINS = Path(__file__).with_name("config_hashes.json")
 # what analysis may import from the package: the store reader's needs and the contract
 ANALYSIS_MAY_IMPORT = {"reproduce.contract", "reproduce.tracking", "reproduce.errors",
-                       "reproduce.search.results"}
+                       "reproduce.study_results"}
 
 
 def imports_of(path: Path, package: str) -> set[str]:
@@ -51,6 +51,16 @@ def test_analysis_reads_the_store_only():
                     if m != "reproduce" and not any(m == a or m.startswith(a + ".")
                                                     for a in ANALYSIS_MAY_IMPORT)}
         assert not reaching, f"{path.name} imports {sorted(reaching)}"
+
+
+def test_no_module_level_getattr():
+    """No lazy module attributes: every import is a visible import statement, so the import
+    graph the tests here check is the one Python follows."""
+    for package in ("reproduce", "analysis"):
+        for path in (ROOT / package).rglob("*.py"):
+            top = ast.parse(path.read_text()).body
+            names = {n.name for n in top if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            assert "__getattr__" not in names, f"{path.relative_to(ROOT)} defines __getattr__"
 
 
 def test_the_method_core_imports_only_torch_and_itself():

@@ -13,9 +13,12 @@ from reproduce.experiments import EXPERIMENTS_DIR, PROFILES_FILE, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PINS = Path(__file__).with_name("config_hashes.json")
-# what analysis may import from the package: the store reader's needs and the contract
-ANALYSIS_MAY_IMPORT = {"reproduce.contract", "reproduce.tracking", "reproduce.errors",
-                       "reproduce.study_results"}
+# what analysis may import from the package: the readers of the stores (tracked runs, Optuna
+# studies), the contract naming what runs track, and the package's errors
+STORE_READERS = {"reproduce.store", "reproduce.study_results"}
+ANALYSIS_MAY_IMPORT = {*STORE_READERS, "reproduce.contract", "reproduce.errors"}
+# ... and all that those reach in turn: no training code, models or method
+READERS_MAY_REACH = {*ANALYSIS_MAY_IMPORT, "reproduce", "reproduce.tracking"}
 
 
 def imports_of(path: Path, package: str) -> set[str]:
@@ -51,6 +54,18 @@ def test_analysis_reads_the_store_only():
                     if m != "reproduce" and not any(m == a or m.startswith(a + ".")
                                                     for a in ANALYSIS_MAY_IMPORT)}
         assert not reaching, f"{path.name} imports {sorted(reaching)}"
+
+
+def test_the_store_readers_reach_no_training_code():
+    """Analysis cannot reach the trainer through the readers either (imports of imports)."""
+    graph = package_graph("reproduce")
+    reached, todo = set(), sorted(ANALYSIS_MAY_IMPORT)
+    while todo:
+        m = todo.pop()
+        if m not in reached:
+            reached.add(m)
+            todo += sorted(graph[m])
+    assert reached <= READERS_MAY_REACH, sorted(reached - READERS_MAY_REACH)
 
 
 def test_no_module_level_getattr():

@@ -338,20 +338,20 @@ def write(stem: Path, display: pd.DataFrame, csv: pd.DataFrame, *, title: str, p
 def write_rows(stem: Path, rows: pd.DataFrame, display: pd.DataFrame, csv: pd.DataFrame, *,
                title: str, profile: str, n_left: int, table: str | None = None,
                reference_path=None, names: str = "{model} / {variant}",
-               groups: str | None = "model", **kw) -> list[Path]:
-    """`write` with what a table derives from its rows: the datasets, each row's run ids
-    (`run_ids`, joined by ";"), a name per row (`names`, formatted with the row's columns), the
+               groups: str | None = "model", datasets: list[str] | None = None,
+               run_ids: list[list[str]] | None = None, **kw) -> list[Path]:
+    """`write` with what a table derives from its rows: the datasets, each row's run ids (its
+    `run_ids`, joined by ";"), a name per row (`names`, formatted with the row's columns), the
     groups between which LaTeX draws a rule (a column, or None) and, for a `table` of the
-    reference file, its paper values beside no reproduced row. `kw` (notes, columns_note,
-    datasets, run_ids, ...) go to `write` and take precedence."""
-    derived = {"datasets": lambda: sorted(rows["dataset"].unique()),
-               "run_ids": lambda: [ids.split(";") for ids in rows["run_ids"]],
-               "row_names": lambda: [names.format(**r) for r in rows.to_dict("records")],
-               "groups": lambda: list(rows[groups]) if groups else None,
-               "extra_md": lambda: unmatched_paper_rows(table, rows, reference_path) if table
-               else ""}
-    kw = {**{k: value() for k, value in derived.items() if k not in kw}, **kw}
-    return write(stem, display, csv, title=title, profile=profile, n_left=n_left, **kw)
+    reference file, its paper values beside no reproduced row. `kw` goes to `write`."""
+    return write(stem, display, csv, title=title, profile=profile, n_left=n_left,
+                 datasets=sorted(rows["dataset"].unique()) if datasets is None else datasets,
+                 run_ids=[ids.split(";") for ids in rows["run_ids"]] if run_ids is None
+                 else run_ids,
+                 row_names=[names.format(**r) for r in rows.to_dict("records")],
+                 groups=list(rows[groups]) if groups else None,
+                 extra_md=unmatched_paper_rows(table, rows, reference_path) if table else "",
+                 **kw)
 
 
 def dynamics(runs: pd.DataFrame, store) -> pd.DataFrame:

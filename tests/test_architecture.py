@@ -19,6 +19,11 @@ STORE_READERS = {"reproduce.store", "reproduce.study_results"}
 ANALYSIS_MAY_IMPORT = {*STORE_READERS, "reproduce.contract", "reproduce.errors"}
 # ... and all that those reach in turn: no training code, models or method
 READERS_MAY_REACH = {*ANALYSIS_MAY_IMPORT, "reproduce", "reproduce.tracking"}
+# what the datasets may import from the package: the schema, the process layout and themselves,
+# never the training code (tasks, train, runner, baselines, autogrow, pipeline, search, models,
+# method, checkpoints, tracking)
+DATA_MAY_IMPORT = {"reproduce.data", "reproduce.config", "reproduce.errors",
+                   "reproduce.distributed"}
 
 
 def imports_of(path: Path, package: str) -> set[str]:
@@ -50,10 +55,23 @@ def package_graph(package: str) -> dict[str, set[str]]:
 
 def test_analysis_reads_the_store_only():
     for path in (ROOT / "analysis").glob("*.py"):
-        reaching = {m for m in imports_of(path, "reproduce")
-                    if m != "reproduce" and not any(m == a or m.startswith(a + ".")
-                                                    for a in ANALYSIS_MAY_IMPORT)}
+        reaching = reaching_beyond(path, ANALYSIS_MAY_IMPORT)
         assert not reaching, f"{path.name} imports {sorted(reaching)}"
+
+
+def reaching_beyond(path: Path, allowed: set[str]) -> set[str]:
+    return {m for m in imports_of(path, "reproduce")
+            if m != "reproduce" and not any(m == a or m.startswith(a + ".") for a in allowed)}
+
+
+def test_datasets_never_import_the_training_code():
+    files = sorted((ROOT / "reproduce" / "data").glob("*.py"))
+    assert len(files) >= 6                    # the registry, loaders and the families are seen
+    for path in files:
+        reaching = reaching_beyond(path, DATA_MAY_IMPORT)
+        assert not reaching, f"reproduce/data/{path.name} imports {sorted(reaching)}"
+    # the registry imports nothing of the suite: config, tasks and models read it without a cycle
+    assert reaching_beyond(ROOT / "reproduce" / "data" / "registry.py", set()) == set()
 
 
 def test_the_store_readers_reach_no_training_code():

@@ -70,7 +70,8 @@ from reproduce.train import Phase, build, device_label, pick_device, run_epochs 
 
 PROFILE = "paper"
 CIFAR_MODELS = ("resnet20", "resnet56", "vgg16")
-IMAGENET_MODELS = {"resnet50": "table-imagenet-resnet50", "mobilenet_v1": "table-imagenet-mobilenet"}
+IMAGENET_MODELS = {"resnet50": "table-imagenet-resnet50",
+                   "mobilenet_v1": "table-imagenet-mobilenet"}
 RESAMPLE = (1, 8, 64)
 PRECISIONS = {"fp32": (False, False), "bf16-cl": (True, True)}   # name: (train.amp, channels_last)
 SHARING = (1, 2, 4)
@@ -89,7 +90,8 @@ def write_cifar10(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     sizes = [n_train // 5 + (i < n_train % 5) for i in range(5)]
-    for name, n in [(f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)] + [("test_batch", n_test)]:
+    files = [(f"data_batch_{i + 1}", s) for i, s in enumerate(sizes)] + [("test_batch", n_test)]
+    for name, n in files:
         batch = {"batch_label": name, "labels": rng.integers(0, 10, n).tolist(),
                  "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                  "filenames": [f"{name}_{i}.png" for i in range(n)]}
@@ -224,7 +226,8 @@ def time_training(cfg: RunConfig, data: DataBundle, device: torch.device, warmup
     if cfg.method == "grow":
         usage = open_to_budget(state.controller, cfg.budget.target)
     # a phase of one epoch: the controller keeps the run's schedule (built from cfg.train.epochs)
-    phase = Phase(dataclasses.replace(cfg.train, epochs=1), mask_lr=cfg.gates.mask_lr, mask_momentum=cfg.gates.mask_momentum,
+    phase = Phase(dataclasses.replace(cfg.train, epochs=1), mask_lr=cfg.gates.mask_lr,
+                  mask_momentum=cfg.gates.mask_momentum,
                   recalibrate_bn=cfg.gates.bn_recalibrate if cfg.method == "grow" else 0)
     clock = Clock(data.train, device, warmup, steps, seconds, on_ready)
     timed = DataBundle(clock, data.val, data.num_classes, data.in_channels, data.image_size,
@@ -253,7 +256,8 @@ def mode_overrides(mode: str, precision: str) -> tuple[str, dict]:
     if mode == "masked":
         return "grow-50", {"train": {**train, "execution": "masked"}}
     k = int(mode.rsplit("-", 1)[1])
-    return "grow-50", {"train": {**train, "execution": "restructured"}, "gates": {"resample_every": k}}
+    return "grow-50", {"train": {**train, "execution": "restructured"},
+                       "gates": {"resample_every": k}}
 
 
 def merge(a: dict, b: dict) -> dict:
@@ -579,12 +583,13 @@ def table(result: dict) -> str:
     for r in result["sharing"]:
         lines.append(f"| {r['runs']} run(s) sharing the device | {r['model']} {r['variant']} | "
                      f"{r['execution']} | {r['precision']} | {r['batch']} | "
-                     f"{1e3 * r['step_s']:.1f} | {r['images_per_s']:.0f} (×{r['speedup']:.2f}) | "
+                     f"{1e3 * r['step_s']:.1f} | "
+                     f"{r['images_per_s']:.0f} (×{r['speedup']:.2f}) | "
                      f"{r['epoch_s_each']:.1f} s each | — |")
     est = result["estimate"]
     for name, t in est["targets"].items():
-        lines.append(f"| GPU-hours ({est['profile']}) | {name} | {t['runs']} runs | — | — | — | — | "
-                     f"{t['gpu_hours']:.1f} h | — |")
+        lines.append(f"| GPU-hours ({est['profile']}) | {name} | {t['runs']} runs | — | — | — | "
+                     f"— | {t['gpu_hours']:.1f} h | — |")
     lines.append(f"| GPU-hours ({est['profile']}) | all targets | {est['distinct_runs']} distinct "
                  f"runs | — | — | — | — | {est['total_gpu_hours']:.1f} h | — |")
     return "\n".join(lines)
@@ -620,7 +625,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     label = device_label(device)
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"gpu-check-{slug(label)}.json"
+    out = Path(args.out) if args.out else \
+        ROOT / "bench" / "results" / f"gpu-check-{slug(label)}.json"
     started = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -28,8 +28,8 @@
    (pre-training and fine-tuning for the pruning baselines) × its epoch time from the rows above;
    models and datasets measured here directly, others scaled by MACs (the `basis` of each run).
 
-Every step is the training loop's own (reproduce.train.run_epochs on a state made by
-reproduce.train.build), fed by a stream that counts and times the steps. Nothing here imports
+Every step is the training loop's own (reproduce.train.run_epochs, whose iterations are
+reproduce.train.train_step, on a state made by reproduce.train.build), fed by a stream that counts and times the steps. Nothing here imports
 MLflow or Optuna (the suite's tracking and search): the machine measured needs neither.
 `--quick` shrinks every size so the whole check runs on a CPU in seconds (numbers meaningless).
 """
@@ -588,8 +588,8 @@ def table(result: dict) -> str:
                      f"{r['epoch_s_each']:.1f} s each | — |")
     est = result["estimate"]
     for name, t in est["targets"].items():
-        lines.append(f"| GPU-hours ({est['profile']}) | {name} | {t['runs']} runs | — | — | — | "
-                     f"— | {t['gpu_hours']:.1f} h | — |")
+        lines.append(f"| GPU-hours ({est['profile']}) | {name} | {t['runs']} runs | "
+                     f"— | — | — | — | {t['gpu_hours']:.1f} h | — |")
     lines.append(f"| GPU-hours ({est['profile']}) | all targets | {est['distinct_runs']} distinct "
                  f"runs | — | — | — | — | {est['total_gpu_hours']:.1f} h | — |")
     return "\n".join(lines)

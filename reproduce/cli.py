@@ -119,6 +119,8 @@ def cmd_list(args) -> int:
         print("\n".join(f"  {name}" for name in searches))
     else:
         from . import tracking
+        from .tasks import TASKS
+        main_metrics = [task.main_metric for task in TASKS.values()]
         c = tracking.client()
         exp_id = tracking.experiment_id(c, args.profile, create=False)
         if exp_id is None:
@@ -126,8 +128,8 @@ def cmd_list(args) -> int:
             return 0
         for r in c.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=500):
             t, m = r.data.tags, r.data.metrics
-            # each task's main metric: accuracy, perplexity or mIoU, whichever the run tracked
-            key = next((k for k in ("val/acc", "val/ppl", "val/miou") if k in m), "val/acc")
+            # its task's main metric (accuracy, perplexity, mIoU, ...): the one the run tracked
+            key = next((k for k in main_metrics if k in m), main_metrics[0])
             print(f"{r.info.run_id}  {r.info.status:9s} {t.get('model', '?'):10s} "
                   f"{t.get('variant', '?'):18s} s{t.get('seed', '?'):3s} "
                   f"{key.split('/')[1]} {m.get(key, float('nan')):6.2f}  "
@@ -135,16 +137,27 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
-    from .config import DataConfig, data_root
-    from .data import describe_image_folder, download, folder_root, make_smoke_imagenet
+DATA_ACTIONS = ("list", "check", "make-smoke-imagenet")    # besides the registry's downloads
 
+
+def cmd_data(args) -> int:
+    from . import data as D
+    from .config import DataConfig, data_root
+    from .data.imagefolder import folder_root, make_smoke_imagenet
+
+    if args.action == "list":
+        return _list_datasets(args.root or "", args.json)
     if args.action == "check":
         name = args.dataset or "imagenet"
-        if name not in ("imagenet", "imagenet_smoke", "imagefolder"):
-            raise ConfigError(f"data check: {name!r} is not an image folder dataset; choose "
-                              "imagenet, imagenet_smoke or imagefolder")
-        info = describe_image_folder(folder_root(DataConfig(dataset=name, root=args.root or "")))
+        if not D.dataset_exists(name):
+            raise ConfigError(f"data check: unknown dataset {name!r}; choose one of "
+                              f"{', '.join(D.available_datasets())}")
+        spec, cfg = D.dataset(name), DataConfig(dataset=name, root=args.root or "")
+        if spec.describe is None:
+            D.check_available(cfg)                   # DatasetMissing names the path and the fix
+            print(f"{name}: nothing missing ({spec.source})")
+            return 0
+        info = spec.describe(cfg)
         if args.json:
             print(json.dumps(info, indent=2))
             return 0
@@ -163,12 +176,33 @@ def cmd_data(args) -> int:
         print(f"ImageNet-style digits written to {root}: {counts['train']} train and "
               f"{counts['val']} val images in 10 class folders")
         return 0
-    root = args.root or data_root(DataConfig())
-    download(args.action, root)
-    if args.action == "sbd":
-        from .segmentation_data import sbd_folder
-        root = sbd_folder(root)
-    print(f"{args.action} is in {root}")
+    if args.action not in D.available_downloads():
+        raise ConfigError(f"data: unknown action {args.action!r}; choose one of "
+                          f"{', '.join(DATA_ACTIONS)} or a download: "
+                          f"{', '.join(D.available_downloads())}")
+    where = D.download(args.action, args.root or data_root(DataConfig()))
+    print(f"{args.action} is in {where}")
+    return 0
+
+
+def _list_datasets(root: str, as_json: bool) -> int:
+    """Every registered dataset: its task, whether it is on disk, how it is obtained (download:
+    `python -m reproduce data NAME`; by hand; built in: bundled or generated) and from where."""
+    from . import data as D
+    from .config import DataConfig
+    rows = []
+    for name in D.available_datasets():
+        spec = D.dataset(name)
+        how = "download" if spec.download else "by hand" if spec.check else "built in"
+        rows.append({"name": name, "task": spec.task, "obtained": how,
+                     "missing": D.missing(DataConfig(dataset=name, root=root)),
+                     "source": spec.source})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:16s} {r['task']:20s} {'missing' if r['missing'] else 'ready':8s} "
+              f"{r['obtained']:9s} {r['source']}")
     return 0
 
 
@@ -396,20 +430,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_profile(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("data", help="download CIFAR, PASCAL VOC 2012 or SBD, check an ImageNet "
-                                    "tree, or write the smoke ImageNet-style tree (ImageNet and "
-                                    "Penn Treebank are placed by hand)")
-    p.add_argument("action", choices=["cifar10", "cifar100", "voc", "sbd", "check",
-                                      "make-smoke-imagenet"],
-                   help="cifar10/cifar100/voc/sbd: download (sbd: into ROOT/sbd, for VOC's "
-                        "data.sbd); check [DATASET]: classes and image counts "
-                        "of an image folder (default imagenet); make-smoke-imagenet: generate "
-                        "ImageNet-style digits")
+    p = sub.add_parser("data", help="list the datasets, download one (CIFAR, PASCAL VOC 2012, "
+                                    "SBD), check one on disk (an ImageNet tree: classes and "
+                                    "images), or write the smoke ImageNet-style tree")
+    # the actions are checked against the dataset registry by cmd_data (importing it here
+    # would import torch for `--help`)
+    p.add_argument("action", metavar="ACTION",
+                   help="list: every dataset, its task and whether it is on disk; the name of "
+                        "a dataset `list` marks as `download`, or sbd (into ROOT/sbd, for VOC's "
+                        "data.sbd): download it; check [DATASET]: what is missing (image folders: "
+                        "classes and image counts, default imagenet); make-smoke-imagenet: "
+                        "generate ImageNet-style digits")
     p.add_argument("dataset", nargs="?", default=None,
-                   help="for check: imagenet (default), imagenet_smoke or imagefolder")
+                   help="for check: a dataset (default imagenet)")
     p.add_argument("--root", default=None, help="default: $DATA_DIR (or ./data), or for image "
                    "folders $DATA_DIR/imagenet and $DATA_DIR/imagenet-smoke")
-    p.add_argument("--json", action="store_true", help="check: print the report as JSON")
+    p.add_argument("--json", action="store_true", help="check, list: print the report as JSON")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("demo", help="the smoke reproduction of figures 7 and 9, with a summary")

@@ -8,7 +8,7 @@ without them everything here is a no-op and a run is one process, as before. Wha
 relies on:
   - every rank draws the same gates at every step: the gate generator is seeded from the run seed
     alone (method/growth.py), and the logits stay equal because DDP averages their gradients;
-  - each rank reads its own shard of the data (data.py); metrics are summed over ranks;
+  - each rank reads its own shard of the data (reproduce/data); metrics are summed over ranks;
   - rank 0 alone talks to MLflow and writes checkpoints (runner.py).
 """
 

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import contract
-from .segmentation_data import SEGMENTATION_DATASETS
-from .text_data import TEXT_DATASETS
+from .data.registry import dataset
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 
@@ -248,13 +247,12 @@ TASKS = {"classification": Classification, "language_modelling": LanguageModelli
 
 
 def task_class(cfg) -> type[Task]:
-    """Which task a run is, from its dataset: text corpora are language modelling, images with
-    per-pixel labels segmentation, the rest classification."""
-    if cfg.data.dataset in TEXT_DATASETS:
-        return LanguageModelling
-    if cfg.data.dataset in SEGMENTATION_DATASETS:
-        return Segmentation
-    return Classification
+    """Which task a run is: the one its dataset declares (reproduce/data/registry.py)."""
+    name = dataset(cfg.data.dataset).task
+    if name not in TASKS:
+        raise ValueError(f"dataset {cfg.data.dataset!r} declares the task {name!r}; the known "
+                         f"tasks are {', '.join(TASKS)}")
+    return TASKS[name]
 
 
 def task_for(cfg, data) -> Task:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 
@@ -12,6 +13,9 @@ import torch.nn.functional as F
 
 from reproduce import data as D
 from reproduce.config import DataConfig
+from reproduce.data import imagefolder as IF
+from reproduce.data import loaders as L
+from reproduce.data import tensor as T
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -45,7 +49,7 @@ def test_digits_shapes_split_and_normalisation(rng):
     xb, yb = epoch(b.val)
     assert len(xa) == a.num_val and torch.equal(xa, xb) and torch.equal(ya, yb)
     assert set(ya.tolist()) == set(range(10))
-    tr, va = D.digits_split(frac)
+    tr, va = T.digits_split(frac)
     assert len(np.intersect1d(tr, va)) == 0 and len(tr) + len(va) == 1797
     # stratified: every class keeps about the same share in val
     from sklearn.datasets import load_digits
@@ -124,21 +128,21 @@ def reference_crop_flip(x, dy, dx, flips, pad):
 def test_crop_flip_matches_reference(rng, device):
     x = torch.from_numpy(rng.integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)).to(device)
     gen = torch.Generator().manual_seed(int(rng.integers(10_000)))
-    dy, dx, flips = D.draw_crop_flip(16, 4, True, gen)
-    out = D.crop_flip(x, dy, dx, flips, pad=4)
+    dy, dx, flips = L.draw_crop_flip(16, 4, True, gen)
+    out = L.crop_flip(x, dy, dx, flips, pad=4)
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
     assert torch.equal(out.cpu(), reference_crop_flip(x.cpu(), dy, dx, flips, 4))
     assert dy.min() >= 0 and dy.max() <= 8
     # no flips and no padding is the identity
-    same = D.crop_flip(x, torch.zeros(16, dtype=torch.long), torch.zeros(16, dtype=torch.long),
+    same = L.crop_flip(x, torch.zeros(16, dtype=torch.long), torch.zeros(16, dtype=torch.long),
                        torch.zeros(16, dtype=torch.bool), pad=0)
     assert torch.equal(same, x)
 
 
 def test_draw_flip_off_never_flips(rng):
     gen = torch.Generator().manual_seed(int(rng.integers(10_000)))
-    assert not D.draw_crop_flip(500, 1, False, gen)[2].any()
-    flips = D.draw_crop_flip(500, 1, True, gen)[2]
+    assert not L.draw_crop_flip(500, 1, False, gen)[2].any()
+    flips = L.draw_crop_flip(500, 1, True, gen)[2]
     assert 150 < flips.sum() < 350
 
 
@@ -211,8 +215,8 @@ def make_cifar100(root, rng) -> dict:
 
 
 def unnormalise(x: torch.Tensor, name: str) -> torch.Tensor:
-    mean = torch.tensor(D.CIFAR[name]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(D.CIFAR[name]["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(T.CIFAR[name]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(T.CIFAR[name]["std"]).view(1, 3, 1, 1)
     return ((x * std + mean) * 255).round()
 
 
@@ -265,10 +269,22 @@ def test_data_dir_env_and_download_hook(tmp_path, rng, monkeypatch):
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "env"))
     assert D.build_data(DataConfig(dataset="cifar10")).num_val > 0
     calls = []
-    monkeypatch.setattr(D, "download", lambda dataset, root: (calls.append((dataset, root)),
-                                                             make_cifar10(tmp_path / "dl", rng)))
-    bundle = D.build_data(DataConfig(dataset="cifar10", root=str(tmp_path / "dl"), download=True))
+
+    def fetch(cfg):
+        calls.append((cfg.dataset, cfg.root))
+        make_cifar10(tmp_path / "dl", rng)
+
+    from reproduce.data import registry
+    monkeypatch.setitem(registry._DATASETS, "cifar10",
+                        dataclasses.replace(D.dataset("cifar10"), download=fetch))
+    cfg = DataConfig(dataset="cifar10", root=str(tmp_path / "dl"), download=True)
+    D.check_available(cfg)                               # fetched on demand: passes
+    with pytest.raises(D.DatasetMissing):
+        D.check_available(dataclasses.replace(cfg, download=False))
+    bundle = D.build_data(cfg)
     assert calls == [("cifar10", str(tmp_path / "dl"))] and bundle.num_train > 0
+    D.build_data(cfg)                                    # there now: not fetched again
+    assert len(calls) == 1
 
 
 def test_download_rejects_other_datasets(tmp_path):
@@ -349,13 +365,13 @@ def test_imagenet_root_defaults_to_data_dir(tmp_path, rng, monkeypatch):
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     make_tree(tmp_path / "imagenet", rng, per_class=2)
     cfg = DataConfig(dataset="imagenet", image_size=24, batch_size=2, eval_batch_size=4)
-    assert D.folder_root(cfg) == str(tmp_path / "imagenet")
+    assert IF.folder_root(cfg) == str(tmp_path / "imagenet")
     D.check_available(cfg)
     bundle = D.build_data(cfg)
     assert (bundle.name, bundle.num_classes, bundle.image_size) == ("imagenet", 2, 24)
     x, _ = next(iter(bundle.val))
     assert x.shape == (4, 3, 24, 24)
-    info = D.describe_image_folder(D.folder_root(cfg))
+    info = IF.describe_image_folder(IF.folder_root(cfg))
     assert (info["train"]["classes"], info["train"]["images"], info["val"]["images"]) == (2, 4, 4)
     assert info["same_classes"] and not info["train"]["empty_classes"]
 
@@ -386,14 +402,14 @@ def test_image_size_comes_from_the_model_and_is_stated():
 
 
 def test_smoke_imagenet_tree(tmp_path):
-    counts = D.make_smoke_imagenet(str(tmp_path / "smoke"), size=32, per_class=2)
+    counts = IF.make_smoke_imagenet(str(tmp_path / "smoke"), size=32, per_class=2)
     assert counts == {"train": 20, "val": 20}
     from PIL import Image
-    info = D.describe_image_folder(str(tmp_path / "smoke"))
+    info = IF.describe_image_folder(str(tmp_path / "smoke"))
     assert info["train"]["classes"] == info["val"]["classes"] == 10
     img = Image.open(next((tmp_path / "smoke" / "train" / "digit_0").iterdir()))
     assert img.size == (32, 32) and img.mode == "RGB"
-    again = D.make_smoke_imagenet(str(tmp_path / "again"), size=32, per_class=2)
+    again = IF.make_smoke_imagenet(str(tmp_path / "again"), size=32, per_class=2)
     assert again == counts and (tmp_path / "again" / "val" / "digit_9").is_dir()
     first = sorted(p.name for p in (tmp_path / "smoke" / "val" / "digit_9").iterdir())
     assert first == sorted(p.name for p in (tmp_path / "again" / "val" / "digit_9").iterdir())
@@ -408,32 +424,32 @@ def test_smoke_imagenet_digits_contrast_with_their_background(tmp_path):
     generator drew both colours at random, often nearly equal, and nothing could learn it)."""
     from PIL import Image
     root = tmp_path / "smoke"
-    D.make_smoke_imagenet(str(root), size=32, per_class=3)
+    IF.make_smoke_imagenet(str(root), size=32, per_class=3)
     luma = np.array([0.299, 0.587, 0.114])
     for path in root.glob("*/digit_*/*.png"):
         img = np.asarray(Image.open(path), dtype=np.float64) @ luma
         # the brightest and darkest tenths: digit vs background, both sides past the noise
         lo, hi = np.percentile(img, [5, 95])
-        assert hi - lo > 0.6 * D.SMOKE_MIN_LUMA_GAP, path
+        assert hi - lo > 0.6 * IF.SMOKE_MIN_LUMA_GAP, path
 
 
 def test_an_older_smoke_imagenet_tree_is_rewritten(tmp_path, capsys):
     """A tree written before the generator's current version (no VERSION file, as version 1
     wrote it) is rewritten on use, with a note; one of the current version is kept."""
     root = tmp_path / "imagenet-smoke"
-    D.make_smoke_imagenet(str(root), size=16, per_class=1)
-    assert D.smoke_imagenet_version(str(root)) == D.SMOKE_TREE_VERSION
-    (root / D.SMOKE_VERSION_FILE).unlink()                      # as the old generator left it
+    IF.make_smoke_imagenet(str(root), size=16, per_class=1)
+    assert IF.smoke_imagenet_version(str(root)) == IF.SMOKE_TREE_VERSION
+    (root / IF.SMOKE_VERSION_FILE).unlink()                      # as the old generator left it
     stale = root / "train" / "digit_3" / "stale.png"
     stale.write_bytes(b"")
     cfg = DataConfig(dataset="imagenet_smoke", root=str(root), image_size=16, batch_size=4)
     bundle = D.build_data(cfg)
     assert "rewriting" in capsys.readouterr().err
-    assert D.smoke_imagenet_version(str(root)) == D.SMOKE_TREE_VERSION and not stale.exists()
+    assert IF.smoke_imagenet_version(str(root)) == IF.SMOKE_TREE_VERSION and not stale.exists()
     assert bundle.num_train == 1437 and bundle.num_val == 360   # the whole tree, rewritten
     marker = root / "val" / "digit_0" / "kept.png"
     marker.write_bytes(b"")
-    assert D.make_smoke_imagenet(str(root), if_missing=True) is None and marker.exists()
+    assert IF.make_smoke_imagenet(str(root), if_missing=True) is None and marker.exists()
 
 
 def test_a_foreign_tree_at_the_smoke_imagenet_root_is_not_replaced(tmp_path):
@@ -446,7 +462,7 @@ def test_a_foreign_tree_at_the_smoke_imagenet_root_is_not_replaced(tmp_path):
 
 
 def _smoke_tree_if_missing(root: str):
-    return D.make_smoke_imagenet(root, size=16, per_class=3, if_missing=True)
+    return IF.make_smoke_imagenet(root, size=16, per_class=3, if_missing=True)
 
 
 def test_smoke_imagenet_tree_is_written_once_when_runs_start_together(tmp_path):
@@ -458,7 +474,7 @@ def test_smoke_imagenet_tree_is_written_once_when_runs_start_together(tmp_path):
     with multiprocessing.get_context("fork").Pool(2) as pool:
         results = pool.map(_smoke_tree_if_missing, [root, root])
     assert sorted(results, key=lambda r: r is None) == [{"train": 30, "val": 30}, None]
-    info = D.describe_image_folder(root)
+    info = IF.describe_image_folder(root)
     assert info["train"]["images"] == info["val"]["images"] == 30
     assert not info["train"]["empty_classes"] and info["same_classes"]
     assert _smoke_tree_if_missing(root) is None             # there: kept as it is
@@ -469,7 +485,8 @@ def test_data_cli_check_and_make(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     assert main(["data", "check", "imagenet"]) == 2          # missing: the path looked at
     assert str(tmp_path / "imagenet" / "train") in capsys.readouterr().err
-    D.make_smoke_imagenet(str(tmp_path / "imagenet"), size=16, per_class=1)
+    IF.make_smoke_imagenet(str(tmp_path / "imagenet"), size=16, per_class=1)
     assert main(["data", "check", "imagenet"]) == 0
     out = capsys.readouterr().out
     assert "10 classes" in out and "10 images" in out
+

@@ -18,7 +18,7 @@ from reproduce.data import DatasetMissing, build_data, check_available
 from reproduce.method import CostModel, architecture_summary, export
 from reproduce.models.lstm_lm import LSTMLanguageModel
 from reproduce.tasks import LanguageModelling, task_class
-from reproduce.text_data import EOS, UNK, TokenLoader, encode, pydoc_lines, vocabulary
+from reproduce.data.text import EOS, UNK, TokenLoader, encode, pydoc_lines, vocabulary
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
 V = 37

@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 import optuna
 import yaml
 
-from ..config import ConfigError, RunConfig, flatten, unflatten
+from ..config import ConfigError, RunConfig, choices_of, flatten, unflatten
 from ..contract import DERIVED_METRICS, METRIC_PREFIXES, RUN_METRICS
 from ..experiments import EXPERIMENT_KEYS, EXPERIMENTS_DIR, check_keys, experiment_path, find_yaml, \
     load_yaml, plan
@@ -224,7 +224,7 @@ def _parse_param(where: str, name: str, body: Any) -> Param:
     if kind == "categorical":
         return Param(name, kind, choices=_choices(where, body.get("choices")), when=when)
     if typ not in (int, float):
-        options = meta.get("choices")
+        options = choices_of(meta)
         hint = f"; use type: categorical with choices from {', '.join(options)}" if options else \
             "; use type: categorical"
         raise ConfigError(f"{where}: {name} is a {getattr(typ, '__name__', typ)} field, not a number"

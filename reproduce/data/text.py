@@ -26,7 +26,10 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-TEXT_DATASETS = ("ptb", "pydoc_text")     # the language-modelling datasets
+from ..config import DataConfig, data_root
+from .loaders import DataBundle
+from .registry import DatasetDefaults, register_dataset
+
 UNK, EOS = "<unk>", "<eos>"
 PYDOC_VOCAB = 2000           # pydoc_text's vocabulary size unless data.num_classes says otherwise
 EVAL_BATCH = 10              # validation rows (the PyTorch word-language-model example's)
@@ -96,7 +99,10 @@ def ptb_missing(root: str) -> list[str]:
     return [f for f in PTB_FILES[:2] if not os.path.isfile(os.path.join(folder, f))]
 
 
-def ptb_missing_message(root: str) -> str:
+def check_ptb(cfg: DataConfig) -> str | None:
+    root = data_root(cfg)
+    if not ptb_missing(root):
+        return None
     return (f"Penn Treebank not found: looked for {ptb_folder(root)} (missing "
             f"{', '.join(ptb_missing(root))}). Put Mikolov et al.'s ptb.train.txt, ptb.valid.txt "
             f"and ptb.test.txt there (e.g. from the `data/` folder of the simple-examples archive, "
@@ -109,17 +115,31 @@ def _read_ptb(root: str, name: str) -> list[list[str]]:
         return [line.split() for line in f]
 
 
-def text_streams(dataset: str, root: str, num_classes: int, val_fraction: float
-                 ) -> tuple[Tensor, Tensor, int]:
-    """(train tokens, validation tokens, vocabulary size) of a text dataset."""
-    if dataset == "ptb":           # (the caller has checked the files: data.check_available)
-        train, val = _read_ptb(root, PTB_FILES[0]), _read_ptb(root, PTB_FILES[1])
-        vocab = vocabulary(train, num_classes or None)
-    elif dataset == "pydoc_text":
-        lines = pydoc_lines()
-        cut = int(round(len(lines) * (1.0 - val_fraction)))
-        train, val = lines[:cut], lines[cut:]
-        vocab = vocabulary(train, num_classes or PYDOC_VOCAB)
-    else:
-        raise ValueError(f"not a text dataset: {dataset!r}")
-    return encode(train, vocab), encode(val, vocab), len(vocab)
+def text_bundle(cfg: DataConfig, device: torch.device, train: list[list[str]],
+                val: list[list[str]], vocab: dict[str, int]) -> DataBundle:
+    """BPTT streams of a corpus's train and validation lines, encoded with vocab."""
+    tr = TokenLoader(encode(train, vocab), cfg.batch_size, cfg.bptt, device)
+    va = TokenLoader(encode(val, vocab), EVAL_BATCH, cfg.bptt, device)
+    # in_channels / image_size 1: the model's input is one token id per position
+    return DataBundle(tr, va, len(vocab), 1, 1, tr.tokens, va.tokens, cfg.dataset)
+
+
+def build_ptb(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    root = data_root(cfg)
+    train, val = _read_ptb(root, PTB_FILES[0]), _read_ptb(root, PTB_FILES[1])
+    return text_bundle(cfg, device, train, val, vocabulary(train, cfg.num_classes or None))
+
+
+def build_pydoc_text(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    lines = pydoc_lines()
+    cut = int(round(len(lines) * (1.0 - cfg.val_fraction)))
+    train, val = lines[:cut], lines[cut:]
+    return text_bundle(cfg, device, train, val,
+                       vocabulary(train, cfg.num_classes or PYDOC_VOCAB))
+
+
+register_dataset("ptb", task="language_modelling", build=build_ptb, check=check_ptb,
+                 source="placed by hand in DATA_DIR/ptb (ptb.train.txt, ptb.valid.txt; README: Data)")
+register_dataset("pydoc_text", task="language_modelling", build=build_pydoc_text,
+                 defaults=DatasetDefaults(num_classes=PYDOC_VOCAB),
+                 source="Python's own documentation topics (pydoc_data; no download)")

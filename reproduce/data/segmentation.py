@@ -32,11 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SEGMENTATION_DATASETS = ("voc", "digit_scenes")
+from ..config import DataConfig, data_root
+from .loaders import DataBundle, TensorLoader, device_loader
+from .registry import (IMAGENET_MEAN, IMAGENET_STD, DatasetDefaults, dataset, register_dataset,
+                       register_download)
+from .tensor import digits_split
+
 VOID = 255
 SCENE_SEED = 0
-VOC_CLASSES = 21
-DIGIT_SCENE_CLASSES = 11
+VOC = DatasetDefaults(image_size=512, num_classes=21, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+DIGIT_SCENES = DatasetDefaults(image_size=32, num_classes=11)
 VOC_DIRS = ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation"))
 
 
@@ -64,6 +69,29 @@ def digit_scenes(n: int, size: int, digits: Tensor, labels: Tensor, seed: int
     return (x * 255).round().to(torch.uint8), y
 
 
+def _digit_scenes(cfg: DataConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The train split's digits make the training scenes, the held-out digits the validation
+    scenes."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images, targets = torch.from_numpy(d.images), torch.from_numpy(d.target).long()
+    tr, va = (torch.from_numpy(i) for i in digits_split(cfg.val_fraction))
+    size = cfg.image_size or DIGIT_SCENES.image_size
+    return (*digit_scenes(cfg.synthetic_train, size, images[tr], targets[tr], SCENE_SEED),
+            *digit_scenes(cfg.synthetic_val, size, images[va], targets[va], SCENE_SEED + 1))
+
+
+def build_digit_scenes(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    # no augmentation: every scene is already a random composition (crop_flip moves pixels
+    # only, not masks)
+    xtr, ytr, xva, yva = (t.to(device) for t in _digit_scenes(cfg))
+    mean, std = xtr.float().mean(dim=(0, 2, 3)), xtr.float().std(dim=(0, 2, 3))
+    train = TensorLoader(xtr, ytr, mean, std, cfg.batch_size, shuffle=True, seed=seed)
+    val = TensorLoader(xva, yva, mean, std, cfg.eval_batch_size)
+    return DataBundle(train, val, DIGIT_SCENES.num_classes, 1, xtr.shape[-1], len(xtr), len(xva),
+                      cfg.dataset)
+
+
 # -- PASCAL VOC -------------------------------------------------------------------------------------
 
 def voc_folder(root: str) -> str:
@@ -76,10 +104,12 @@ def voc_missing(root: str) -> list[str]:
     return [p for p in need if not os.path.exists(os.path.join(folder, p))]
 
 
-def voc_missing_message(root: str) -> str:
-    return (f"PASCAL VOC 2012 not found: looked for {voc_folder(root)} (missing "
-            f"{', '.join(voc_missing(root))}). Fetch it with `make data-voc` (or set DATA_DIR / "
-            f"data.root to the folder that holds VOCdevkit/).")
+def fetch_voc(root: str) -> None:
+    """PASCAL VOC 2012 into root (VOCdevkit/VOC2012) with torchvision's downloader."""
+    from torchvision.datasets import VOCSegmentation
+    if voc_missing(root):
+        os.makedirs(root, exist_ok=True)
+        VOCSegmentation(root, "2012", "trainval", download=True)
 
 
 # -- SBD (train_aug) --------------------------------------------------------------------------
@@ -95,11 +125,12 @@ def sbd_missing(root: str) -> list[str]:
     return [p for p in SBD_NEEDS if not os.path.exists(os.path.join(sbd_folder(root), p))]
 
 
-def sbd_missing_message(root: str) -> str:
-    return (f"SBD (the Semantic Boundaries Dataset, for data.sbd: true) not found: looked for "
-            f"{sbd_folder(root)} (missing {', '.join(sbd_missing(root))}). Fetch it with "
-            f"`make data-sbd` (a 1.4 GB download, unpacked by torchvision's SBDataset), or set "
-            f"data.sbd: false to train on VOC 2012 train alone.")
+def fetch_sbd(root: str) -> None:
+    """SBD into root/sbd, unpacked by torchvision's SBDataset."""
+    from torchvision.datasets import SBDataset
+    if sbd_missing(root):
+        os.makedirs(sbd_folder(root), exist_ok=True)
+        SBDataset(sbd_folder(root), "train", mode="segmentation", download=True)
 
 
 def image_id(path: str) -> str:
@@ -151,11 +182,49 @@ class AsMask(torch.nn.Module):
         return img, tv_tensors.Mask(torch.as_tensor(np.array(target), dtype=torch.long))
 
 
-def voc_datasets(cfg, root: str, mean, std):
+def voc_datasets(cfg: DataConfig, root: str, mean, std):
     from torchvision.datasets import VOCSegmentation
-    size = cfg.image_size or 512
+    size = cfg.image_size or VOC.image_size
     augment = voc_transforms(size, cfg.augment, mean, std, cfg.base_size)
     train = (train_aug(root, augment) if cfg.sbd
              else VOCSegmentation(root, "2012", "train", transforms=augment))
     val = VOCSegmentation(root, "2012", "val", transforms=voc_transforms(size, False, mean, std))
     return train, val, size
+
+
+def check_voc(cfg: DataConfig) -> str | None:
+    root = data_root(cfg)
+    if voc_missing(root):
+        return (f"PASCAL VOC 2012 not found: looked for {voc_folder(root)} (missing "
+                f"{', '.join(voc_missing(root))}). Fetch it with `make data-voc` (or set DATA_DIR "
+                f"/ data.root to the folder that holds VOCdevkit/).")
+    if cfg.sbd and sbd_missing(root):
+        return (f"SBD (the Semantic Boundaries Dataset, for data.sbd: true) not found: looked for "
+                f"{sbd_folder(root)} (missing {', '.join(sbd_missing(root))}). Fetch it with "
+                f"`make data-sbd` (a 1.4 GB download, unpacked by torchvision's SBDataset), or set "
+                f"data.sbd: false to train on VOC 2012 train alone.")
+    return None
+
+
+def download_voc(cfg: DataConfig) -> None:
+    fetch_voc(data_root(cfg))
+    if cfg.sbd:
+        fetch_sbd(data_root(cfg))
+
+
+def build_voc(cfg: DataConfig, device: torch.device, seed: int) -> DataBundle:
+    defaults = dataset(cfg.dataset).defaults
+    train_set, val_set, size = voc_datasets(cfg, data_root(cfg), defaults.mean, defaults.std)
+    streams = dict(device=device, seed=seed, num_workers=cfg.num_workers)
+    return DataBundle(device_loader(train_set, cfg.batch_size, train=True, **streams),
+                      device_loader(val_set, cfg.eval_batch_size, train=False, **streams),
+                      defaults.num_classes, 3, size, len(train_set), len(val_set), cfg.dataset)
+
+
+register_dataset("voc", task="segmentation", build=build_voc, check=check_voc,
+                 download=download_voc, defaults=VOC,
+                 source="downloaded into DATA_DIR/VOCdevkit (make data-voc; SBD: make data-sbd)")
+register_download("sbd", fetch_sbd, folder=sbd_folder)
+register_dataset("digit_scenes", task="segmentation", build=build_digit_scenes,
+                 defaults=DIGIT_SCENES,
+                 source="generated from scikit-learn's digits (no download)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from .contract import MACS, USAGE, VAL_ACC, stage_channels
+from .contract import MACS, USAGE, VAL_ACC, channels
 
 SHARE_KEY = "reproduce"
 VIEW_TAG = f"mlflow.sharedViewState.{SHARE_KEY}"
@@ -30,7 +30,8 @@ DESCRIPTION_MARK = ("_Written by the reproduction suite, which updates it; delet
 # column or curve of a metric that no shown run has stays empty.
 STAGES = 5
 TAG_COLUMNS = ("variant", "seed")     # the rest of a run's identity is in its name
-METRIC_COLUMNS = (VAL_ACC, USAGE, MACS, *(stage_channels(k) for k in range(1, STAGES + 1)))
+STAGE_RATIOS = tuple(channels(f"stage{k}") for k in range(1, STAGES + 1))   # channels/stage<k>
+METRIC_COLUMNS = (VAL_ACC, USAGE, MACS, *STAGE_RATIOS)
 SECTION = "Reproduction"
 RUN_NAME = "attributes.`Run Name`"          # the runs table's column ids (ag-grid colId)
 
@@ -55,7 +56,7 @@ def runs_view() -> dict:
     """The runs page's state: the columns above and a chart section with the growth at a glance
     (channel ratios per stage, val/acc, cost/macs, budget/usage per epoch; final accuracy
     against final MACs)."""
-    stages = [stage_channels(k) for k in range(1, STAGES + 1)]
+    stages = list(STAGE_RATIOS)
     charts = [
         _line("reproduce-stage-ratios", "channels kept per stage (ratio)", stages),
         _line("reproduce-val-acc", VAL_ACC, [VAL_ACC]),

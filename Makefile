@@ -130,16 +130,10 @@ list-experiments: $(STAMP) ## List experiment files and search specs
 	@$(RUN) list experiments
 
 mlflow-ui: $(STAMP) ## Browse every tracked run at http://127.0.0.1:$(PORT) (prints each runs table's link)
-	@case "$(MLFLOW_TRACKING_URI)" in http*) \
-	  echo "MLFLOW_TRACKING_URI is a tracking server: open $(MLFLOW_TRACKING_URI) (its own UI)"; \
-	  exit 0;; esac; \
-	$(RUN) links --port $(PORT) 2>/dev/null || true; \
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_UI_JOBS) $(VENV)/bin/mlflow ui \
-	  --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(PORT) \
-	  --workers $(MLFLOW_UI_WORKERS)
+	@$(RUN) mlflow-ui --port $(PORT) --workers $(MLFLOW_UI_WORKERS) $(if $(filter true,$(MLFLOW_UI_JOBS)),--jobs)
 
-optuna-dashboard: $(STAMP) ## Browse Optuna studies at http://127.0.0.1:$(DASHBOARD_PORT)
-	@$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
+optuna-dashboard: $(STAMP) ## Browse Optuna studies at http://127.0.0.1:$(DASHBOARD_PORT) (best trials under the constraints)
+	@$(RUN) optuna-dashboard --port $(DASHBOARD_PORT)
 
 data-cifar10: $(STAMP) ## Download CIFAR-10 into DATA_DIR
 	@$(RUN) data cifar10 --root "$(DATA_DIR)"

@@ -206,8 +206,9 @@ def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
 
 
 def run_name_of(pr: PlannedRun) -> str:
-    """`figure-7/resnet20-grow-s0`: one name per experiment, so runs table rows are told apart."""
-    return f"{pr.experiment}/{pr.cfg.model.name}-{pr.cfg.variant}-s{pr.cfg.seed}"
+    """`grow-s0 · resnet20 · figure-7`: what tells the runs of a table apart (variant with its
+    budget, seed) first, so that it survives the runs table cutting long names short."""
+    return f"{pr.cfg.variant}-s{pr.cfg.seed} · {pr.cfg.model.name} · {pr.experiment}"
 
 
 def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,

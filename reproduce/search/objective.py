@@ -118,7 +118,7 @@ class TrialObjective:
         return tags
 
     def _run_name(self, trial) -> str:
-        return f"{self.spec.study_name}-trial-{trial.number}"
+        return f"trial-{trial.number} · {self.spec.study_name}"    # the trial first: names are cut short
 
     def _plan_or_fail(self, trial, params: dict, tags: dict) -> PlannedRun:
         """The trial's run, resolved; an invalid config fails the trial with a marker run."""

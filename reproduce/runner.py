@@ -80,7 +80,8 @@ def run_planned(pr: PlannedRun, *, uri: str | None = None, force: bool = False,
     What a cluster job calls, in a fresh process: every argument pickles (`pr` as
     `experiments.plan` returned it), and nothing is read from the command line; the store is
     `uri`, else $MLFLOW_TRACKING_URI (tracking.tracking_uri), and checkpoints and claims are in
-    its state folder (tracking.state_dir: beside a SQLite store, else $REPRODUCE_STATE_DIR).
+    its state folder (tracking.state_dir: $REPRODUCE_STATE_DIR when set, else beside a SQLite
+    store, else ./.state), which every process training into the store must share.
 
     - The config's claim (tracking.claim) is held while anything is decided or trained, so two
       processes never train one run: while another process holds it, this call waits for it.

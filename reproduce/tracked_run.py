@@ -57,7 +57,7 @@ class RunStopped(Exception):
 
     The run is tagged `state=<state>` and `stop_reason=<reason>` and ends with `status` (ENDINGS,
     "stopped"). The default KILLED keeps it out of everything that wants complete results
-    (`tracking.find_finished`, `analysis.runs.load_runs` select FINISHED runs only), and a run
+    (`tracking.find_finished`, `store.Store.runs` select FINISHED runs only), and a run
     with a stop reason is never resumed (`tracking.find_unfinished`).
     """
 
@@ -201,8 +201,9 @@ def slurm_job_id() -> str | None:
 
 
 def run_name_of(pr: PlannedRun) -> str:
-    """`figure-7/resnet20-grow-s0`: one name per experiment, so runs table rows are told apart."""
-    return f"{pr.experiment}/{pr.cfg.model.name}-{pr.cfg.variant}-s{pr.cfg.seed}"
+    """`grow-s0 · resnet20 · figure-7`: what tells the runs of a table apart (variant with its
+    budget, seed) first, so that it survives the runs table cutting long names short."""
+    return f"{pr.cfg.variant}-s{pr.cfg.seed} · {pr.cfg.model.name} · {pr.experiment}"
 
 
 def device_tag(cfg: RunConfig) -> str:

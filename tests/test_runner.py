@@ -40,9 +40,9 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert set(tags["figures"].split(",")) == {"figure-7", "figure-9"}
     assert tags["config_hash"] == plan("figure-7", "smoke", tiny)[0].hash
     assert run.data.params["budget.target"] == "0.5"
-    # found under one name (experiment/model-variant-seed), described by its experiment file,
+    # found under one name (variant-seed first, then model and experiment), described by its experiment file,
     # in an experiment that MLflow's UI opens on the runs table
-    assert run.info.run_name == "figure-7/resnet20-grow-s0"
+    assert run.info.run_name == "grow-s0 · resnet20 · figure-7"
     assert tags["mlflow.note.content"].startswith("ResNet-20 channel growing")
     exp = c.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -104,18 +104,20 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
 
 # ------------------------------------------------------------------ links
 
-def ui_base(uri: str) -> str:
+def _base(uri: str) -> str:
     """Where a run's page is: the tracking server itself, else `make mlflow-ui`'s address."""
-    if uri.startswith(("http://", "https://")):
-        return uri.rstrip("/")
-    return f"http://127.0.0.1:{os.environ.get('PORT', '5000')}"
+    from .. import tracking
+
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else tracking.ui_base()
 
 
 def run_link(uri: str, exp_id: str, config_hash: str) -> str:
-    """The runs table filtered to this config hash: a link that works before the run exists."""
-    flt = quote(f"tags.config_hash = '{config_hash}'")
-    return (f"{ui_base(uri)}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
-            f"&searchFilter={flt}")
+    """The suite's runs view filtered to this config hash: a link that works before the run
+    exists (the job creates it), in the model-training mode."""
+    from .. import tracking
+
+    return (f"{tracking.runs_table_url(exp_id, _base(uri))}"
+            f"&searchFilter={quote(f\"tags.config_hash = '{config_hash}'\")}")
 
 
 # ------------------------------------------------------------------ submitting and waiting

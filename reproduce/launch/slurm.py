@@ -116,8 +116,8 @@ def run_link(uri: str, exp_id: str, config_hash: str) -> str:
     exists (the job creates it), in the model-training mode."""
     from .. import tracking
 
-    return (f"{tracking.runs_table_url(exp_id, _base(uri))}"
-            f"&searchFilter={quote(f\"tags.config_hash = '{config_hash}'\")}")
+    where = quote(f"tags.config_hash = '{config_hash}'")
+    return f"{tracking.runs_table_url(exp_id, _base(uri))}&searchFilter={where}"
 
 
 # ------------------------------------------------------------------ submitting and waiting

@@ -291,6 +291,12 @@ def cmd_search(args) -> int:
     launch = _overrides([s for s in args.overrides if s.startswith("launcher.")]).get("launcher")
     args.overrides = [s for s in args.overrides if not s.startswith("launcher.")]
     spec = _load_spec(args, args.trials)
+    submit = None
+    if args.launcher == "slurm":                 # the workers are Slurm jobs
+        import functools
+
+        from .launch.slurm import run_search_workers
+        submit = functools.partial(run_search_workers, launcher_overrides=launch)
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
     extra = [x for s in args.overrides for x in ("--set", s)]
@@ -304,7 +310,7 @@ def cmd_search(args) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         res = run_search(spec, args.storage, args.worker_index, args.force, not args.quiet,
-                         args.workers, extra, launcher=args.launcher, launch=launch)
+                         args.workers, extra, submit_workers=submit)
     except KeyboardInterrupt:
         print(f"[search] stopped; resume with the same command (study {spec.study_name})",
               file=sys.stderr)

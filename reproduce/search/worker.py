@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -96,9 +97,10 @@ def _spawn(spec: SearchSpec, url: str, workers: int, worker_index: int,
 
 def run_search(spec: SearchSpec, url: str | None = None, worker_index: int = 0, force: bool = False,
                progress: bool = True, workers: int = 1, extra_args: list[str] | None = None,
-               launcher: str = "local", launch: dict | None = None) -> dict:
+               submit_workers: Callable | None = None) -> dict:
     """Create or resume the study and run trials: in this process, in `workers` subprocesses, or
-    (launcher "slurm") in `workers` Slurm jobs (`launch`: the command's `--set launcher.*`)."""
+    through `submit_workers(spec, url, workers, worker_index, force, tracking_uri)`, which runs
+    them elsewhere and returns once they ended (launch.slurm.run_search_workers: Slurm jobs)."""
     url = storage_url(url)
     holder: dict = {}
     storage = make_storage(url, spec.heartbeat, on_failed=mark_stale_run(holder))
@@ -114,9 +116,8 @@ def run_search(spec: SearchSpec, url: str | None = None, worker_index: int = 0, 
           f"finished{' (new study)' if created else ''}; MLflow parent run {parent_id}")
     if done < spec.trials:
         mark_parent_running(c, parent_id)
-    if launcher == "slurm":
-        from ..launch.slurm import run_search_workers
-        run_search_workers(spec, url, workers, worker_index, force, c.tracking_uri, launch)
+    if submit_workers is not None:
+        submit_workers(spec, url, workers, worker_index, force, c.tracking_uri)
     elif workers > 1:
         _spawn(spec, url, workers, worker_index, extra_args)
     else:

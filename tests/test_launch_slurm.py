@@ -43,11 +43,11 @@ pytestmark = [
 ]
 
 DEADLINE = 300          # seconds any one command of these tests may take
-# a synthetic run of ~30 epochs of 16 batches, checkpointed within epochs: long enough to be
+# a synthetic run of 20 epochs of 16 batches, checkpointed within epochs: long enough to be
 # interrupted mid-run, short enough for CI
 LONG = {"data.dataset": "synthetic", "data.synthetic_train": 512, "data.synthetic_val": 64,
         "data.batch_size": 32, "data.image_size": 8, "data.num_classes": 4,
-        "train.epochs": 30, "train.lr": 0.05, "train.threads": 1,
+        "train.epochs": 20, "train.lr": 0.05, "train.threads": 1,
         "train.checkpoint_minutes": 0.002, "model.width_multiplier": 0.5}
 
 
@@ -124,7 +124,7 @@ def epoch_of(env: dict, run) -> int:
 
 
 def test_a_figure_trains_as_jobs_two_at_once_and_draws_what_local_draws(cluster):
-    short = ["--profile", "smoke", "--set", "train.epochs=2", "--quiet"]
+    short = ["--profile", "smoke", *sets({**LONG, "train.epochs": 2}), "--quiet"]
     slurm = store(cluster, "slurm")
     out = reproduce("figure", "4", *short, "--launcher", "slurm", env=slurm).stdout
     assert "submitted 3 runs as job array" in out, out

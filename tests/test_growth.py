@@ -558,3 +558,22 @@ def test_pruning_from_full_with_a_seed_spread_closes_channels_a_few_at_a_time(fr
 
     assert largest_step(0.0) > 0.3                 # stage 1's whole stream (0.36 of the MACs)
     assert largest_step(0.5) < 0.15
+
+
+@pytest.mark.slow
+def test_pruning_from_full_at_a_0_3_budget_trains_on_the_smoke_data(one_thread):
+    """Figure 1(c)'s pruning-from-full run at τ = 0.3 (experiments/figure-14.yaml, smoke profile,
+    20 epochs on digits) trains to a working network within its budget, and keeps more than the
+    one-channel floor in every stage's stream. Without `gates.s_on_spread` it closed stage 1's
+    and stage 2's streams in the first epoch and ended at chance (8.9 %)."""
+    from reproduce.experiments import plan
+    from reproduce.runner import execute
+
+    cfg = plan("figure-14", "smoke", only=["prune-macs0.3"])[0].cfg
+    assert cfg.gates.seed_fraction == 1.0 and cfg.gates.s_on_spread > 0
+    final = execute(cfg, progress=False).history[-1]
+    assert final["val/acc"] > 90.0, final["val/acc"]              # chance is 10 %
+    assert final["budget/usage"] == pytest.approx(0.3, abs=0.02)
+    for stream in ("conv1", "layer2.0.conv2", "layer3.0.conv2"):  # each stage's stream
+        width = {"conv1": 16, "layer2.0.conv2": 32, "layer3.0.conv2": 64}[stream]
+        assert final[f"channels/{stream}"] * width > 1.5, (stream, final[f"channels/{stream}"])

@@ -203,6 +203,18 @@ def test_comparisons_are_added_to_every_output(tmp_path):
     assert r"$\Delta$ top-1 vs reference & 95\% CI & beyond noise" in tex.read_text()
 
 
+def test_the_smoke_cifar_table_keeps_three_seeds_per_row():
+    """The comparison columns measure seed noise (on digits one validation image is 0.28
+    points): every row of the smoke CIFAR table is trained on seeds 0, 1 and 2."""
+    from analysis import table_cifar
+    from reproduce.experiments import plan
+    for name in table_cifar.EXPERIMENTS:
+        seeds: dict[str, set[int]] = {}
+        for r in plan(name, "smoke"):
+            seeds.setdefault(r.cfg.variant, set()).add(r.cfg.seed)
+        assert len(seeds) >= 5 and all(s == {0, 1, 2} for s in seeds.values()), (name, seeds)
+
+
 def test_latex_is_booktabs_and_escaped():
     display = pd.DataFrame({"variant": ["seed_0.1"], "top-1 (%)": ["90.00 ± 1.00"]})
     tex = tables.latex(display, 1, comments=["a comment"])

@@ -1,5 +1,5 @@
-"""`python -m reproduce run|figure|table|flops|list|data|demo|search|search-best|pareto …`, and the
-browsers: `links|mlflow-ui|optuna-dashboard`."""
+"""`python -m reproduce run|figure|table|jobs|flops|list|data|demo …`, the browsers
+(`links|mlflow-ui|optuna-dashboard`), and the search commands of cli_search.py."""
 
 # Every command lives here. Heavy packages (torch, mlflow, optuna and what imports them) are
 # imported inside the command that needs them, so that `python -m reproduce --help` stays instant.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -17,75 +16,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 
-def _overrides(items: list[str]) -> dict:
-    """--set KEY=VALUE options as nested overrides (imported here: the schema imports torch,
-    which `--help` does not need)."""
-    from .config import parse_overrides
-    return parse_overrides(items)
-
-
-def _add_profile(p: argparse.ArgumentParser) -> None:
-    """--profile, defaulting to $PROFILE (what `make ... PROFILE=paper` passes), else smoke."""
-    p.add_argument("--profile", default=os.environ.get("PROFILE", "smoke"),
-                   help="smoke (CPU minutes, digits) or paper (CIFAR-10, full schedule)")
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    _add_profile(p)
-    p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1",
-                   help="retrain even if a finished run with the same config exists")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field for every run, e.g. --set budget.target=0.3")
-    p.add_argument("--only", action="append", default=None, metavar="VARIANT",
-                   help="train only this variant of the experiment (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--jobs", type=int, default=int(os.environ["JOBS"]) if os.environ.get("JOBS")
-                   else None, metavar="N",
-                   help="train with N processes at once (each run is trained by exactly one); "
-                        "on G GPUs process i trains on GPU i mod G")
-    p.add_argument("--runs-per-gpu", type=int, metavar="K",
-                   default=int(os.environ["RUNS_PER_GPU"]) if os.environ.get("RUNS_PER_GPU")
-                   else None, help="let K runs share one GPU (--jobs then defaults to GPUs x K)")
-    _add_launcher(p)
-    # overrides as JSON, for scripts that start the command line with a whole override tree
-    p.add_argument("--overrides-json", default="{}", help=argparse.SUPPRESS)
-
-
-def _add_launcher(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--launcher", choices=("local", "slurm"),
-                   default=os.environ.get("LAUNCHER") or "local",
-                   help="local: processes of this machine; slurm: one Slurm job per missing run "
-                        "(resources: the profile's launcher: section, --set launcher.FIELD=V)")
-    p.add_argument("--no-wait", action="store_true", default=os.environ.get("NO_WAIT") == "1",
-                   help="with --launcher slurm: return once the jobs are submitted; the same "
-                        "command later draws from what finished")
-
-
-def _launch_options(args) -> dict:
-    """train_all's keywords for the command's launcher (and the `launcher.*` of --set)."""
-    from .launch.devices import default_jobs, visible_gpus
-    from .launch.settings import split_launcher
-
-    overrides, launch = split_launcher(_run_overrides(args))
-    if launch and args.launcher == "local":
-        print(f"note: --set launcher.* ({', '.join(launch)}) applies to --launcher slurm only",
-              file=sys.stderr)
-    jobs = args.jobs
-    if jobs is None:
-        gpus = visible_gpus() if args.runs_per_gpu else []
-        jobs = default_jobs(gpus, args.runs_per_gpu, 1)
-    return {"overrides": overrides, "jobs": jobs, "launcher": args.launcher, "launch": launch,
-            "wait": not args.no_wait, "runs_per_gpu": args.runs_per_gpu}
-
-
-def _run_overrides(args) -> dict:
-    """--set overrides on top of those a parent process handed over (--overrides-json)."""
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-    return merge(json.loads(args.overrides_json), _overrides(args.overrides))
+from .cli_args import _add_profile, _add_run_options, _launch_options
 
 
 def cmd_run(args) -> int:
@@ -255,158 +186,6 @@ def cmd_demo(args) -> int:
     return main(profile=args.profile, force=args.force)
 
 
-# ------------------------------------------------------------------------- search commands
-# (reproduce.search imports optuna, and its worker the training code: imported per command.)
-
-def _add_search_options(p: argparse.ArgumentParser, with_trials: bool = False) -> None:
-    p.add_argument("spec", help="search spec name (search-resnet20-budget) or path to its YAML")
-    _add_profile(p)
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db at "
-                        "the repository root)")
-    p.add_argument("--study-name", default=None, help="default: <spec name>-<profile>")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="fixed override for every trial, e.g. --set train.threads=1")
-    if with_trials:
-        p.add_argument("--trials", type=int, default=None,
-                       help="finished trials the study should end with (default: the spec's)")
-
-
-def _load_spec(args, trials: int | None = None):
-    from .search import load_spec
-    return load_spec(args.spec, args.profile, trials, _overrides(args.overrides),
-                     args.study_name)
-
-
-def _params(trial) -> str:
-    from .search.best import fmt
-    return ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
-
-
-def cmd_search(args) -> int:
-    from optuna.trial import TrialState
-
-    from .search import best_trial, pareto_trials, redact, run_search, spec_ref
-
-    launch = _overrides([s for s in args.overrides if s.startswith("launcher.")]).get("launcher")
-    args.overrides = [s for s in args.overrides if not s.startswith("launcher.")]
-    spec = _load_spec(args, args.trials)
-    submit = None
-    if args.launcher == "slurm":                 # the workers are Slurm jobs
-        import functools
-
-        from .launch.slurm import run_search_workers
-        submit = functools.partial(run_search_workers, launcher_overrides=launch)
-    if args.workers < 1:
-        raise ConfigError("--workers must be >= 1")
-    extra = [x for s in args.overrides for x in ("--set", s)]
-    extra += ["--force"] if args.force else []
-    extra += ["--quiet"] if args.quiet or args.workers > 1 else []
-    old_term = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):            # a polite stop: the running trial is queued again
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        res = run_search(spec, args.storage, args.worker_index, args.force, not args.quiet,
-                         args.workers, extra, submit_workers=submit)
-    except KeyboardInterrupt:
-        print(f"[search] stopped; resume with the same command (study {spec.study_name})",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-    if args.spawned:
-        return 0                            # a spawned worker: the coordinator prints the summary
-    study, n = res["study"], res["counts"]
-    print(f"\nstudy {spec.study_name}: {n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} "
-          f"pruned, {n[TrialState.FAIL]} failed (storage {redact(res['url'])})")
-    if spec.multi_objective:
-        front = pareto_trials(study)
-        print(f"Pareto front: trials {', '.join(str(t.number) for t in front) or 'none yet'}")
-    else:
-        best = best_trial(study)
-        if best is not None:
-            print(f"best trial {best.number}: {spec.objectives[0].metric} = {best.values[0]:.4g}  "
-                  + _params(best))
-        else:
-            print("no complete trial satisfies the constraints yet")
-    make_vars = f"SEARCH={spec_ref(spec)} PROFILE={spec.profile}"
-    print(f"next: make optuna-dashboard   (OPTUNA_STORAGE={redact(res['url'])})\n"
-          f"      make search-best {make_vars}\n"
-          f"      make figure-pareto {make_vars}\n"
-          f"      MLflow parent run {res['parent_run_id']} (make mlflow-ui)")
-    return 0
-
-
-def cmd_search_best(args) -> int:
-    from .experiments import EXPERIMENTS_DIR
-    from .search import choose_trial, load_study_for, pareto_table, resolution_note, write_best
-    from .search.best import fmt
-
-    spec = _load_spec(args)
-    study = load_study_for(spec, args.storage)
-    if spec.multi_objective and args.trial is None:
-        print("\n".join(pareto_table(study, spec)))
-    trial = choose_trial(study, spec, args.trial, args.pareto_index)
-    if not spec.multi_objective and args.trial is None and args.pareto_index is not None:
-        print("note: --pareto-index applies to multi-objective searches; taking the best trial")
-    path = write_best(spec, trial, Path(args.out) if args.out else None)
-    note = resolution_note(path, spec, trial)
-    if note:
-        print(note)
-    values = ", ".join(f"{o.metric} = {fmt(v)}" for o, v in zip(spec.objectives, trial.values))
-    print(f"trial {trial.number} ({values}): " + _params(trial))
-    how = (f"make run EXP={path.stem} PROFILE={spec.profile}"
-           if path.resolve().parent == EXPERIMENTS_DIR.resolve()
-           else f"python -m reproduce run {path} --profile {spec.profile}")
-    print(f"wrote {path}\nrun it: {how}")
-    return 0
-
-
-def cmd_pareto(args) -> int:
-    from analysis.search_plots import draw_search
-
-    from .search import load_study_for
-
-    spec = _load_spec(args)
-    study = load_study_for(spec, args.storage)
-    for path in draw_search(spec, study, Path(args.out) if args.out else None):
-        print(f"wrote {path}")
-    return 0
-
-
-def _add_search_commands(sub) -> None:
-    p = sub.add_parser("search", help="run (or resume) an Optuna search of a search spec")
-    _add_search_options(p, with_trials=True)
-    p.add_argument("--workers", type=int, default=1,
-                   help="start this many local worker processes on the study (default 1: this one)")
-    p.add_argument("--worker-index", type=int, default=0,
-                   help="offsets the sampler seed so that workers draw different points; give each "
-                        "machine's worker its own index")
-    p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1",
-                   help="retrain trials whose exact configuration is already tracked")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
-    _add_launcher(p)
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("search-best", help="write a search's best trial (or a Pareto point) as a "
-                                           "runnable experiment file")
-    _add_search_options(p)
-    p.add_argument("--pareto-index", type=int, default=None,
-                   help="multi-objective: which Pareto point (0 = most accurate; the table lists them)")
-    p.add_argument("--trial", type=int, default=None, help="take this trial number instead")
-    p.add_argument("--out", default=None, help="default: experiments/<spec name>-best.yaml")
-    p.set_defaults(func=cmd_search_best)
-
-    p = sub.add_parser("pareto", help="accuracy vs MACs of every trial, Pareto front, importances")
-    _add_search_options(p)
-    p.add_argument("--out", default=None, help="output directory (default: figures/)")
-    p.set_defaults(func=cmd_pareto)
-
-
 EXAMPLES = """examples:
   python -m reproduce demo                                  # grow ResNet-20 on digits, draw Figures 7 and 9
   python -m reproduce figure 7 --profile smoke              # train what Figure 7 needs, then draw it
@@ -534,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=int(os.environ.get("DASHBOARD_PORT") or 8080))
     p.set_defaults(func=cmd_optuna_dashboard)
 
-    _add_search_commands(sub)
+    from .cli_search import add_search_commands
+    add_search_commands(sub)
 
     args = parser.parse_args(argv)
     from .data import DatasetMissing

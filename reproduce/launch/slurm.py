@@ -207,7 +207,7 @@ def _submit(runs: list, settings: dict, uri: str, exp_ids: dict, book: JobBook, 
         folder = Path(s.folder or state / "slurm") / "%j"
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
                                          slurm_max_num_timeout=s.max_requeues)
-        executor.update_parameters(**executor_parameters(s, f"{label}"))
+        executor.update_parameters(**executor_parameters(s, label))
         try:
             with executor.batch():
                 jobs = [executor.submit(RunJob(pr, env, force)) for pr in prs]

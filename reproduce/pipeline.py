@@ -15,9 +15,11 @@ redrawn from a store copied to another machine (`run_missing=False`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -26,8 +28,10 @@ from analysis.index import write_index
 
 from .errors import ConfigError
 from .experiments import PlannedRun, plan
+from .launch.devices import process_slots
 from .runner import run_all
 from .store import Store
+from .tracking import tracking_uri
 
 
 def experiments_of(targets: list[str]) -> list[str]:
@@ -53,20 +57,40 @@ def plan_all(experiments: list[str], profile: str = "smoke", overrides: dict | N
 
 
 def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progress: bool = True,
-              uri: str | None = None) -> list[dict]:
-    """Train (or reuse, or resume) planned runs with `jobs` processes working through the same
-    list; returns this process's summary of each run.
+              uri: str | None = None, *, launcher: str = "local", launch: dict | None = None,
+              wait: bool = True, runs_per_gpu: int | None = None, label: str = "reproduce"
+              ) -> list[dict]:
+    """Train (or reuse, or resume) planned runs; returns this process's summary of each run
+    it trained or reused here (none with the Slurm launcher, whose jobs train them).
 
-    Every process walks all runs; a run's claim (tracking.claim) makes sure exactly one trains
-    it, while the others move on and later reuse its result. With jobs = 1 this is run_all.
+    local: `jobs` processes work through the same list; a run's claim (tracking.claim) makes
+    sure exactly one trains it, while the others move on and later reuse its result. Process i
+    takes GPU i mod G and an even share of the cores (launch/devices.py).
+    slurm: one job per missing run (launch/slurm.py), resources from the profile's `launcher:`
+    section and `launch` (the command's `--set launcher.*`); with `wait`, until every job ended.
     """
+    if launcher == "slurm":
+        from .launch import slurm
+
+        outcome = slurm.train(runs, uri=uri or tracking_uri(), launcher_overrides=launch,
+                              force=force, wait=wait, progress=progress, label=label)
+        if outcome["failed"]:
+            raise slurm.SlurmError(f"{len(outcome['failed'])} of {len(runs)} runs did not finish "
+                                   f"(their errors are above); fix the cause and run the same "
+                                   f"command again: finished runs are reused")
+        return []
+    if launcher != "local":
+        raise ConfigError(f"LAUNCHER={launcher}: choose local (this machine) or slurm")
+    slots = process_slots(jobs if not force else 1, runs_per_gpu=runs_per_gpu)
     helpers = []
-    if jobs > 1 and not force:                 # (forcing retrains in one process)
+    if len(slots) > 1:
         spawn = multiprocessing.get_context("spawn")   # fresh interpreters, no forked torch state
-        helpers = [spawn.Process(target=run_all, args=(runs,),
-                                 kwargs={"progress": False, "uri": uri}) for _ in range(jobs - 1)]
-        for h in helpers:
-            h.start()
+        for slot in slots[1:]:
+            h = spawn.Process(target=run_all, args=(runs,), kwargs={"progress": False, "uri": uri})
+            with _environment(slot.env()):             # the child starts with its slot's GPU
+                h.start()
+            helpers.append(h)
+        _use_threads(slots[0].threads)
     try:
         summaries = run_all(runs, force, progress, uri)
     finally:
@@ -77,6 +101,42 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
         raise RuntimeError(f"{failed} of {len(helpers)} helper processes failed; their runs are "
                            f"marked FAILED in the store with the reason")
     return summaries
+
+
+def finished_hashes(planned: list[PlannedRun], uri: str | None = None) -> set[str]:
+    """The config hashes of the planned runs that have a FINISHED run in the store."""
+    from . import tracking
+
+    c = tracking.client(uri)
+    out = set()
+    for profile in dict.fromkeys(pr.profile for pr in planned):
+        exp_id = tracking.experiment_id(c, profile, create=False)
+        if exp_id is None:
+            continue
+        out |= {pr.hash for pr in planned if pr.profile == profile
+                and tracking.find_finished(c, exp_id, pr.hash) is not None}
+    return out
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with `values` set inside the block (what a process started there inherits)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _use_threads(n: int) -> None:
+    """This process's share of the cores (a run's own train.threads, when set, wins)."""
+    import torch
+    torch.set_num_threads(n)
 
 
 def make(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,

@@ -193,6 +193,13 @@ def preemption_signals(on_signal: Callable[[int, object], None]):
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
+def slurm_job_id() -> str | None:
+    """The Slurm job this process runs in (`A_i` for an array task), None outside Slurm."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def run_name_of(pr: PlannedRun) -> str:
     """`grow-s0 · resnet20 · figure-7`: what tells the runs of a table apart (variant with its
     budget, seed) first, so that it survives the runs table cutting long names short."""
@@ -248,7 +255,8 @@ class TrackedRun:
         tags = {"model": cfg.model.name, "dataset": cfg.data.dataset, "profile": pr.profile,
                 "variant": cfg.variant, "seed": str(cfg.seed), "figures": ",".join(pr.figures),
                 "config_hash": pr.hash, "git_commit": tracking.git_commit(),
-                "experiment": pr.experiment, "device": device_tag(cfg)}
+                "experiment": pr.experiment, "device": device_tag(cfg),
+                "world_size": str(distributed.world_size())}
         tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -371,6 +379,9 @@ class TrackedRun:
         """Who trains the run and when it last reported (visible in the runs table)."""
         self.c.set_tag(self.run_id, "heartbeat", time.strftime("%Y-%m-%d %H:%M:%S"))
         self.c.set_tag(self.run_id, "host_pid", f"{socket.gethostname()}:{os.getpid()}")
+        job = slurm_job_id()
+        if job:                                        # which Slurm job trains it (make jobs)
+            self.c.set_tag(self.run_id, "slurm_job", job)
 
     def _log_traces(self) -> None:
         if not self.traces:

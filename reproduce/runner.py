@@ -188,7 +188,8 @@ def _reuse_resume_or_train(c, exp_id: str, pr: PlannedRun, force: bool, progress
     existing = None if force else tracking.find_finished(c, exp_id, pr.hash)
     if existing is not None:
         tracking.add_figures(c, existing, pr.figures)
-        return _summary(existing.info.run_id, pr, existing.data.metrics, reused=True)
+        return _summary(existing.info.run_id, pr, contract.final_metrics(
+            existing.data.metrics, existing.data.params), reused=True)
     unfinished = tracking.find_unfinished(c, exp_id, pr.hash)
     if unfinished is not None and not force:
         return train_tracked(c, exp_id, pr, progress, resume_run=unfinished.info.run_id, uri=uri,
@@ -276,9 +277,17 @@ def _train_in_run(c, pr: PlannedRun, run_id: str, progress: bool, epoch_hook, ur
         print(f"{run_name_of(pr)}: resuming run {run_id} from {where}")
     _mark_alive(c, run_id)
 
+    constants_logged = set(c.get_run(run_id).data.params) if resumed else set()
+
     def on_epoch(epoch: int, stats: dict, controller) -> None:
         if epoch > logged:                     # exactly once per step, across resumes
-            tracking.log_metrics(c, run_id, stats, step=epoch)
+            series, constants = tracking.split_epoch_stats(
+                stats, controller.constant_keys(), controller.shared_temperature())
+            tracking.log_metrics(c, run_id, series, step=epoch)
+            new = {k: v for k, v in constants.items() if k not in constants_logged}
+            if new:                            # once per run (a later phase's are the same)
+                tracking.log_params(c, run_id, new)
+                constants_logged.update(new)
         state = controller.structure_state()
         state["epoch"] = [epoch] * len(state["gate"])
         traces.append(state)

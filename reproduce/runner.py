@@ -388,3 +388,5 @@ def _log_final_artifacts(c, run_id: str, result, traces: list[dict]) -> None:
         path = Path(tmp) / Path(tracking.ARTIFACT_MODEL).name
         torch.save(compact_checkpoint(model, compact), path)
         c.log_artifact(run_id, str(path), str(Path(tracking.ARTIFACT_MODEL).parent))
+    from .run_artifacts import log_run_artifacts
+    log_run_artifacts(c, run_id, compact, controller.costs.input_shape)

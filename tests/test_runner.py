@@ -78,6 +78,22 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert frame.loc[0, "cost/dense_macs"] == float(run.data.params["cost/dense_macs"])
     assert frame.loc[0, "blocks/stage2"] == 3
 
+    # the run's own Figure 7 panel, and a README whose Python lines load and run its model
+    from PIL import Image
+    with Image.open(c.download_artifacts(run_id, "channel_dynamics.png")) as img:
+        assert img.size[0] > 200 and img.size[1] > 100
+    readme = open(c.download_artifacts(run_id, "README.md")).read()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'run_id="{run_id}"' in code and "load_compact" in code
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code + "\nprint(tuple(out.shape))"], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "(1, 4)"     # 4 classes of the tiny data
 
     # artifacts: resolved config, architecture, traces, a compact model that reproduces val/acc
     arch = json.loads(open(c.download_artifacts(run_id, tracking.ARTIFACT_ARCH)).read())

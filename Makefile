@@ -64,7 +64,7 @@ TABLES := $(filter-out $(STUDIES),$(sort $(patsubst analysis/table_%.py,%,$(wild
         optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet data-voc \
         data-sbd \
         lock clean-figures clean search search-best \
-        figure-pareto gpu-check
+        figure-pareto gpu-check report
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROFILE=smoke|paper] [FORCE=1] [DATA_DIR=...]"
@@ -125,6 +125,9 @@ tables: $(STAMP) ## Every table of the paper for PROFILE
 
 studies: $(STAMP) ## The study tables behind the method's defaults (table-study, table-schedule)
 	@$(RUN) table $(STUDIES) --profile $(PROFILE) $(LAUNCH_SET)
+
+report: $(STAMP) ## One shareable page of PROFILE's figures and tables: figures/report-PROFILE.{html,pdf}
+	@$(RUN) report --profile $(PROFILE)
 
 search: $(STAMP) ## Optuna search: make search SEARCH=search-resnet20-budget [TRIALS=n] [WORKERS=n]
 	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) $(LAUNCH_SET)

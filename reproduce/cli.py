@@ -213,6 +213,20 @@ def cmd_links(args) -> int:
     return print_links(base, uri)
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from . import report
+    try:
+        paths = report.write(args.profile, Path(args.out) if args.out else None)
+    except FileNotFoundError as e:
+        print(e)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_mlflow_ui(args) -> int:
     from .serve import serve_mlflow
     return serve_mlflow(args.host, args.port, args.workers, args.jobs)
@@ -295,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=None, help="default 127.0.0.1")
     p.add_argument("--port", default=None, help="default $PORT, else 5000")
     p.set_defaults(func=cmd_links)
+
+    p = sub.add_parser("report", help="one shareable HTML page and PDF of a profile's figures and "
+                                      "tables, the paper's numbers beside ours, run links and "
+                                      "the environment (figures/report-PROFILE.{html,pdf})")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--out", default=None, help="the figures folder (default $FIGURES_DIR or figures/)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("mlflow-ui", help="serve the tracked runs in MLflow's UI (the suite's app), "
                                          "then print the links")

@@ -211,7 +211,8 @@ def _claimed(c, exp_id: str, pr: PlannedRun, force: bool, progress: bool,
         existing = None if force else tracking.find_finished(c, exp_id, pr.hash)
         if existing is not None:
             tracking.add_figures(c, existing, pr.figures)
-            return _summary(existing.info.run_id, pr, existing.data.metrics, reused=True)
+            return _summary(existing.info.run_id, pr, contract.final_metrics(
+                existing.data.metrics, existing.data.params), reused=True)
         unfinished = None if force else tracking.find_unfinished(c, exp_id, pr.hash)
         run = TrackedRun.resume(c, pr, unfinished.info.run_id) if unfinished is not None \
             else TrackedRun.create(c, exp_id, pr)

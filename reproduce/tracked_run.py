@@ -245,6 +245,7 @@ class TrackedRun:
         self.logged = tracking.last_step(c, run_id, contract.USAGE) if resumed else -1
         self._locks: list = []
         self._signals = contextlib.ExitStack()
+        self._constants_logged: set[str] | None = None if resumed else set()
 
     @classmethod
     def create(cls, c, exp_id: str, pr: PlannedRun, *, parent_run_id: str | None = None,
@@ -302,14 +303,23 @@ class TrackedRun:
         """The trainer's epoch callback: the step's metrics (exactly once per step, across
         resumes), the structures' state for the traces, and a heartbeat."""
         if step > self.logged:
-            tracking.log_metrics(self.c, self.run_id, stats, step=step)
+            series, constants = tracking.split_epoch_stats(
+                stats, controller.constant_keys(), controller.shared_temperature())
+            tracking.log_metrics(self.c, self.run_id, series, step=step)
+            if self._constants_logged is None:     # on a resumed run, those it logged already
+                self._constants_logged = set(self.c.get_run(self.run_id).data.params)
+            new = {k: v for k, v in constants.items() if k not in self._constants_logged}
+            if new:                                # once per run (a later phase's are the same)
+                tracking.log_params(self.c, self.run_id, new)
+                self._constants_logged.update(new)
         state = controller.structure_state()
         state["epoch"] = [step] * len(state["gate"])
         self.traces.append(state)
         self._heartbeat()
 
     def finish(self, result) -> None:
-        """The final artifacts of a trained run: architecture.json and the compact model."""
+        """The final artifacts of a trained run: architecture.json, the compact model, its README
+        and the run's channel-dynamics picture (run_artifacts)."""
         from .method import architecture_summary, export
 
         model, controller = result.model, result.controller
@@ -324,6 +334,8 @@ class TrackedRun:
             path = Path(tmp) / Path(tracking.ARTIFACT_MODEL).name
             torch.save(compact_checkpoint(model, compact), path)
             self.c.log_artifact(self.run_id, str(path), str(Path(tracking.ARTIFACT_MODEL).parent))
+        from .run_artifacts import log_run_artifacts
+        log_run_artifacts(self.c, self.run_id, compact, controller.costs.input_shape)
 
     # -- the run's life ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from . import contract
 from .contract import ARTIFACT_ARCH, ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_TRACES, TAGS  # noqa: F401
 from .runs_view import SHARE_KEY, experiment_tags
 
@@ -234,6 +235,24 @@ def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> None:
     items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):
         c.log_batch(run_id, metrics=items[i:i + 1000], synchronous=True)
+
+
+def split_epoch_stats(stats: dict[str, float], constant: set[str],
+                      shared_temperature: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """A step's stats as (series, constants): what is logged per epoch, and what keeps its value
+    for the whole run (`constant`, contract.CONSTANT_PREFIXES) and is logged once as params.
+    Under a shared β the per-layer temperatures, which repeat one number, become the one
+    contract.TEMPERATURE_GLOBAL (a constant when they are)."""
+    series, constants = {}, {}
+    temps = {k: v for k, v in stats.items() if k.startswith(contract.TEMPERATURE)}
+    for key, value in stats.items():
+        if shared_temperature and key in temps:
+            continue
+        (constants if key in constant else series)[key] = value
+    if shared_temperature and temps:
+        fixed = all(k in constant for k in temps)
+        (constants if fixed else series)[contract.TEMPERATURE_GLOBAL] = next(iter(temps.values()))
+    return series, constants
 
 
 def log_params(c, run_id: str, params: dict) -> None:

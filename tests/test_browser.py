@@ -498,3 +498,57 @@ def test_optuna_dashboard_study_page_shows_the_best_trial_under_the_constraint(
         assert "budget/usage <= 0.9" in note
         assert re.search(r"Best feasible trial .*: #1\b", note), note
         browser.screenshot(shots / "optuna-study-note.png")
+
+
+# ------------------------------------------------------------------------- make report
+
+def test_report_renders_every_image_and_links_each_row_to_its_run(mlflow_store, browser, shots):
+    """`make report`: one self-contained page (no fetch outside it) whose every image loads,
+    the paper's number beside ours with the difference and the table's noise verdict, each
+    row linked to its MLflow run; and a PDF beside it."""
+    from reproduce import report
+    from reproduce.pipeline import make
+    from reproduce.store import Store
+
+    where, uri, exp_id, _ = mlflow_store
+    folder = where / "report-figures"
+    make("figure-4", "smoke", run_missing=False, overrides=TINY, out_dir=folder, progress=False,
+         uri=uri)
+    # a table as analysis writes it (markdown, CSV with paper and noise columns, sidecar)
+    side = json.loads((folder / "figure-4.runs.json").read_text())
+    ids = [r["run_id"] for r in side["runs"]]
+    (folder / "table-demo.md").write_text(
+        "# Table: demo\n\n- Profile `smoke`.\n\n| model | top-1 (%) | paper top-1 (%) | runs |\n"
+        "|---|---|---|---|\n| resnet20 | 91.00 ± 0.50 | 91.9 | [1] |\n\nRuns (MLflow run ids):\n\n"
+        f"- [1] resnet20 / grow: {ids[0]}\n")
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame([{"model": "resnet20", "variant": "grow", "top1_mean": 91.0, "top1_std": 0.5,
+                   "paper_top1": 91.9, "paper_source": "paper", "reference": "dense",
+                   "beyond_noise": "yes", "run_ids": ids[0]}]).to_csv(folder / "table-demo.csv",
+                                                                       index=False)
+    (folder / "table-demo.runs.json").write_text(json.dumps(
+        {"output": "table-demo", "profile": "smoke", "experiments": ["figure-4"],
+         "runs": side["runs"][:1], "drawn_at": "now"}))
+
+    page, pdf = report.write("smoke", folder, Store(uri))
+    text = page.read_text()
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 10_000
+    assert not re.search(r"""(src|href)=["']?(https?:)?//(?!127\.0\.0\.1)""", text)
+    assert "<link" not in text and "<script" not in text          # nothing fetched, nothing run
+    assert tracking.run_url(exp_id, ids[0]).replace("&", "&amp;") in text
+
+    browser.goto(page.as_uri())
+    n = browser.wait_for("document.readyState === 'complete' && "
+                         "[...document.images].every(i => i.complete) && document.images.length",
+                         "the report's images loaded")
+    assert n == len(list(folder.glob("figure-*.png")))
+    widths = browser.js("[...document.images].map(i => i.naturalWidth)")
+    assert all(w > 0 for w in widths), widths
+    row = browser.js("""[...document.querySelectorAll('tr')].map(r => r.innerText)
+                        .find(t => t.includes('91.9') && t.includes('n/a') === false
+                              && t.includes('top1'))""")
+    assert row and "-0.9" in row and "yes vs dense" in row, row
+    env = browser.js("document.querySelector('table.env').innerText")
+    for key in ("device", "torch", "mlflow", "optuna", "CPU-hours", "profile", "commit"):
+        assert key in env, key
+    browser.screenshot(shots / "report.png", whole_page=True)

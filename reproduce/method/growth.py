@@ -322,6 +322,22 @@ class GrowthController:
             stats[f"temperature/{layer}"] = beta
         return stats
 
+    def constant_keys(self) -> set[str]:
+        """Keys of `architecture_stats` whose value cannot change while this controller trains:
+        the dense model's costs, the block count of a stage none of whose blocks is gated, and
+        every temperature when β is fixed (β_0 = β_T)."""
+        keys = {"cost/dense_macs", "cost/dense_params"}
+        gated = {b.stage for b in self.costs.blocks if b.gate is not None}
+        keys |= {f"blocks/stage{b.stage}" for b in self.costs.blocks if b.stage not in gated}
+        if self.temperature.beta_0 == self.temperature.beta_final:
+            keys |= {f"temperature/{layer}" for layer in self.layer_temperatures()}
+        return keys
+
+    def shared_temperature(self) -> bool:
+        """Whether one β holds for every structure (the global schedule): the per-layer
+        temperatures of `architecture_stats` then repeat one number."""
+        return self.temperature.schedule == "global"
+
     def layer_temperatures(self) -> dict[str, float]:
         return {s.name: float(self._gate(s.out_gate).beta.mean())
                 for s in self.costs.sites if s.out_gate is not None}

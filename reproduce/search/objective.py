@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from .. import tracking
 from ..config import ConfigError, flatten, to_dict, unflatten
-from ..contract import with_derived
+from ..contract import final_metrics, with_derived
 from ..experiments import PlannedRun, plan
 from ..runner import train_tracked
 from ..study_results import summary_metrics
@@ -142,7 +142,7 @@ class TrialObjective:
         """An identical config was already trained: take its results, record a marker run."""
         spec, c = self.spec, self.c
         first = spec.objectives[0].metric
-        metrics = with_derived(existing.data.metrics)
+        metrics = with_derived(final_metrics(existing.data.metrics, existing.data.params))
         history = [(m.step, m.value) for m in sorted(
             c.get_metric_history(existing.info.run_id, first), key=lambda m: m.step)
             if m.step > 0] if not spec.multi_objective else []

@@ -13,11 +13,10 @@ Numbers, all read from the tracking store (the last value of each metric):
   realised training savings  1 - time/train_s_total / the mean of the dense runs of that model
                      on the same device (tag `device`): the wall clock, not counted MACs; blank
                      without a dense run on that device. Labelled with the device.
-Rows aggregate seeds: mean ± sample std (ddof = 1; a single seed shows its value alone), and carry
-the MLflow run ids of every run that went into them and each metric's value per seed (`by_seed`).
-Comparisons (analysis/significance.py): a row against its reference row (growing against dense,
-a baseline against growing at its budget), paired by seed, with a 95 % confidence interval and
-whether the difference is beyond seed noise; `write` appends them to every output.
+Rows aggregate seeds: mean ± sample std (ddof = 1; one seed: its value), with the run ids and
+each metric's value per seed (`by_seed`). Comparisons (analysis/significance.py): a row against
+its reference (growing against dense, a baseline against growing at its budget), paired by seed,
+a 95 % confidence interval, beyond seed noise or not; `write` appends them to every output.
 """
 
 from __future__ import annotations

@@ -17,12 +17,11 @@
    `steps` timed steps (the device synchronised before and after), then the epoch's end
    (BN recalibration, validation on the 10,000 test images), timed too. An epoch's time is
    extrapolated: steps per epoch × time per step + the epoch's end.
-2. ImageNet-sized throughput: ResNet-50 and MobileNetV1 at 224 px, batch 256, as
-   experiments/table-imagenet-*.yaml resolve them (bf16, channels-last), on random batches already
-   on the device (no input pipeline): images/s dense, growing masked and growing restructured at
-   budget 0.5.
-3. Sharing: 1, 2 and 4 processes each training ResNet-20 `grow-50` of the paper profile at once
-   on the one device, timed over the same window: images/s of each and in total.
+2. ImageNet-sized throughput: ResNet-50 and MobileNetV1 at 224 px, batch 256, as their tables
+   resolve them (bf16, channels-last), on random batches already on the device (no input
+   pipeline): images/s dense, growing masked and growing restructured at budget 0.5.
+3. Sharing: 1, 2 and 4 processes training ResNet-20 `grow-50` (paper) at once on the device,
+   timed over one window: images/s of each and in total.
 4. The GPU-hours of every paper-profile figure and table from the rows above (gpu_estimate.py).
 
 Every step is the training loop's own (reproduce.train.run_epochs → train_step, on a state made

@@ -24,9 +24,8 @@
    timed over one window: images/s of each and in total.
 4. The GPU-hours of every paper-profile figure and table from the rows above (gpu_estimate.py).
 
-Every step is the training loop's own (reproduce.train.run_epochs → train_step, on a state made
-by reproduce.train.build). No MLflow, no Optuna: the machine measured needs neither. `--quick`
-shrinks every size so that the check runs on a CPU in seconds (numbers meaningless).
+Every step is the training loop's own (train.run_epochs → train_step, on train.build's state).
+No MLflow, no Optuna: the machine measured needs neither. `--quick`: every size shrunk, on a CPU.
 """
 
 from __future__ import annotations

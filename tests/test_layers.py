@@ -249,7 +249,13 @@ def test_layer_growing_run_is_tracked_and_figure_5_drawn(tiny):
         assert all(len(v) == 7 for v in depth.values())      # step 0 (seed) and every epoch
         assert [depth[k][0] for k in (1, 2, 3)] == [1, 1, 1]  # starts at one block per stage
         total = [sum(depth[k][e] for k in (1, 2, 3)) for e in range(7)]
-        assert len(set(total)) > 1, total                     # depth changes over epochs
+        # layers grow: deeper than the seed by the end, and not all at once in the first epoch
+        assert total[-1] > total[0] and total[1] < 15, total
+        macs = {m.step: m.value for m in c.get_metric_history(run.info.run_id, contract.MACS)}
+        dense = run.data.metrics[contract.DENSE_MACS]
+        target = float(run.data.params["budget.target"])
+        assert abs(macs[6] / dense - target) <= 0.03 * target, (run.data.tags["variant"],
+                                                                macs[6] / dense, total)
         arch = json.loads(open(c.download_artifacts(run.info.run_id,
                                                     contract.ARTIFACT_ARCH)).read())
         assert arch["depths"] == {f"stage{k}": int(depth[k][-1]) for k in (1, 2, 3)}

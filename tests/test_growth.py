@@ -17,6 +17,8 @@ from reproduce.method import (BudgetController, CostModel, GrowthController, Tem
 from reproduce.method.gates import BlockGate, ChannelGate, gates_of
 from reproduce.models import create_model
 
+from .test_layers import gated
+
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
 
@@ -281,9 +283,11 @@ def test_growth_push_uniform_vs_cost(make):
     logit = float(torch.empty(()).uniform_(-1.5, 1.5))
     beta = float(torch.empty(()).uniform_(0.5, 2.0))
     lam = -float(torch.empty(()).uniform_(0.01, 1.0))
+    # dense costs (small_resnet gates blocks too: its default is the current architecture's)
     uniform = GrowthController(make(), (1, 8, 8), epochs=3,
-                               budget=BudgetOptions(growth_push="uniform"))
-    cost = GrowthController(make(), (1, 8, 8), epochs=3, budget=BudgetOptions(growth_push="cost"))
+                               budget=BudgetOptions(growth_push="uniform", block_costs="dense"))
+    cost = GrowthController(make(), (1, 8, 8), epochs=3,
+                            budget=BudgetOptions(growth_push="cost", block_costs="dense"))
     p = 1 / (1 + math.exp(-beta * logit))
     marginal = _marginal_macs(cost.costs, cost)
     assert torch.all(marginal > 0)
@@ -437,14 +441,58 @@ def test_the_method_checks_its_own_options_for_users_of_their_own_loop():
         resolve({"budget": {"target": 0.0}})
 
 
+def test_block_costs_follow_the_current_architecture():
+    """budget.block_costs = current: a structure weighs what it costs in the hard architecture
+    (a closed block's inner channels nothing; an open block its layers at their current widths)
+    over the dense cost per channel, so a block-only model pushes a block as hard, per MAC, as a
+    model that also gates channels; dense keeps the weights of before."""
+    def weights(channels, block_costs):
+        model = gated("basic3resnet", channels=channels, shape=(1, 8, 8))
+        ctrl = GrowthController(model, (1, 8, 8), epochs=3,
+                                budget=BudgetOptions(block_costs=block_costs))
+        return ctrl, dict(zip((n for n, _ in ctrl.named_gates),
+                              ctrl.cost_weights.split([g.n for g in ctrl.gates])))
+    layers, w_layers = weights(False, "current")
+    joint, w_joint = weights(True, "current")
+    per_channel = 2 * joint.costs.dense_macs / sum(sh.cout for sh in joint.costs.shapes)
+    block = "layer1.1.block_gate"
+    dense_block = joint.costs.structure_costs("macs")[block]
+    # block-only: channels all on, so the current cost is the dense one
+    assert float(w_layers[block]) == pytest.approx(dense_block / per_channel, rel=1e-5)
+    # joint, at the seed (25 % of channels, closed blocks): the block's layers at seed width
+    state = joint.costs.hard_state()
+    opened = dict(state, **{block: torch.ones(1)})
+    cost_now = float(joint.costs.count(opened)[0] - joint.costs.count(state)[0])
+    assert float(w_joint[block]) == pytest.approx(cost_now / per_channel, rel=1e-5)
+    assert cost_now < dense_block / 8
+    assert torch.all(w_joint["layer1.1.gate1"] == 0)        # inside a closed block: free
+    # dense: the weights of before (block-only: a block over the mean block = 1)
+    _, w_dense = weights(False, "dense")
+    assert torch.allclose(w_dense[block], torch.ones(1))
+    # the weights follow the hard architecture as it changes
+    with torch.no_grad():
+        dict(joint.named_gates)[block].logits.fill_(1.0)
+    joint.after_step(1)
+    w_now = dict(zip((n for n, _ in joint.named_gates),
+                     joint.cost_weights.split([g.n for g in joint.gates])))
+    assert torch.all(w_now["layer1.1.gate1"] > 0)
+
+
 def test_spread_seed_logits_cross_zero_one_by_one(fresh_seed):
     spread = float(torch.empty(()).uniform_(0.2, 2.0))
     s_off = -float(torch.rand(())) * 0.3
     ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed,
                             gates=GateOptions(s_on=2.5, s_off=s_off, s_off_spread=spread))
+    unspread = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed,
+                                gates=GateOptions(s_on=2.5, s_off=s_off, s_off_spread=spread,
+                                                  spread_blocks=False))
+    blocks = [g.logits.item() for _, g in ctrl.named_gates if isinstance(g, BlockGate)]
+    assert len(blocks) > 1 and len(set(blocks)) == len(blocks)      # blocks spread as channels
+    assert all(s_off - spread <= b <= s_off for b in blocks)
+    assert all(g.logits.item() == pytest.approx(s_off)              # as before: one shared logit
+               for _, g in unspread.named_gates if isinstance(g, BlockGate))
     for name, g in ctrl.named_gates:
         if isinstance(g, BlockGate):
-            assert g.logits.item() == pytest.approx(s_off)       # blocks are not spread
             continue
         seed = g.logits.detach() == 2.5
         rest = g.logits.detach()[~seed]

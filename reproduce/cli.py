@@ -1,4 +1,5 @@
-"""`python -m reproduce run|figure|table|flops|list|data|demo|search|search-best|pareto …`"""
+"""`python -m reproduce run|figure|table|flops|list|data|demo|search|search-best|pareto …`, and the
+browsers: `links|mlflow-ui|optuna-dashboard`."""
 
 # Every command lives here. Heavy packages (torch, mlflow, optuna and what imports them) are
 # imported inside the command that needs them, so that `python -m reproduce --help` stays instant.
@@ -118,6 +119,8 @@ def cmd_list(args) -> int:
         print("\n".join(f"  {name}" for name in searches))
     else:
         from . import tracking
+        from .tasks import TASKS
+        main_metrics = [task.main_metric for task in TASKS.values()]
         c = tracking.client()
         exp_id = tracking.experiment_id(c, args.profile, create=False)
         if exp_id is None:
@@ -125,8 +128,8 @@ def cmd_list(args) -> int:
             return 0
         for r in c.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=500):
             t, m = r.data.tags, r.data.metrics
-            # each task's main metric: accuracy, perplexity or mIoU, whichever the run tracked
-            key = next((k for k in ("val/acc", "val/ppl", "val/miou") if k in m), "val/acc")
+            # its task's main metric (accuracy, perplexity, mIoU, ...): the one the run tracked
+            key = next((k for k in main_metrics if k in m), main_metrics[0])
             print(f"{r.info.run_id}  {r.info.status:9s} {t.get('model', '?'):10s} "
                   f"{t.get('variant', '?'):18s} s{t.get('seed', '?'):3s} "
                   f"{key.split('/')[1]} {m.get(key, float('nan')):6.2f}  "
@@ -369,14 +372,24 @@ Stores: MLFLOW_TRACKING_URI (default sqlite:///mlflow.db at the repository root)
 
 def cmd_links(args) -> int:
     from . import tracking
-    c = tracking.client()
-    found = [e for e in c.search_experiments() if e.name.startswith(tracking.EXPERIMENT_PREFIX + "-")]
-    if not found:
-        print(f"no experiments yet in {tracking.tracking_uri()}; run `make demo` first")
-    base = f"http://{args.host}:{args.port}"
-    for e in found:
-        print(f"{e.name:24s} {tracking.runs_table_url(e.experiment_id, base)}")
-    return 0
+    from .serve import print_links
+    uri = tracking.tracking_uri()
+    if args.port is None and args.host is None and uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")                 # a tracking server: its own UI
+    else:
+        base = tracking.ui_base(args.port, args.host or "127.0.0.1")
+    return print_links(base, uri)
+
+
+def cmd_mlflow_ui(args) -> int:
+    from .serve import serve_mlflow
+    return serve_mlflow(args.host, args.port, args.workers, args.jobs)
+
+
+def cmd_optuna_dashboard(args) -> int:
+    from .search.storage import storage_url
+    from .serve import serve_dashboard
+    return serve_dashboard(storage_url(args.storage), args.host, args.port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,10 +453,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("links", help="direct links to each experiment's runs table in mlflow ui")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", default=os.environ.get("PORT", "5000"))
+    p = sub.add_parser("links", help="direct links to each experiment's runs table in mlflow ui "
+                                     "(never creates a store)")
+    p.add_argument("--host", default=None, help="default 127.0.0.1")
+    p.add_argument("--port", default=None, help="default $PORT, else 5000")
     p.set_defaults(func=cmd_links)
+
+    p = sub.add_parser("mlflow-ui", help="serve the tracked runs in MLflow's UI (the suite's app), "
+                                         "then print the links")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000))
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--jobs", action="store_true",
+                   help="run MLflow's background job runner too (off: ~0.5 GB instead of ~3 GB)")
+    p.set_defaults(func=cmd_mlflow_ui)
+
+    p = sub.add_parser("optuna-dashboard", help="serve the Optuna studies in optuna-dashboard, "
+                                                "best trials under the studies' constraints")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("DASHBOARD_PORT") or 8080))
+    p.set_defaults(func=cmd_optuna_dashboard)
 
     _add_search_commands(sub)
 

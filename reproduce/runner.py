@@ -60,7 +60,7 @@ class RunStopped(Exception):
     `train_tracked` logs the traces so far, tags the run `state=<state>` and
     `stop_reason=<reason>`, terminates it with `status` and re-raises. The default status is
     KILLED: readers that want complete results (`tracking.find_finished`,
-    `analysis.runs.load_runs`) select FINISHED runs only, so a stopped run is never reused as a
+    `store.Store.runs`) select FINISHED runs only, so a stopped run is never reused as a
     finished one nor drawn as figure material.
     """
 
@@ -206,8 +206,9 @@ def _summary(run_id: str, pr: PlannedRun, metrics: dict, reused: bool) -> dict:
 
 
 def run_name_of(pr: PlannedRun) -> str:
-    """`figure-7/resnet20-grow-s0`: one name per experiment, so runs table rows are told apart."""
-    return f"{pr.experiment}/{pr.cfg.model.name}-{pr.cfg.variant}-s{pr.cfg.seed}"
+    """`grow-s0 · resnet20 · figure-7`: what tells the runs of a table apart (variant with its
+    budget, seed) first, so that it survives the runs table cutting long names short."""
+    return f"{pr.cfg.variant}-s{pr.cfg.seed} · {pr.cfg.model.name} · {pr.experiment}"
 
 
 def train_tracked(c, exp_id: str, pr: PlannedRun, progress: bool = True, *,

@@ -40,9 +40,9 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert set(tags["figures"].split(",")) == {"figure-7", "figure-9"}
     assert tags["config_hash"] == plan("figure-7", "smoke", tiny)[0].hash
     assert run.data.params["budget.target"] == "0.5"
-    # found under one name (experiment/model-variant-seed), described by its experiment file,
+    # found under one name (variant-seed first, then model and experiment), described by its experiment file,
     # in an experiment that MLflow's UI opens on the runs table
-    assert run.info.run_name == "figure-7/resnet20-grow-s0"
+    assert run.info.run_name == "grow-s0 · resnet20 · figure-7"
     assert tags["mlflow.note.content"].startswith("ResNet-20 channel growing")
     exp = c.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -188,6 +188,28 @@ def test_cli_flops_defaults_to_the_models_own_input_size(capsys):
     assert main(["flops", "--model", "mobilenet_v1", "--input", "3,32,32", "--json"]) == 0
     small = json.loads(capsys.readouterr().out)
     assert small["input"] == [3, 32, 32] and small["macs"] < info["macs"] / 40
+
+
+def test_cli_list_runs_shows_each_runs_own_main_metric(capsys, monkeypatch):
+    """Runs of every task (one added here), tracked with their task's main metric: each line
+    shows that metric."""
+    from reproduce.cli import main
+    from reproduce.tasks import TASKS, Task
+
+    monkeypatch.setitem(TASKS, "detection", type("Detection", (Task,), {"main_metric": "val/map"}))
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, "smoke")
+    shown = {}
+    for i, task in enumerate(TASKS.values()):
+        value = float(torch.rand(()) * 90 + 1)
+        run = c.create_run(exp_id, tags={"model": f"model{i}", "variant": "v", "seed": "0"})
+        c.log_metric(run.info.run_id, task.main_metric, value)
+        c.log_metric(run.info.run_id, "train/loss", 123.0)      # not a main metric
+        shown[run.info.run_id] = f"{task.main_metric.split('/')[1]} {value:6.2f}"
+    assert main(["list", "runs", "--profile", "smoke"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for run_id, text in shown.items():
+        assert text in next(line for line in lines if line.startswith(run_id))
 
 
 def test_figures_draw_from_a_store_at_a_non_default_uri(tiny, tmp_path, monkeypatch):

@@ -21,8 +21,8 @@ from ..config import ConfigError, flatten, to_dict, unflatten
 from ..contract import with_derived
 from ..experiments import PlannedRun, plan
 from ..runner import RunStopped, train_tracked
+from ..study_results import summary_metrics
 from .mlflow_side import marker_run
-from .results import summary_metrics
 from .spec import Param, SearchSpec, deep_merge, metric_value
 from .storage import redact
 
@@ -118,7 +118,7 @@ class TrialObjective:
         return tags
 
     def _run_name(self, trial) -> str:
-        return f"{self.spec.study_name}-trial-{trial.number}"
+        return f"trial-{trial.number} · {self.spec.study_name}"    # the trial first: names are cut short
 
     def _plan_or_fail(self, trial, params: dict, tags: dict) -> PlannedRun:
         """The trial's run, resolved; an invalid config fails the trial with a marker run."""

@@ -41,7 +41,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 1), metavar="N",
                    help="train with N processes at once (each run is trained by exactly one)")
-    # how `--jobs` hands the parent's overrides to its helper processes
+    # overrides as JSON, for scripts that start the command line with a whole override tree
     p.add_argument("--overrides-json", default="{}", help=argparse.SUPPRESS)
 
 
@@ -57,36 +57,32 @@ def _run_overrides(args) -> dict:
 
 def cmd_run(args) -> int:
     from . import distributed
-    from .pipeline import train_all
-    from .runner import run_experiment
+    from .pipeline import plan_all, train_all
 
     overrides = _run_overrides(args)
     if distributed.init_from_env():   # under torchrun: one run on every process, rank 0 tracks
         args.jobs = 1
-    if args.jobs > 1 and not args.only:
-        train_all(args.experiments, args.profile, args.force, overrides, args.jobs,
-                  progress=not args.quiet)
-    for exp in args.experiments:
-        summaries = run_experiment(exp, args.profile, args.force and args.jobs <= 1, overrides,
-                                   args.only, progress=not args.quiet)
-        for s in summaries:
-            state = "reused" if s["reused"] else "trained"
-            print(f"{state:8s} {s['run_id']}  {s['model']}/{s['variant']}/seed{s['seed']}  "
-                  f"{s['main_metric']} {s[s['main_metric']]:.2f}  MACs {s['cost/macs'] / max(1, s['cost/dense_macs']):.3f}"
-                  f" of dense")
+    runs = plan_all(args.experiments, args.profile, overrides, args.only)
+    for s in train_all(runs, args.force, args.jobs, progress=not args.quiet):
+        state = "reused" if s["reused"] else "trained"
+        print(f"{state:8s} {s['run_id']}  {s['model']}/{s['variant']}/seed{s['seed']}  "
+              f"{s['main_metric']} {s[s['main_metric']]:.2f}  MACs {s['cost/macs'] / max(1, s['cost/dense_macs']):.3f}"
+              f" of dense")
     return 0
 
 
 def cmd_figure(args) -> int:
-    from .pipeline import experiments_of, make, train_all
+    from .pipeline import experiments_of, make, plan_each, train_all
 
     overrides = _run_overrides(args)
+    plans = plan_each(experiments_of(args.targets), args.profile, overrides)   # once, for all
     if not args.no_run:      # everything the targets need first, with --jobs processes at once
-        train_all(experiments_of(args.targets), args.profile, args.force, overrides, args.jobs,
+        train_all([pr for runs in plans.values() for pr in runs], args.force, args.jobs,
                   progress=not args.quiet)
     for target in args.targets:
         outputs = make(target, profile=args.profile, run_missing=False, overrides=overrides,
-                       out_dir=Path(args.out) if args.out else None, progress=not args.quiet)
+                       out_dir=Path(args.out) if args.out else None, progress=not args.quiet,
+                       plans=plans)
         for path in outputs:
             print(f"wrote {path}")
     return 0
@@ -480,9 +476,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from .data import DatasetMissing
+    from .tracked_run import Preempted
     from .tracking import StoreError
     try:
         return args.func(args)
     except (ConfigError, DatasetMissing, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:       # a cluster job requeues itself; the same command resumes
+        print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum

@@ -3,7 +3,8 @@
     make("figure-7", profile="smoke")
 
 1. plan every run the figure's experiment files declare (validated before anything trains);
-2. train the runs not yet finished in the store (reused by config hash, unless forced);
+2. hand those planned runs to the runner, which trains the ones not yet finished in the store
+   (reused by config hash, unless forced);
 3. select exactly those runs from the store and hand them to the figure's analysis module,
    which reads the store only;
 4. write the sidecar `<name>.runs.json` naming the runs, and refresh figures/INDEX.md.
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
-import sys
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -26,8 +25,8 @@ import analysis
 from analysis.index import write_index
 
 from .errors import ConfigError
-from .experiments import plan
-from .runner import run_experiment
+from .experiments import PlannedRun, plan
+from .runner import run_all
 from .store import Store
 
 
@@ -40,43 +39,59 @@ def experiments_of(targets: list[str]) -> list[str]:
     return names
 
 
-def train_all(experiments: list[str], profile: str = "smoke", force: bool = False,
-              overrides: dict | None = None, jobs: int = 1, progress: bool = True,
-              uri: str | None = None) -> None:
-    """Train what the experiments need with `jobs` processes working through the same list.
+def plan_each(experiments: list[str], profile: str = "smoke", overrides: dict | None = None,
+              only: list[str] | None = None) -> dict[str, list[PlannedRun]]:
+    """Each experiment file's runs, by file; all validated before anything trains."""
+    return {e: plan(e, profile, overrides, only) for e in experiments}
+
+
+def plan_all(experiments: list[str], profile: str = "smoke", overrides: dict | None = None,
+             only: list[str] | None = None) -> list[PlannedRun]:
+    """Every run of the experiment files, in order; all validated before anything trains."""
+    return [pr for runs in plan_each(experiments, profile, overrides, only).values()
+            for pr in runs]
+
+
+def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progress: bool = True,
+              uri: str | None = None) -> list[dict]:
+    """Train (or reuse, or resume) planned runs with `jobs` processes working through the same
+    list; returns this process's summary of each run.
 
     Every process walks all runs; a run's claim (tracking.claim) makes sure exactly one trains
-    it, while the others move on and later reuse its result. With jobs = 1 this is one
-    run_experiment per file.
+    it, while the others move on and later reuse its result. With jobs = 1 this is run_all.
     """
-    for e in experiments:                      # validate everything before anything trains
-        plan(e, profile, overrides)
     helpers = []
     if jobs > 1 and not force:                 # (forcing retrains in one process)
-        command = [sys.executable, "-m", "reproduce", "run", *experiments, "--profile", profile,
-                   "--quiet", "--jobs", "1", "--overrides-json", json.dumps(overrides or {})]
-        env = {**os.environ, **({"MLFLOW_TRACKING_URI": uri} if uri else {})}
-        helpers = [subprocess.Popen(command, env=env) for _ in range(jobs - 1)]
+        spawn = multiprocessing.get_context("spawn")   # fresh interpreters, no forked torch state
+        helpers = [spawn.Process(target=run_all, args=(runs,),
+                                 kwargs={"progress": False, "uri": uri}) for _ in range(jobs - 1)]
+        for h in helpers:
+            h.start()
     try:
-        for e in experiments:
-            run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
+        summaries = run_all(runs, force, progress, uri)
     finally:
-        codes = [h.wait() for h in helpers]
-    if any(codes):
-        raise RuntimeError(f"{sum(1 for c in codes if c)} of {len(helpers)} helper processes "
-                           f"failed; their runs are marked FAILED in the store with the reason")
+        for h in helpers:
+            h.join()
+    failed = sum(1 for h in helpers if h.exitcode)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(helpers)} helper processes failed; their runs are "
+                           f"marked FAILED in the store with the reason")
+    return summaries
 
 
 def make(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,
          overrides: dict | None = None, out_dir: Path | None = None, progress: bool = True,
-         uri: str | None = None) -> list[Path]:
+         uri: str | None = None, plans: dict[str, list[PlannedRun]] | None = None) -> list[Path]:
+    """Draw one figure or table. `plans`: experiment files already planned (`plan_each`) with
+    the same profile and overrides, so that a command drawing several targets plans once."""
     name = analysis.canonical(target)
     module = importlib.import_module(analysis.targets()[name])
     experiments = list(module.EXPERIMENTS)
-    planned = [p for e in experiments for p in plan(e, profile, overrides)]
+    plans = plans or {}
+    plans = {**plan_each([e for e in experiments if e not in plans], profile, overrides), **plans}
+    planned = [pr for e in experiments for pr in plans[e]]
     if run_missing:
-        for e in experiments:
-            run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
+        run_all(planned, force, progress, uri)
     hashes = {p.hash for p in planned}
     store = Store(uri)
     runs = store.runs(profile, hashes)

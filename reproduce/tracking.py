@@ -202,16 +202,17 @@ def state_dir(uri: str | None = None) -> Path:
     return REPO_ROOT / ".state"
 
 
-def claim(uri: str | None, exp_id: str, config_hash: str):
-    """A lock that one process at a time holds while it trains a config (None if another holds
-    it). The operating system releases it when the holder dies, however it dies."""
+def claim(uri: str | None, exp_id: str, config_hash: str, wait: bool = False):
+    """A lock that one process at a time holds while it trains a config: None if another holds
+    it, or with `wait`, the lock once the other has let it go. The operating system releases it
+    when the holder dies, however it dies."""
     from filelock import FileLock, Timeout
 
     folder = state_dir(uri) / "claims"
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / f"{exp_id}-{config_hash}.lock"))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
         return None
     return lock

@@ -262,10 +262,11 @@ def test_pruning_runs_share_their_pretraining_and_keep_its_numbers(tiny, tmp_pat
     # FORCE retrains from scratch: a pre-training left behind (here one that cannot load) is
     # not used, the forced runs pre-train again and share that
     from reproduce.checkpoint import SharedPretraining
-    from reproduce.runner import _pretraining_groups
-    exp_id = tracking.experiment_id(c, "tiny")
-    (name,) = set(_pretraining_groups(plan(str(path), "tiny"), exp_id).values())
-    SharedPretraining(tracking.state_dir() / "pretrained", name, "stale").save({"broken": True})
+    from reproduce.runner import pretraining_groups
+    planned = plan(str(path), "tiny")
+    (group,) = set(pretraining_groups(planned, c).values())
+    assert group.hashes == {planned[0].hash, planned[2].hash}    # the two pruning runs, not dense
+    SharedPretraining(tracking.state_dir() / "pretrained", group.name, "stale").save({"broken": True})
     forced = run_experiment(str(path), "tiny", force=True, progress=False)
     again = c.get_run(forced[2]["run_id"])
     assert again.data.tags["pretrained_in"] == forced[0]["run_id"]

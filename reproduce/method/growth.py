@@ -49,14 +49,18 @@ from .temperature import TemperatureSchedule
 def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str = "one_per_stage",
               selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
               generator: torch.Generator | None = None, s_off_spread: float = 0.0,
-              stage_blocks: list[Block] | None = None) -> None:
+              stage_blocks: list[Block] | None = None, s_on_spread: float = 0.0,
+              on_generator: torch.Generator | None = None) -> None:
     """Seed architecture: a fraction of every channel group and n blocks per stage on.
 
     Seed channels start at logit s_on; the other channels at s_off − spread·u_i, u_i ~ U(0, 1)
     (from `generator`). With spread = 0 all non-seed channels of a gate share one logit, so a
     uniform push moves them across 0 together and the hard usage jumps by a whole gate at once;
     a spread makes them cross one after another, so growth is gradual and the budget controller
-    sees the usage rise.
+    sees the usage rise. `s_on_spread` does the same for the seed channels (s_on + spread·u_i):
+    starting from the full network every channel is a seed channel, and without it the pruning
+    push closes a whole gate at once. Its draws come from `on_generator` (default `generator`),
+    so a caller can leave the non-seed draws as they were without it.
 
     Blocks without a block gate (the first of each stage) are always on, so `one_per_stage` closes
     every gated block and `<n>_per_stage` opens the first n − 1 gated blocks of each stage (in
@@ -92,6 +96,9 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
                 u = torch.rand(g.n, generator=generator)
                 g.logits.sub_(s_off_spread * u.to(g.logits.device))
             g.logits[idx.to(g.logits.device)] = s_on
+            if s_on_spread:
+                u = torch.rand(k, generator=on_generator or generator)
+                g.logits[idx.to(g.logits.device)] += s_on_spread * u.to(g.logits.device)
 
 
 class GrowthController:
@@ -116,7 +123,8 @@ class GrowthController:
         self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
         init_seed(self.named_gates, gates.seed_fraction, gates.seed_blocks, gates.seed_selection,
                   gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1),
-                  gates.s_off_spread, stage_blocks=model.blocks())
+                  gates.s_off_spread, stage_blocks=model.blocks(), s_on_spread=gates.s_on_spread,
+                  on_generator=torch.Generator().manual_seed(rng_seed + 2))
         self.costs = CostModel(model, input_shape)
         self.temperature = TemperatureSchedule(self.gates, temperature, epochs)
         # a model without gates (the dense baseline) has nothing to push: λ stays 0

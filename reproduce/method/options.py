@@ -135,6 +135,12 @@ class GateOptions:
     # non-seed logits start at s_off − spread·U(0,1): with 0 they cross 0 together and the usage
     # jumps by whole gates; a spread makes channels grow one after another [ours]
     s_off_spread: float = field(default=0.5, metadata=at_least(0))
+    # seed logits start at s_on + spread·U(0,1) [ours]. Pruning from the full network
+    # (seed_fraction 1) needs it: with 0 every channel of a gate shares one logit, the
+    # cost-weighted pruning push closes a whole stage's stream in one step within the first
+    # epoch, and ResNet-20 at a 0.3 MACs budget ended at chance (docs/METHOD.md). 0 for growing:
+    # its seed is not what the push moves first
+    s_on_spread: float = field(default=0.0, metadata=at_least(0, added_later=0.0))
     # channels every channel gate keeps on (0 allows zero-width layers)
     min_channels: int = field(default=1, metadata=at_least(0))
     # bernoulli sampling: q is drawn at iterations 0, k, 2k, ... of the run and the same sampled

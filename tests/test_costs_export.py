@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reproduce.method import CostModel, architecture_summary, hard_architecture
-from reproduce.method.gates import gates_of
+from reproduce.method.gates import ChannelGate, gates_of
 from reproduce.models import create_model, default_cfg
 
 from .model_checks import (IMAGE_MODELS, ONE_PER_CLASS, build, check_export, head, image_shapes,

@@ -30,8 +30,14 @@ TRAIN_PPL = "train/ppl"
 VAL_MIOU = "val/miou"                # segmentation: mean IoU over classes, percent, main
 VAL_PIXEL_ACC = "val/pixel_acc"      # segmentation: pixel accuracy, percent
 LR = "lr"
-EPOCH_TIME = "time/epoch_s"
+EPOCH_TIME = "time/epoch_s"                      # wall clock of the epoch (training, BN
+                                                 # recalibration, evaluation); on a GPU measured
+                                                 # with the device synchronised at both ends
 TRAIN_TIME_TOTAL = "time/train_s_total"          # cumulative wall-clock of the run's epochs
+EPOCH_CPU_TIME = "time/epoch_cpu_s"              # CPU runs: the process's CPU time of the same
+                                                 # span (all its threads), less sensitive than
+                                                 # the wall clock to other work on the machine
+TRAIN_CPU_TIME_TOTAL = "time/train_cpu_s_total"  # CPU runs: cumulative CPU time of the epochs
 
 MACS = "cost/macs"                                # inference MACs of the hard architecture
 PARAMS = "cost/params"

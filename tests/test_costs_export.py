@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reproduce.method import CostModel, architecture_summary, hard_architecture
-from reproduce.method.gates import gates_of
+from reproduce.method.gates import ChannelGate, gates_of
 from reproduce.models import create_model, default_cfg
 
 from .model_checks import (IMAGE_MODELS, ONE_PER_CLASS, build, check_export, head, image_shapes,
@@ -132,3 +132,28 @@ def test_sampled_and_prob_costs_follow_the_gate_states():
     assert 0 < macs.item() < costs.dense_macs and 0 < params.item() < costs.dense_params
     macs.backward()
     assert all(g.logits.grad is not None and torch.all(g.logits.grad > 0) for _, g in named)
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("resnet20", {"gate_blocks": True}, (3, 8, 8)),
+    ("vgg11", {}, (3, 8, 8)),
+    ("mobilenet_v1", {"width_multiplier": 0.125}, (3, 32, 32)),
+    ("lstm_lm_small", {}, (1, 1, 1))])
+def test_flat_counts_equal_count(name, kwargs, shape):
+    """The per-iteration count of a 0/1 state (count_flat, from the concatenated vector) is
+    exactly count()'s, and hard_flat is every gate's hard() (min_active included)."""
+    model = create_model(name, **kwargs)
+    costs = CostModel(model, shape)
+    named = gates_of(model)
+    for trial in range(6):
+        with torch.no_grad():
+            for i, (_, g) in enumerate(named):
+                g.logits.copy_(torch.randn(g.n))
+                if trial % 2 and i % 3 == 0:
+                    g.logits.fill_(-1.0)                 # closed: min_active decides
+                g.min_active = min(trial % 3, g.n) if isinstance(g, ChannelGate) else 0
+        q = torch.cat([torch.bernoulli(torch.full((g.n,), 0.5)) for _, g in named])
+        state = dict(zip(costs.gates, q.split(costs.sizes)))
+        assert costs.count_flat(q) == tuple(float(v) for v in costs.count(state))
+        assert torch.equal(costs.hard_flat(), torch.cat([g.hard().double() for _, g in named]))
+        assert costs.hard() == tuple(float(v) for v in costs.count(costs.hard_state()))

@@ -281,3 +281,24 @@ def test_closed_channels_are_exactly_zero_in_eval_vgg():
     for i, _ in model.plan[1:]:
         closed = named[f"gate{i - 1}"].logits.detach() <= 0
         assert torch.all(inputs[i][:, closed] == 0)
+
+
+def test_sample_gates_keeps_min_active_as_each_gate_alone_would():
+    """sample_gates fills the gates drawn below their minimum from their most probable
+    structures, and leaves every other gate's draw as it is."""
+    gates = [ChannelGate(n, min_active=m) for n, m in ((5, 2), (3, 0), (7, 3), (1, 1), (4, 4))]
+    with torch.no_grad():
+        for g in gates:
+            g.logits.copy_(torch.randn(g.n) - 1.5)
+    for seed in range(20):
+        q = sample_gates(gates, torch.Generator().manual_seed(seed))
+        p = torch.cat([g.probs().detach() for g in gates])
+        raw = torch.bernoulli(p, generator=torch.Generator().manual_seed(seed))
+        start = 0
+        for g in gates:
+            q_g, raw_g, p_g = (t[start:start + g.n] for t in (q, raw, p))
+            if g.min_active and raw_g.sum() < g.min_active:
+                raw_g = raw_g.index_fill(0, p_g.topk(g.min_active).indices, 1.0)
+            assert torch.equal(q_g, raw_g)
+            assert torch.equal(g.sample, q_g)
+            start += g.n

@@ -319,3 +319,26 @@ def test_shared_pretraining_lock_tells_other_processes_it_is_busy(tmp_path):
     assert other.load() == {"epoch": 2} and seen == ["run-a"]
     other.delete()
     assert other.load() is None
+
+
+def test_epoch_times_wall_and_cpu():
+    """Every epoch records its wall clock and, on CPU, the process's CPU time, each with its
+    running total over the run's epochs."""
+    import time
+
+    from reproduce import contract
+    from reproduce.train import epoch_times
+
+    cpu = torch.device("cpu")
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while time.process_time() - cpu_start < 0.02:       # some work of this process's own
+        sum(range(1000))
+    first = epoch_times(cpu, start, cpu_start, [])
+    assert first[contract.EPOCH_TIME] > 0 and first[contract.EPOCH_CPU_TIME] >= 0.02
+    assert first[contract.TRAIN_TIME_TOTAL] == first[contract.EPOCH_TIME]
+    assert first[contract.TRAIN_CPU_TIME_TOTAL] == first[contract.EPOCH_CPU_TIME]
+    second = epoch_times(cpu, time.perf_counter(), time.process_time(), [first])
+    assert second[contract.TRAIN_CPU_TIME_TOTAL] == pytest.approx(
+        first[contract.EPOCH_CPU_TIME] + second[contract.EPOCH_CPU_TIME])
+    assert second[contract.TRAIN_TIME_TOTAL] == pytest.approx(
+        first[contract.EPOCH_TIME] + second[contract.EPOCH_TIME])

@@ -53,6 +53,16 @@ class CostModel:
         self.blocks: list[Block] = list(model.blocks())
         dense = self.count({})
         self.dense_macs, self.dense_params = float(dense[0]), float(dense[1])
+        # the per-iteration counts of 0/1 states (`count_flat`): every gate's structures in
+        # one concatenated vector, in `gates` order; each site as slots into its per-gate counts
+        names = list(self.gates)
+        sizes = [g.n for g in self.gates.values()]
+        self.sizes = sizes
+        self._segment = torch.repeat_interleave(torch.arange(len(sizes)),
+                                                torch.tensor(sizes, dtype=torch.long))
+        slot = {n: i for i, n in enumerate(names)}
+        self._terms = [(slot.get(s.in_gate), slot.get(s.out_gate), slot.get(s.block), s.depthwise,
+                        sh) for s, sh in zip(self.sites, self.shapes)]
 
     # -- counting -------------------------------------------------------------------------------
     def count(self, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -72,6 +82,44 @@ class CostModel:
             params = params + on * (w + (n_out * sh.rows if sh.bias else 0.0))
         return macs, params
 
+    def count_flat(self, q: Tensor) -> tuple[float, float]:
+        """(MACs, params) of a 0/1 state given as one host vector: every gate's structures
+        concatenated in `gates` order (what the controller samples). Equals `count` of the same
+        state exactly: with 0/1 states every term is an integer, exact in float64 whatever the
+        order of summation. One reduction for all gates and then arithmetic on Python floats,
+        instead of a handful of tensor operations per layer (it runs every iteration)."""
+        on = torch.zeros(len(self.sizes), dtype=torch.float64).index_add_(
+            0, self._segment, q.detach().to(torch.float64)).tolist()
+        macs = params = 0.0
+        for s_in, s_out, s_block, depthwise, sh in self._terms:
+            n_in = float(sh.cin) if s_in is None else on[s_in]
+            n_out = float(sh.cout) if s_out is None else on[s_out]
+            block = 1.0 if s_block is None else on[s_block]
+            w = n_out * sh.kernel if depthwise else n_in * n_out * sh.kernel * sh.rows
+            macs += block * w * sh.spatial
+            params += block * (w + (n_out * sh.rows if sh.bias else 0.0))
+        return macs, params
+
+    def hard_flat(self) -> Tensor:
+        """Every gate's hard state, concatenated in `gates` order, on the host (one transfer):
+        what `Gate.hard` gives, with the compare done once for all gates and only the gates
+        below their `min_active` (rare) filled from their top logits."""
+        gates = list(self.gates.values())
+        if not gates:
+            return torch.zeros(0)
+        logits = torch.cat([g.logits.detach() for g in gates])
+        h = (logits > 0).cpu().to(torch.float64)
+        if any(g.min_active for g in gates):
+            counts = torch.zeros(len(gates), dtype=torch.float64).index_add_(
+                0, self._segment, h).tolist()
+            start = 0
+            for g, n, c in zip(gates, self.sizes, counts):
+                if g.min_active and c < g.min_active:
+                    top = g.logits.detach().topk(g.min_active).indices.cpu()
+                    h[start:start + n].index_fill_(0, top, 1.0)
+                start += n
+        return h
+
     def hard_state(self) -> dict[str, Tensor]:
         return self._on_cpu({n: g.hard().detach() for n, g in self.gates.items()})
 
@@ -90,8 +138,7 @@ class CostModel:
         return {n: g.probs() for n, g in self.gates.items()}
 
     def hard(self) -> tuple[float, float]:
-        macs, params = self.count(self.hard_state())
-        return float(macs), float(params)
+        return self.count_flat(self.hard_flat())
 
     def sampled_macs(self) -> float:
         return float(self.count(self.sampled_state())[0])

@@ -73,7 +73,8 @@ class Execution:
             self.restructures = False
         self.planned = False
         self._last_state: dict[str, Tensor] | None = None     # the last plan's architecture ...
-        self._last_idx: dict[str, Tensor | None] = {}        # ... and its channel indices
+        self._last_idx: list[Tensor | None] = []             # ... its channel indices ...
+        self._last_on: list[int] = []                        # ... and active counts, per gate
         if not self.restructures:
             return
         # (module, input gate, output gate) of every layer, and (module, gate) of every BN
@@ -98,65 +99,87 @@ class Execution:
         self._channel = [(n, g) for n, g in self.gates if isinstance(g, ChannelGate)]
         self._block = [(n, g) for n, g in self.gates if isinstance(g, BlockGate)]
         self._params = [p for p in model.parameters() if p.requires_grad]
+        # the per-iteration plan works on every gate's samples concatenated (gate order): each
+        # structure's gate (`_segment`) and its gate's first position (`_start`); every layer,
+        # BN and gate as its instance dict and the slots of the gates it reads
+        slot = {n: i for i, (n, _) in enumerate(self.gates)}
+        sizes = [g.n for _, g in self.gates]
+        self._sizes = sizes
+        self._segment = torch.repeat_interleave(torch.arange(len(sizes)),
+                                                torch.tensor(sizes, dtype=torch.long))
+        starts = torch.tensor([0] + sizes[:-1], dtype=torch.long).cumsum(0)
+        self._start = starts.index_select(0, self._segment)
+        self._channel_slots = [slot[n] for n, _ in self._channel]
+        self._layer_plan = [(vars(layer), None if cin is None else slot[cin],
+                             None if cout is None else slot[cout])
+                            for layer, cin, cout in self._layers]
+        self._bn_plan = [(vars(bn), slot[gate], self._folds.get(gate)) for bn, gate in self._bns]
+        self._gate_plan = [(vars(g), slot[n], self._folds.get(n)) for n, g in self._channel]
+        self._block_plan = [(vars(g), slot[n]) for n, g in self._block]
 
-    def plan(self, state: dict[str, Tensor]) -> None:
-        """Install the architecture `state` (per gate, 0/1 per structure, on the host) for the
-        next training forward."""
+    def plan(self, state: dict[str, Tensor], q: Tensor | None = None) -> None:
+        """Install the architecture `state` (per gate, 0/1 per structure, on the host; `q`: the
+        same concatenated in gate order, if the caller has it) for the next training forward.
+
+        The attributes are written to the modules' instance dicts: nn.Module.__setattr__ looks
+        every name up among parameters, buffers and submodules first, and this runs for every
+        layer in every iteration."""
         if not self.restructures:
             return
         if state is not self._last_state:     # a held architecture (same state) keeps its plan
-            self._last_idx = self._indices(state)
+            if q is None:
+                q = torch.cat([state[n] for n, _ in self.gates])
+            self._last_idx, self._last_on = self._indices(q)
             self._last_state = state
-        idx = self._last_idx
-        for layer, cin, cout in self._layers:
-            a_in = idx[cin] if cin is not None else None
-            a_out = idx[cout] if cout is not None else None
-            layer.active = None if a_in is None and a_out is None else (a_in, a_out)
-        for bn, gate in self._bns:
-            bn.active = idx[gate]
-            bn.fold = self._folds.get(gate)
-        for name, gate in self._channel:
-            gate.active = idx[name]
-            gate.fold = self._folds.get(name)
-        for name, gate in self._block:
-            gate.skip = not bool(state[name][0] > 0)
+        idx, on = self._last_idx, self._last_on
+        for d, s_in, s_out in self._layer_plan:
+            a_in = None if s_in is None else idx[s_in]
+            a_out = None if s_out is None else idx[s_out]
+            d["active"] = None if a_in is None and a_out is None else (a_in, a_out)
+        for d, s, fold in self._bn_plan:
+            d["active"] = idx[s]
+            d["fold"] = fold
+        for d, s, fold in self._gate_plan:
+            d["active"] = idx[s]
+            d["fold"] = fold
+        for d, s in self._block_plan:
+            d["skip"] = not on[s]
         self.planned = True
 
-    def _indices(self, state: dict[str, Tensor]) -> dict[str, Tensor | None]:
-        """Every channel gate's active indices on the device (None: all channels on)."""
+    def _indices(self, q: Tensor) -> tuple[list[Tensor | None], list[int]]:
+        """Every gate's active indices on the device (None: all structures on; block gates:
+        None) and its number of active structures, from the concatenated samples `q` (host):
+        one nonzero for all gates, the indices made local to their gate, and one transfer."""
         device = next(self.model.parameters()).device
-        idx: dict[str, Tensor | None] = {}
-        picked = []
-        for name, _ in self._channel:
-            on = state[name] > 0
-            if bool(on.all()):
-                idx[name] = None                 # every channel on: no slicing at all
-            else:
-                idx[name] = on.nonzero().flatten()
-                picked.append(name)
-        if picked and device.type != "cpu":      # one transfer for every gate's indices
-            flat = torch.cat([idx[n] for n in picked])
+        on = q > 0
+        flat = on.nonzero().flatten()
+        counts = torch.bincount(self._segment.index_select(0, flat),
+                                minlength=len(self._sizes)).tolist()
+        local = flat - self._start.index_select(0, flat)
+        if device.type != "cpu":                 # one transfer for every gate's indices
             if device.type == "cuda":
-                flat = flat.pin_memory()
-            flat = flat.to(device, non_blocking=True)
-            idx.update(zip(picked, flat.split([idx[n].numel() for n in picked])))
-        return idx
+                local = local.pin_memory()
+            local = local.to(device, non_blocking=True)
+        parts = local.split(counts)
+        idx: list[Tensor | None] = [None] * len(counts)
+        for s in self._channel_slots:
+            if counts[s] < self._sizes[s]:       # every channel on: no slicing at all
+                idx[s] = parts[s]
+        return idx, counts
 
     def clear(self) -> None:
         """Back to computing everything (the next forward is masked unless planned again)."""
         if not self.planned:
             return
-        for layer, _, _ in self._layers:
-            layer.active = None
         self._check_folds()
-        for bn, _ in self._bns:
-            bn.active = None
-            bn.fold = None
-        for _, gate in self._channel:
-            gate.active = None
-            gate.fold = None
-        for _, gate in self._block:
-            gate.skip = False
+        for d, _, _ in self._layer_plan:
+            d["active"] = None
+        for plan in (self._bn_plan, self._gate_plan):
+            for d, _, _ in plan:
+                d["active"] = None
+                d["fold"] = None
+        for d, _ in self._block_plan:
+            d["skip"] = False
         self.planned = False
 
     def complete_grads(self) -> None:

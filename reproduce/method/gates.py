@@ -195,12 +195,19 @@ def sample_gates(gates: Iterable[Gate], generator: torch.Generator) -> Tensor:
         raise FloatingPointError("gate probabilities are not finite: training diverged. Lower "
                                  "train.lr or gates.mask_lr, or raise gates.min_channels.")
     q = torch.bernoulli(p, generator=generator)
-    parts = []
-    for g, q_g, p_g in zip(gates, q.split(sizes), p.split(sizes)):
-        if g.min_active and q_g.sum() < g.min_active:
-            q_g = q_g.index_fill(0, p_g.topk(g.min_active).indices, 1.0)
-        parts.append(q_g)
-    q = torch.cat(parts)
+    if any(g.min_active for g in gates):
+        # every gate's count in one reduction; only the gates below their minimum (rare) are
+        # filled from their most probable structures
+        segment = torch.repeat_interleave(torch.arange(len(sizes), device=q.device),
+                                          torch.tensor(sizes, device=q.device))
+        counts = torch.zeros(len(sizes), device=q.device, dtype=q.dtype).index_add_(
+            0, segment, q).tolist()
+        start = 0
+        for g, n, c in zip(gates, sizes, counts):
+            if g.min_active and c < g.min_active:
+                q[start:start + n].index_fill_(0, p[start:start + n].topk(g.min_active).indices,
+                                               1.0)
+            start += n
     write_samples(gates, q)
     return q
 

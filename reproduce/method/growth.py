@@ -149,8 +149,8 @@ class GrowthController:
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
         self.budget.update(self.current_usage())
         self.execution = Execution(model, execution, gates.sampling)
-        self._sampled: dict[str, Tensor] | None = None   # host copy of this iteration's q
-        self._held: dict[str, Tensor] | None = None       # host copy of the period's q
+        self._sampled: _Sample | None = None    # host copy of this iteration's q
+        self._held: _Sample | None = None       # host copy of the period's q
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -200,27 +200,36 @@ class GrowthController:
             q = replay.detach().float().cpu()
             write_samples(self.gates, q)
             self._held = None             # a period in progress continues from these samples
-            self._sampled = self._state(q)
         elif self.gate_options.sampling == "deterministic":
             open_all(self.gates)      # nothing is skipped: every channel is computed
-            self._sampled = self._state(torch.ones(sum(g.n for g in self.gates)))
+            q = torch.ones(sum(g.n for g in self.gates))
         elif self.gate_options.sampling == "hard":   # fixed masks: the hard architecture trains
-            hard = torch.cat([g.hard().detach() for g in self.gates])
-            write_samples(self.gates, hard)
-            self._sampled = self._state(hard.cpu())
+            q = torch.cat([g.hard().detach() for g in self.gates])
+            write_samples(self.gates, q)
+            q = q.cpu()
         else:
             if self.draws % self.gate_options.resample_every == 0:
-                self._held = self._state(sample_gates(self.gates, self.generator).cpu())
+                self._held = self._sample(sample_gates(self.gates, self.generator).cpu())
             elif self._held is None:                    # resumed inside a period
-                self._held = self._state(torch.cat([g.sample.detach().float()
-                                                    for g in self.gates]).cpu())
+                self._held = self._sample(torch.cat([g.sample.detach().float()
+                                                     for g in self.gates]).cpu())
             self.draws += 1
             self._sampled = self._held                  # the same object: the plan is reused
-        self.execution.plan(self._sampled)
+            self.execution.plan(self._held.state, self._held.q)
+            return
+        self._sampled = self._sample(q)
+        self.execution.plan(self._sampled.state, self._sampled.q)
 
-    def _state(self, q: Tensor) -> dict[str, Tensor]:
-        """The concatenated samples `q` (host) per gate."""
-        return dict(zip((n for n, _ in self.named_gates), q.split([g.n for g in self.gates])))
+    def _sample(self, q: Tensor) -> "_Sample":
+        """The concatenated samples `q` (host), and the same per gate."""
+        return _Sample(q, dict(zip((n for n, _ in self.named_gates), q.split(self.costs.sizes))))
+
+    def _sampled_macs(self, sampled: "_Sample") -> float:
+        """Forward MACs of a sampled architecture, counted once per sample (a held q is
+        counted once for its whole period)."""
+        if sampled.macs is None:
+            sampled.macs = self.costs.count_flat(sampled.q)[0]
+        return sampled.macs
 
     def after_backward(self) -> None:
         """Between backward and the optimizer steps: parameters a restructured forward skipped
@@ -239,10 +248,11 @@ class GrowthController:
 
     def after_step(self, batch_size: int) -> None:
         """Account the iteration's training cost (forward + backward ≈ 3 × forward) and update λ."""
-        sampled = self._sampled if self._sampled is not None else self.costs.sampled_state()
-        self._sampled = None
+        sampled, self._sampled = self._sampled, None
+        macs = self._sampled_macs(sampled) if sampled is not None else \
+            float(self.costs.count(self.costs.sampled_state())[0])
         self.execution.clear()
-        self.train_macs_epoch += 3.0 * float(self.costs.count(sampled)[0]) * batch_size
+        self.train_macs_epoch += 3.0 * macs * batch_size
         self.dense_train_macs_total += 3.0 * self.costs.dense_macs * batch_size
         self._refresh_weights()
         self.budget.update(self.current_usage())
@@ -421,6 +431,17 @@ class GrowthController:
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+class _Sample:
+    """A sampled architecture on the host: the concatenated q (gate order), the same per gate,
+    and its forward MACs once counted."""
+
+    __slots__ = ("q", "state", "macs")
+
+    def __init__(self, q: Tensor, state: dict[str, Tensor]):
+        self.q, self.state = q, state
+        self.macs: float | None = None
 
 
 __all__ = ["GrowthController", "init_seed"]

@@ -27,7 +27,8 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     data = training_cost(runs, store).merge(runs[["run_id", "ablation", "target"]], on="run_id")
     data["flops"] = 2 * data["cost/train_macs"]
     scale, prefix = si_scale(data["flops"])
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True, layout="constrained")
+    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(15.5, 4.8), layout="constrained")
+    ax2.sharey(ax)
     dense = data[data["family"] == "dense"]
     ours = data[data["ablation"] == "ours"]
     targets = sorted(ours.loc[ours["family"] != "dense", "target"].dropna().unique())
@@ -51,6 +52,15 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
         a.set(xlabel="epoch", ylim=(0, None))
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
+    timed = ours[(ours["family"] != "dense") & ours["time_ratio"].notna()]
+    for (fam, tau), d in timed.groupby(["family", "target"]):
+        plot_band(ax3, d, "time_ratio", color=palette.get(tau), ls="-" if fam == "growing" else "--",
+                  lw=1.8, label=f"{'grow' if fam == 'growing' else 'prune'} τ={tau:g}")
+    ax3.axhline(1.0, color=COLORS["dense"], ls=":", lw=2, label="dense")
+    measure = ", ".join(sorted(set(timed["time_measure"]))) or "no dense run timed on this device"
+    ax3.set(xlabel="epoch", ylabel="cumulative training time / dense's", ylim=(0, None))
+    ax3.set_title(f"realised: {measure} ({', '.join(sorted(set(timed['device'])))})", fontsize=10)
+    ax3.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax.set_ylabel(f"training FLOPs per epoch ({prefix}FLOPs)")
     ax.set_title("MACs budgets τ: growing (solid) vs pruning from full (dashed)", fontsize=10)
     ax2.set_title(f"temperature schedules (growing, τ = {tau_s:g})", fontsize=10)

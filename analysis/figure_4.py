@@ -4,8 +4,9 @@ Left: training MACs of each epoch (3 × the sampled architecture's forward MACs 
 over the epoch's iterations). The dense ResNet-20 is a flat line; growing starts from a 25% seed,
 pruning from the full network; both are driven to the same MACs budget. Right: cumulative training
 MACs relative to the dense model over the same schedule (1 − the run's training savings), and,
-dotted, the realised ratio: cumulative wall-clock training time relative to the dense run's on the
-same device (the device is named in the legend; absent without a dense run on it). Lines are the
+dotted, the realised ratio: cumulative training time relative to the dense run's on the same
+device, in the measure comparable there (CPU time on a CPU, else the wall clock; analysis/costs.py;
+measure and device in the legend; absent without a dense run on it). Lines are the
 mean over seeds, shaded bands min-max.
 """
 
@@ -40,7 +41,8 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
         timed = d.dropna(subset=["time_ratio"])
         if fam != "dense" and not timed.empty:
             devices = ", ".join(sorted(set(timed["device"])))
-            plot_band(ax2, timed, "time_ratio", label=f"{fam} (wall clock, {devices})",
+            measure = ", ".join(sorted(set(timed["time_measure"])))
+            plot_band(ax2, timed, "time_ratio", label=f"{fam} ({measure}, {devices})",
                       **{**kw, "ls": ":"})
     ax.set(xlabel="epoch", ylabel=f"training MACs per epoch ({prefix}MACs)", ylim=(0, None))
     ax.set_title("training MACs of each epoch (3 × forward MACs × samples)", fontsize=10)

@@ -5,7 +5,7 @@ trained by this suite under the same tracking and cost accounting at the same MA
 scaling (a narrower dense net), L1-norm filter pruning with fine-tuning (Li et al. 2017) and
 network slimming (Liu et al. 2017). Columns: top-1 (mean ± std over seeds), params, inference
 MACs, inference savings and training savings against the dense row (counted in MACs, and realised
-in wall-clock time on the device named beside it), the paper's values from
+in CPU time or wall clock on the device named beside it), the paper's values from
 analysis/reference.csv (blank where unknown) and the MLflow runs behind each row.
 """
 
@@ -39,9 +39,10 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
     notes = ["Budget: the method's MACs target τ (fraction of dense MACs); pruning baselines keep "
              "that fraction of dense MACs (per-layer ratio or global threshold found by bisection); "
              "uniform width scales every layer's width so its MACs match the nearest target.",
-             "Realised training savings: 1 − the run's wall-clock training time / the dense "
-             "run's of the same model on the same device (in brackets); counted savings use "
-             "MACs. Blank without a dense run on that device."]
+             "Realised training savings: 1 − the run's training time / the dense run's of the "
+             "same model on the same device (in brackets), as CPU time where the runs tracked it "
+             "(CPU runs), else wall clock (GPU: synchronised); counted savings use MACs. Blank "
+             "without a dense run on that device."]
     if (r["train_reference"] != "dense run").any():
         notes.append("Rows without a dense run of their model measure training savings against "
                      "the dense model over the run's own schedule.")

@@ -10,8 +10,8 @@ Numbers, all read from the tracking store (the last value of each metric):
                      baselines count their pre-training and fine-tuning; without a dense run the
                      run's own cost/dense_train_macs_total (dense over the run's schedule) is used
                      and the row says so.
-  realised training savings  1 - time/train_s_total / the mean of the dense runs of that model
-                     on the same device (tag `device`): the wall clock, not counted MACs; blank
+  realised training savings  1 - training time / the mean of the dense runs of that model on the
+                     same device (tag `device`): CPU time where tracked, else wall clock; blank
                      without a dense run on that device. Labelled with the device.
 Rows aggregate seeds: mean ± sample std (ddof = 1; one seed: its value), with the run ids and
 each metric's value per seed (`by_seed`). Comparisons (analysis/significance.py): a row against
@@ -30,6 +30,7 @@ import pandas as pd
 
 from reproduce import contract
 
+from .costs import realised_savings
 from .reference import paper_columns, unmatched
 from . import significance, variants
 
@@ -70,7 +71,8 @@ def per_run(runs: pd.DataFrame) -> pd.DataFrame:
         "dense_macs": metric(runs, contract.DENSE_MACS) / 1e6,
         "train_macs_total": metric(runs, contract.TRAIN_MACS_TOTAL),
         "own_dense_train_macs_total": metric(runs, contract.DENSE_TRAIN_MACS_TOTAL),
-        "train_time_s": metric(runs, contract.TRAIN_TIME_TOTAL),
+        "wall_time_s": metric(runs, contract.TRAIN_TIME_TOTAL),
+        "cpu_time_s": metric(runs, contract.TRAIN_CPU_TIME_TOTAL),
         "device": (runs["device"] if "device" in runs else pd.Series(None, index=runs.index))
         .fillna("").astype(str),
     })
@@ -90,24 +92,17 @@ def per_run(runs: pd.DataFrame) -> pd.DataFrame:
     out["train_savings"] = 100.0 * (1.0 - out["train_macs_total"] / denominator)
     out["train_reference"] = np.where(has_dense, "dense run", "dense over the run's own schedule")
     out["macs_ratio"] = out["macs"] / out["dense_reference_macs"]
-    out["realised_savings"] = 100.0 * (1.0 - out["train_time_s"] / dense_time(out))
+    out["realised_savings"] = realised_savings(out)
     return out
-
-
-def dense_time(out: pd.DataFrame) -> pd.Series:
-    """Mean wall-clock training time of the dense runs of the same model on the same device
-    (NaN where there is none: realised savings are only compared on one device)."""
-    dense = out[(out["kind"] == "dense") & (out["device"] != "")]
-    ref = dense.groupby(["model", "device"])["train_time_s"].mean()
-    return pd.Series([ref.get((m, d), np.nan) for m, d in zip(out["model"], out["device"])],
-                     index=out.index, dtype=float)
 
 
 def realised_column(rows: pd.DataFrame) -> list[str]:
     """Realised training savings (mean ± std over seeds) with the device they were measured on."""
-    return [f"{mean_std(a, b, 'train_savings')} ({d})" if not pd.isna(a) else ""
-            for a, b, d in zip(rows["realised_savings_mean"], rows["realised_savings_std"],
-                               rows["device"])]
+    measure = rows["time_measure"] if "time_measure" in rows else ["wall clock"] * len(rows)
+    return [f"{mean_std(a, b, 'train_savings')} ({d}{', CPU time' if m == 'CPU time' else ''})"
+            if not pd.isna(a) else ""
+            for a, b, d, m in zip(rows["realised_savings_mean"], rows["realised_savings_std"],
+                                  rows["device"], measure)]
 
 
 # -- over seeds ----------------------------------------------------------------------------------

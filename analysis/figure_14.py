@@ -59,6 +59,7 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     ax3.axhline(1.0, color=COLORS["dense"], ls=":", lw=2, label="dense")
     measure = ", ".join(sorted(set(timed["time_measure"]))) or "no dense run timed on this device"
     ax3.set(xlabel="epoch", ylabel="cumulative training time / dense's", ylim=(0, None))
+    ax3.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax3.set_title(f"realised: {measure} ({', '.join(sorted(set(timed['device'])))})", fontsize=10)
     ax3.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax.set_ylabel(f"training FLOPs per epoch ({prefix}FLOPs)")

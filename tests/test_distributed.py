@@ -33,8 +33,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, overrides: dict) -> 
     samples, states, shards = [], [], []
     sample, execute = growth.GrowthController.sample, runner.execute
 
-    def recording_sample(self):
-        sample(self)
+    def recording_sample(self, replay=None):
+        sample(self, replay)
         samples.append(torch.cat([g.sample for g in self.gates]).clone())
 
     def recording_execute(*args, **kwargs):

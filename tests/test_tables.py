@@ -234,10 +234,15 @@ def _experiment(tmp_path, name: str, runs: list[dict], figures: list[str]) -> st
 
 
 def _store_runs(uri: str, profile: str = "tiny") -> dict[str, dict]:
-    from reproduce import tracking
+    """Each run's data, its metrics with the constants it logged once as params."""
+    from types import SimpleNamespace
+
+    from reproduce import contract, tracking
     c = tracking.client(uri)
     exp = tracking.experiment_id(c, profile, create=False)
-    return {r.info.run_id: r.data for r in c.search_runs([exp], max_results=1000)}
+    return {r.info.run_id: SimpleNamespace(
+        metrics=contract.final_metrics(r.data.metrics, r.data.params), tags=r.data.tags,
+        params=r.data.params) for r in c.search_runs([exp], max_results=1000)}
 
 
 @pytest.mark.slow

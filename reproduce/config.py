@@ -54,6 +54,9 @@ class DataConfig:
     # image folders: smallest share of the image's area a RandomResizedCrop keeps (torchvision's
     # and the reference recipe's 0.08); imagenet_smoke's small digits need larger crops
     crop_scale: float = 0.08
+    # image folders: random horizontal flips in training (the reference recipe's); digits are not
+    # mirror-symmetric, so imagenet_smoke's profile turns them off
+    hflip: bool = True
     val_fraction: float = 0.2       # digits, pydoc_text: held-out share of the data
     num_workers: int = 0            # image folders only; tensor datasets live on the device
     synthetic_train: int = 512      # synthetic, digit_scenes: generated training images
@@ -81,6 +84,10 @@ class ModelConfig:
     width_multiplier: float = 1.0   # uniform width scaling of every gated layer
     gate_channels: bool = True      # channel gates on every prunable conv output
     gate_blocks: bool = False       # block gates on residual blocks (layer growing)
+    # ResNet-50: the last BN of every residual branch starts at weight 0, so every block starts as
+    # the identity (torchvision's zero_init_residual, Goyal et al. 2017); off in torchvision's
+    # reference recipe, on in the ImageNet smoke profile (docs/METHOD.md)
+    zero_init_residual: bool = False
 
 
 @dataclass
@@ -189,6 +196,9 @@ class TrainConfig:
     lr_power: float = 0.9
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
     lr_gamma: float = 0.1
+    # the classifier's (the model's "head" site) learning rate as a multiple of lr; 1 = one lr
+    # for every weight (every recipe but the ImageNet smoke profile's: docs/METHOD.md)
+    head_lr_scale: float = 1.0
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     device: str = "auto"            # auto = cuda when available, else cpu
@@ -230,7 +240,8 @@ NON_IDENTITY = {"data.root", "data.download", "data.num_workers", "data.eval_bat
 # existed: left out of a run's identity while at that value, so runs tracked earlier keep their
 # hashes. Changing one of these defaults means taking it out of this table (and new pins).
 LATER_FIELDS = {"data.base_size": 0, "data.sbd": False, "train.lr_power": 0.9,
-                "data.crop_scale": 0.08, "gates.resample_every": 1}
+                "data.crop_scale": 0.08, "gates.resample_every": 1, "data.hflip": True,
+                "model.zero_init_residual": False, "train.head_lr_scale": 1.0}
 # Fields only the method itself reads (method: grow; the baselines keep λ = 0 or have no gates):
 # every other run hashes them at the value its tracked runs were made with, so changing such a
 # default retrains the growing runs and leaves the baselines' identities (and results) alone.
@@ -311,6 +322,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         ("data.base_size", cfg.data.base_size >= 0, ">= 0"),
         ("train.lr_power", cfg.train.lr_power > 0, "positive"),
         ("train.grad_clip", cfg.train.grad_clip >= 0, ">= 0"),
+        ("train.head_lr_scale", cfg.train.head_lr_scale > 0, "positive"),
         ("baseline.prune_target", 0.0 < cfg.baseline.prune_target <= 1.0, "in (0, 1]"),
         ("baseline.pretrain_epochs", cfg.baseline.pretrain_epochs >= 0, ">= 0"),
         ("baseline.finetune_epochs", cfg.baseline.finetune_epochs >= 1, ">= 1"),

@@ -52,7 +52,8 @@ class DataConfig:
     eval_batch_size: int = 512
     augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
     # image folders: smallest share of the image's area a RandomResizedCrop keeps (torchvision's
-    # and the reference recipe's 0.08); imagenet_smoke's profile keeps 0.5, smaller crops cut the glyph
+    # and the reference recipe's 0.08); imagenet_smoke's profile keeps 0.5 (smaller crops cut
+    # the glyph)
     crop_scale: float = 0.08
     # image folders: random horizontal flips in training (the reference recipe's); digits are not
     # mirror-symmetric, so imagenet_smoke's profile turns them off

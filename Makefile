@@ -26,6 +26,8 @@ DASHBOARD_PORT ?= 8080
 MLFLOW_UI_WORKERS ?= 1
 MLFLOW_UI_JOBS ?= false
 PYTEST_ARGS ?=
+# extra arguments of bench/gpu_check.py for make gpu-check, e.g. "--quick" or "--out FILE"
+GPU_CHECK_ARGS ?=
 # processes training at once for figure/table/run targets (each run is trained by exactly one);
 # smoke runs use one thread each, so the smoke profile defaults to one process per core
 JOBS ?= $(if $(filter smoke,$(PROFILE)),$(shell nproc 2>/dev/null || echo 1),1)
@@ -46,7 +48,7 @@ TABLES := $(filter-out $(STUDIES),$(sort $(patsubst analysis/table_%.py,%,$(wild
         optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet data-voc \
         data-sbd \
         lock clean-figures clean search search-best \
-        figure-pareto
+        figure-pareto gpu-check
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROFILE=smoke|paper] [FORCE=1] [DATA_DIR=...]"
@@ -70,6 +72,7 @@ help: ## Show this help
 	@echo "  SEARCH=$(SEARCH)  TRIALS=$(TRIALS)  WORKERS=$(WORKERS)  PARETO_INDEX=$(PARETO_INDEX)"
 	@echo "  PORT=$(PORT)  DASHBOARD_PORT=$(DASHBOARD_PORT)  MLFLOW_UI_WORKERS=$(MLFLOW_UI_WORKERS)  MLFLOW_UI_JOBS=$(MLFLOW_UI_JOBS)"
 	@echo "  PYTEST_ARGS=$(PYTEST_ARGS)   extra pytest arguments for make test"
+	@echo "  GPU_CHECK_ARGS=$(GPU_CHECK_ARGS)   extra bench/gpu_check.py arguments for make gpu-check"
 
 $(STAMP): requirements.lock pyproject.toml
 	@echo "Setting up $(VENV) from requirements.lock (first time: a few minutes)..."
@@ -155,6 +158,9 @@ data-voc: $(STAMP) ## Download PASCAL VOC 2012 into DATA_DIR (VOCdevkit/VOC2012)
 
 data-sbd: $(STAMP) ## Download SBD (1.4 GB) into DATA_DIR/sbd: VOC's train_aug set (data.sbd)
 	@$(RUN) data sbd --root "$(DATA_DIR)"
+
+gpu-check: $(STAMP) ## GPU cost of the paper profile in <= 8 min: one table + JSON in bench/results/ (bench/README.md)
+	@$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 lock: $(STAMP) ## Rewrite requirements.lock from the current environment
 	@{ echo "# Exact versions of every package (pip freeze of a working environment)."; \

@@ -1,10 +1,14 @@
 """Figures and tables, each drawn from tracked runs only.
 
 One module per output: `figure_<N>.py` or `table_<name>.py`, each declaring EXPERIMENTS (the
-experiment files whose runs it reads) and `draw(runs, stem, profile, uri) -> [paths]`. The modules
-read the tracking store and nothing else: they import only `analysis.runs` (the store reader),
-`reproduce.contract` (the names runs are tracked under) and each other. Planning and training what
-a figure needs is `reproduce.pipeline.make`, behind `make figure-N`.
+experiment files whose runs it reads) and `draw(runs, stem, profile, store) -> [paths]`, where
+`runs` is the frame of its finished runs and `store` the `reproduce.store.Store` they came from
+(for histories and artifacts). The modules read the tracking store and nothing else: from the
+package they import only the store readers (`reproduce.store`, `reproduce.study_results`), the
+names runs are tracked under (`reproduce.contract`) and its errors. Shared helpers are modules
+of their own (`tables`, `variants`: the run taxonomy, `stages`, `widths`, `traces`, `costs`);
+outputs never import each other. Planning and training what a figure needs is
+`reproduce.pipeline.make`, behind `make figure-N`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def targets() -> dict[str, str]:
     """Output name -> analysis module: every analysis/figure_*.py and analysis/table_*.py.
 
     Each such module declares EXPERIMENTS (the experiment files whose runs it reads) and
-    draw(runs, stem, profile, uri) -> list of written paths.
+    draw(runs, stem, profile, store) -> list of written paths.
     """
     here = Path(__file__).parent
     found = {}

@@ -28,7 +28,7 @@ def points(runs):
         acc=("val/acc", "mean"), acc_std=("val/acc", "std")).fillna(0).reset_index()
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store=None) -> list[Path]:
     style.setup()
     p = points(runs)
     fig, ax = plt.subplots(figsize=(6.8, 4.4), layout="constrained")

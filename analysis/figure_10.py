@@ -9,5 +9,5 @@ from .stages import draw_stage_ratios
 EXPERIMENTS = ["figure-8"]
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
-    return draw_stage_ratios(runs, stem, "Figure 10 - VGG-16 retained channels per stage", uri)
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+    return draw_stage_ratios(runs, stem, "Figure 10 - VGG-16 retained channels per stage", store)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .figure_6 import draw_counts
+from .widths import draw_counts
 
 EXPERIMENTS = ["figure-11"]
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
-    return draw_counts(runs, stem, "Figure 11", "macs", uri)
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+    return draw_counts(runs, stem, "Figure 11", "macs", store)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .figure_12 import draw_traces
+from .traces import draw_traces
 
 EXPERIMENTS = ["figure-13"]
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
-    return draw_traces(runs, stem, "Figure 13", uri)
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+    return draw_traces(runs, stem, "Figure 13", store)

@@ -15,16 +15,16 @@ from matplotlib.ticker import MaxNLocator
 import seaborn as sns
 
 from . import style
-from .figure_4 import plot_band, training_cost
+from .costs import plot_band, training_cost
 from .variants import COLORS, ablation, family, si_scale, target
 
 EXPERIMENTS = ["figure-4", "figure-14", "figure-12", "figure-13"]
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     style.setup()
     runs = runs.assign(family=family(runs), ablation=ablation(runs), target=target(runs))
-    data = training_cost(runs, uri).merge(runs[["run_id", "ablation", "target"]], on="run_id")
+    data = training_cost(runs, store).merge(runs[["run_id", "ablation", "target"]], on="run_id")
     data["flops"] = 2 * data["cost/train_macs"]
     scale, prefix = si_scale(data["flops"])
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.8), sharey=True, layout="constrained")

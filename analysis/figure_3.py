@@ -60,7 +60,7 @@ def paper_points(datasets, reference_path=None) -> tuple[pd.DataFrame, int]:
     return wide[here].reset_index(drop=True), int((~here).sum())
 
 
-def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     style.setup()
     p = points(runs)
     fig, ax = plt.subplots(figsize=(7.2, 4.8), layout="constrained")

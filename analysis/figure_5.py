@@ -16,15 +16,15 @@ from matplotlib.ticker import MaxNLocator
 from reproduce import contract
 
 from . import style
-from .runs import histories
+from .variants import gates
 
 EXPERIMENTS = ["figure-5"]
 KEYS = r"val/acc|cost/(params|macs|dense_params|dense_macs)|blocks/stage\d+"
 
 
-def curves(runs, uri=None):
+def curves(runs, store):
     """One row per run and epoch: accuracy, params/MACs ratios to dense, blocks per stage."""
-    h = histories(runs, KEYS, uri)
+    h = store.histories(runs, KEYS)
     wide = h.pivot_table(index=["run_id", "variant", "seed", "epoch"], columns="key",
                          values="value").reset_index()
     wide["params_ratio"] = wide[contract.PARAMS] / wide[contract.DENSE_PARAMS]
@@ -45,11 +45,11 @@ def band(ax, d, column, **kw):
     return s
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     style.setup()
-    data = curves(runs, uri)
+    data = curves(runs, store)
     # layer growing alone first, then with channel growing
-    joint = runs.get("param.model.gate_channels", "False").astype(str) == "True"
+    joint = gates(runs).str.contains("channels")
     variants = list(dict.fromkeys(runs.assign(_joint=joint).sort_values(["_joint", "variant"])
                                   ["variant"]))
     fig, axes = plt.subplots(3, len(variants), figsize=(4.6 * len(variants), 8.2), sharex="col",

@@ -16,17 +16,16 @@ import matplotlib.pyplot as plt
 from reproduce import contract
 
 from . import style
-from .runs import histories, layer_info
 
 EXPERIMENTS = ["figure-7"]
 STREAM_ROLES = ("stream", "shortcut")     # layers writing a stage's shared residual stream
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
-    layers = layer_info(runs["run_id"].iloc[0], uri).set_index("layer")
-    h = histories(runs, r"channels/(?!stage).*", uri)
+    layers = store.layers(runs["run_id"].iloc[0]).set_index("layer")
+    h = store.histories(runs, r"channels/(?!stage).*")
     h["layer"] = h["key"].str.removeprefix(contract.CHANNELS)
     h = h[h["layer"].isin(layers.index)]
     h["stage"] = h["layer"].map(layers["stage"])

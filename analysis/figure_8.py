@@ -15,16 +15,15 @@ from matplotlib.ticker import MaxNLocator
 from reproduce import contract
 
 from . import style
-from .runs import histories, layer_info
 
 EXPERIMENTS = ["figure-8"]
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
-    layers = layer_info(runs["run_id"].iloc[0], uri).set_index("layer")   # stage of each conv
-    h = histories(runs, r"channels/(?!stage).*", uri)
+    layers = store.layers(runs["run_id"].iloc[0]).set_index("layer")   # stage of each conv
+    h = store.histories(runs, r"channels/(?!stage).*")
     h["layer"] = h["key"].str.removeprefix(contract.CHANNELS)
     h = h[h["layer"].isin(layers.index)]
     h["stage"] = h["layer"].map(layers["stage"])

@@ -9,5 +9,5 @@ from .stages import draw_stage_ratios
 EXPERIMENTS = ["figure-7"]
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
-    return draw_stage_ratios(runs, stem, "Figure 9 - ResNet-20 retained channels per stage", uri)
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+    return draw_stage_ratios(runs, stem, "Figure 9 - ResNet-20 retained channels per stage", store)

@@ -4,7 +4,7 @@ hyper-parameter importances.
 Reads the Optuna storage only (each trial's final metrics, constraint values and MLflow run id are
 stored as trial user attributes by `reproduce.search.objective`), so it works for a copied storage
 file and for any spec, single- or multi-objective. Feasibility, the best trial and Pareto dominance
-come from `reproduce.search.results`, the same rules the search and search-best use.
+come from `reproduce.study_results`, the same rules the search and search-best use.
 
 Called by `python -m reproduce pareto SPEC` (`make figure-pareto SEARCH=name`). Not named
 figure_*.py: it is not a figure of the paper and is not drawn by `make figures`.
@@ -24,7 +24,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from reproduce.contract import MACS_RATIO as MACS, USAGE, VAL_ACC as ACC
-from reproduce.search.results import best_trial, is_feasible, pareto_mask
+from reproduce.study_results import best_trial, is_feasible, pareto_mask
 
 from . import figures_dir, style
 from .index import write_index

@@ -13,13 +13,12 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from . import style
-from .runs import histories
 
 
-def draw_stage_ratios(runs, stem: Path, title: str, uri=None) -> list[Path]:
+def draw_stage_ratios(runs, stem: Path, title: str, store) -> list[Path]:
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
-    h = histories(runs, r"channels/stage\d+|budget/usage", uri)
+    h = store.histories(runs, r"channels/stage\d+|budget/usage")
     stats = h.groupby(["key", "epoch"])["value"].agg(["mean", "min", "max"]).reset_index()
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
     stage_keys = sorted((k for k in stats["key"].unique() if k.startswith("channels/")),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import tables
+from . import tables, variants
 
 EXPERIMENTS = ["table-ablation"]
 TABLE = "ablation"
@@ -33,7 +33,7 @@ def settings(runs: pd.DataFrame) -> pd.DataFrame:
     def p(key):
         return runs.get(f"param.{key}", pd.Series("–", index=runs.index)).astype(str)
     seed_fraction = pd.to_numeric(p("gates.seed_fraction"), errors="coerce")
-    full = (seed_fraction >= 1.0) & (p("gates.seed_blocks") == "all")
+    full = variants.start(runs) == "full"
     metric, target = p("budget.metric"), pd.to_numeric(p("budget.target"), errors="coerce")
     out = pd.DataFrame({
         "run_id": runs["run_id"],
@@ -44,7 +44,7 @@ def settings(runs: pd.DataFrame) -> pd.DataFrame:
         "start": np.where(full, "full network (prune)",
                           [f"seed {100 * f:g} % (grow)" for f in seed_fraction]),
     })
-    dense = (p("method") == "dense").to_numpy()
+    dense = variants.kind(runs).isin(["dense", "uniform"]).to_numpy()
     out.loc[dense, ["sampling", "budget", "temperature"]] = "–"
     out.loc[dense, "start"] = "dense network"
     return out
@@ -64,7 +64,7 @@ def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
     """One row per variant: the dense network, the reference run, then one changed setting each."""
     measured = tables.per_run(runs).merge(settings(runs), on="run_id")
     out = tables.aggregate(measured)
-    out = tables.attach_paper(out, TABLE, reference_path)
+    out = tables.attach_paper(out, TABLE, reference_path=reference_path)
     grown = out[out["kind"] == "grow"]
     is_ref = grown["variant"] == REFERENCE_VARIANT
     reference = grown[is_ref].iloc[0] if is_ref.any() else (grown.iloc[0] if len(grown) else None)
@@ -80,7 +80,7 @@ def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
     return out.sort_values(["group", "variant"]).reset_index(drop=True)
 
 
-def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
     labels = {"variant": list(r["variant"]), "sampling": list(r["sampling"]),
               "budget": list(r["budget"]), "temperature": list(r["temperature"]),
@@ -92,9 +92,6 @@ def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[
     if (r["train_reference"] != "dense run").any():
         notes.append("No dense ResNet-20 run is tracked for this profile: training savings are "
                      "against the dense model over each run's own schedule.")
-    return tables.write(stem, display, csv, title=TITLE, profile=profile,
-                        datasets=sorted(r["dataset"].unique()),
-                        run_ids=[ids.split(";") for ids in r["run_ids"]],
-                        row_names=list(r["variant"]), n_left=5, notes=notes,
-                        groups=list(r["group"]),
-                        extra_md=tables.unmatched_paper_rows(TABLE, r, reference_path))
+    return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=5,
+                             notes=notes, names="{variant}", groups="group", table=TABLE,
+                             reference_path=reference_path)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from reproduce import contract
 
-from . import tables
+from . import tables, variants
 from .reference import reference
 from .variants import si_scale
 
@@ -42,10 +42,6 @@ METRICS = ["top1", "params", "macs", "train_macs_total"]
 PAPER_METRICS = ["found_net", "top1", "params"]
 
 
-def family(model: str) -> str:
-    return str(model).split("-")[0]
-
-
 def depth_of(row: pd.Series) -> str:
     keys = sorted((k for k in row.index if str(k).startswith(contract.BLOCKS)
                    and not pd.isna(row[k])),
@@ -53,30 +49,27 @@ def depth_of(row: pd.Series) -> str:
     return "-".join(str(int(round(float(row[k])))) for k in keys)
 
 
-def kind_of(r: pd.Series) -> str:
-    method = r.get("param.method", "grow")
-    if method == "autogrow":
-        return "autogrow"
-    if method == "dense":
-        return "scratch"
-    return "grow-joint" if str(r.get("param.model.gate_channels")) == "True" else "grow-layers"
+def kinds(runs: pd.DataFrame) -> pd.Series:
+    """The table's kinds from the run taxonomy: what grew, AutoGrow, or a net from scratch."""
+    joint = variants.gates(runs).str.contains("channels")
+    return pd.Series([("grow-joint" if j else "grow-layers") if k == "grow"
+                      else "scratch" if k in ("dense", "uniform") else k
+                      for k, j in zip(variants.kind(runs), joint)], index=runs.index, dtype=object)
 
 
 def per_run(runs: pd.DataFrame) -> pd.DataFrame:
-    def metric(key):
-        return pd.to_numeric(runs[key], errors="coerce") if key in runs \
-            else pd.Series(np.nan, index=runs.index)
     out = pd.DataFrame({
         "run_id": runs["run_id"], "model": runs["model"], "dataset": runs["dataset"],
         "variant": runs["variant"], "seed": runs["seed"].astype(int),
-        "family": runs["model"].map(family),
-        "kind": [kind_of(r) for _, r in runs.iterrows()],
+        "family": variants.network(runs),
+        "kind": kinds(runs),
         "depth": [depth_of(r) for _, r in runs.iterrows()],
-        "top1": metric(contract.VAL_ACC), "params": metric(contract.PARAMS) / 1e6,
-        "macs": metric(contract.MACS) / 1e6,
-        "train_macs_total": metric(contract.TRAIN_MACS_TOTAL),
+        "top1": tables.metric(runs, contract.VAL_ACC),
+        "params": tables.metric(runs, contract.PARAMS) / 1e6,
+        "macs": tables.metric(runs, contract.MACS) / 1e6,
+        "train_macs_total": tables.metric(runs, contract.TRAIN_MACS_TOTAL),
+        "max_depth": variants.max_depth(runs),
     })
-    out["max_depth"] = out["model"].str.partition("-")[2]
     return out
 
 
@@ -155,7 +148,7 @@ def _text(v, kind: str) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else tables.num(v, kind)
 
 
-def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
     scale, prefix = si_scale(r["train_macs_total_mean"].dropna())
     display = pd.DataFrame({

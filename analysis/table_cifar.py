@@ -25,42 +25,25 @@ TITLE = "Table: CIFAR-10 — growing against dense, uniform width, L1-norm pruni
 
 def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
     """One row per (model, variant): seeds aggregated, paper values attached, in table order."""
-    out = tables.aggregate(tables.per_run(runs))
-    out["level"] = tables.nominal_levels(out)
-    out = tables.attach_paper(out, TABLE, reference_path)
-    order = {m: i for i, m in enumerate(MODEL_ORDER)}
-    out["_model"] = out["model"].map(lambda m: order.get(m, len(order)))
-    out["_kind"] = out["kind"].map(lambda k: tables.KIND_ORDER.index(k)
-                                   if k in tables.KIND_ORDER else len(tables.KIND_ORDER))
-    out = out.sort_values(["_model", "model", "level", "_kind", "variant"],
-                          ascending=[True, True, False, True, True])
-    return out.drop(columns=["_model", "_kind"]).reset_index(drop=True)
+    return tables.comparison_rows(tables.per_run(runs), TABLE, model_order=MODEL_ORDER,
+                                  reference_path=reference_path)
 
 
-def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
     labels = tables.row_labels(r)
-    metrics = {}
-    for header, column in tables.metric_columns(r).items():
-        metrics[header] = column
-        if header == tables.HEADERS["train_savings"]:     # the wall clock beside the count
-            metrics["realised training savings (%)"] = tables.realised_column(r)
-    display = pd.DataFrame({**labels, **metrics, "seeds": list(r["n_seeds"])})
+    display = pd.DataFrame({**labels, **tables.metric_columns(r, realised=True),
+                            "seeds": list(r["n_seeds"])})
     csv = tables.csv_frame(r.assign(method=labels["method"], budget=labels["budget"]),
                            ["model", "method", "budget"])
     notes = ["Budget: the method's MACs target τ (fraction of dense MACs); pruning baselines keep "
              "that fraction of dense MACs (per-layer ratio or global threshold found by bisection); "
-             "uniform width scales every layer's width so its MACs match the nearest target."]
-    notes.append("Realised training savings: 1 − the run's wall-clock training time / the dense "
-                 "run's of the same model on the same device (in brackets); counted savings use "
-                 "MACs. Blank without a dense run on that device.")
-    fallback = r["train_reference"] != "dense run"
-    if fallback.any():
+             "uniform width scales every layer's width so its MACs match the nearest target.",
+             "Realised training savings: 1 − the run's wall-clock training time / the dense "
+             "run's of the same model on the same device (in brackets); counted savings use "
+             "MACs. Blank without a dense run on that device."]
+    if (r["train_reference"] != "dense run").any():
         notes.append("Rows without a dense run of their model measure training savings against "
                      "the dense model over the run's own schedule.")
-    return tables.write(stem, display, csv, title=TITLE, profile=profile,
-                        datasets=sorted(r["dataset"].unique()),
-                        run_ids=[ids.split(";") for ids in r["run_ids"]],
-                        row_names=[f"{m} / {v}" for m, v in zip(r["model"], r["variant"])],
-                        n_left=3, notes=notes, groups=list(r["model"]),
-                        extra_md=tables.unmatched_paper_rows(TABLE, r, reference_path))
+    return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
+                             notes=notes, table=TABLE, reference_path=reference_path)

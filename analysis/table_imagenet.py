@@ -19,7 +19,6 @@ import pandas as pd
 from reproduce import contract
 
 from . import tables
-from .reference import paper_columns
 
 EXPERIMENTS = ["table-imagenet-resnet50", "table-imagenet-mobilenet"]
 TABLE = "imagenet"
@@ -27,27 +26,14 @@ MODEL_ORDER = ["resnet50", "mobilenet_v1"]
 TITLE = "Table: ImageNet — ResNet-50 and MobileNetV1 grown against dense and uniform width"
 METRICS = ["top1", "top5", "params", "macs", "inference_savings", "train_savings"]
 HEADERS = {**tables.HEADERS, "top5": "top-5 (%)"}
-FORMAT = {"top5": "top1"}           # formatted like top-1
 
 
 def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
     """One row per (model, variant): seeds aggregated, paper values attached, in table order."""
     per = tables.per_run(runs)
-    per["top5"] = pd.to_numeric(runs[contract.VAL_TOP5], errors="coerce") \
-        if contract.VAL_TOP5 in runs else np.nan
+    per["top5"] = tables.metric(runs, contract.VAL_TOP5)
     per["image_size"] = pd.to_numeric(runs.get("param.data.image_size", np.nan), errors="coerce")
-    out = tables.aggregate(per, metrics=[*METRICS, "macs_ratio", "train_macs_total",
-                                         "realised_savings"])
-    out["level"] = tables.nominal_levels(out)
-    out = out.merge(paper_columns(TABLE, METRICS, reference_path), on=["model", "variant"],
-                    how="left").fillna({"paper_source": ""})
-    order = {m: i for i, m in enumerate(MODEL_ORDER)}
-    kinds = {k: i for i, k in enumerate(tables.KIND_ORDER)}
-    out["_model"] = out["model"].map(lambda m: order.get(m, len(order)))
-    out["_kind"] = out["kind"].map(lambda k: kinds.get(k, len(kinds)))
-    out = out.sort_values(["_model", "model", "level", "_kind", "variant"],
-                          ascending=[True, True, False, True, True])
-    return out.drop(columns=["_model", "_kind"]).reset_index(drop=True)
+    return tables.comparison_rows(per, TABLE, METRICS, MODEL_ORDER, reference_path)
 
 
 def _size_note(r: pd.DataFrame) -> str:
@@ -57,18 +43,11 @@ def _size_note(r: pd.DataFrame) -> str:
             "the paper's numbers are at 224 px.")
 
 
-def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
     labels = tables.row_labels(r)
-    metrics = {}
-    for m in METRICS:
-        metrics[HEADERS[m]] = [tables.mean_std(a, b, FORMAT.get(m, m))
-                               for a, b in zip(r[f"{m}_mean"], r[f"{m}_std"])]
-        if m == "train_savings":          # the wall clock beside the count
-            metrics["realised training savings (%)"] = tables.realised_column(r)
-    for m in METRICS:
-        metrics[f"paper {HEADERS[m]}"] = [tables.plain(v) for v in r[f"paper_{m}"]]
-    display = pd.DataFrame({**labels, **metrics, "seeds": list(r["n_seeds"])})
+    display = pd.DataFrame({**labels, **tables.metric_columns(r, METRICS, HEADERS, realised=True),
+                            "seeds": list(r["n_seeds"])})
     csv = tables.csv_frame(r.assign(method=labels["method"], budget=labels["budget"]),
                            ["model", "method", "budget", "image_size"], METRICS)
     notes = [_size_note(r),
@@ -84,9 +63,5 @@ def draw(runs, stem: Path, profile: str, uri=None, reference_path=None) -> list[
         notes.append(f"Paper values beside {row['model']} / {row['variant']}: "
                      f"{row['paper_source']} (analysis/reference.csv), against the paper's own "
                      f"dense baseline.")
-    return tables.write(stem, display, csv, title=TITLE, profile=profile,
-                        datasets=sorted(r["dataset"].unique()),
-                        run_ids=[ids.split(";") for ids in r["run_ids"]],
-                        row_names=[f"{m} / {v}" for m, v in zip(r["model"], r["variant"])],
-                        n_left=3, notes=notes, groups=list(r["model"]),
-                        extra_md=tables.unmatched_paper_rows(TABLE, r, reference_path))
+    return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
+                             notes=notes, table=TABLE, reference_path=reference_path)

@@ -16,20 +16,19 @@ import numpy as np
 import pandas as pd
 
 from . import tables
-from .table_study import dynamics
 
 EXPERIMENTS = ["study-schedule"]
 TITLE = "Table: growing against uniform width and dense as the schedule shortens (MACs ≤ 0.5)"
 KINDS = ["dense", "uniform", "grow"]
 
 
-def rows(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
+def rows(runs: pd.DataFrame, store) -> pd.DataFrame:
     """One row per (model, epochs): each kind's top-1 mean/std, the gaps, growth dynamics."""
     epochs = pd.to_numeric(runs["param.train.epochs"]).astype(int)
     # savings against the dense run of the same schedule: one per_run frame per length
     measured = pd.concat([tables.per_run(runs[epochs == e]).assign(epochs=e)
                           for e in sorted(epochs.unique())], ignore_index=True)
-    measured = measured.merge(dynamics(runs, uri), on="run_id", how="left")
+    measured = measured.merge(tables.dynamics(runs, store), on="run_id", how="left")
     agg = tables.aggregate(measured, keys=["model", "epochs", "kind"],
                            metrics=["top1", "train_savings", "macs_ratio", "epoch_at_budget"])
     out = []
@@ -59,8 +58,8 @@ def _signed(v: float) -> str:
     return "" if pd.isna(v) else f"{v:+.2f}"
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
-    r = rows(runs, uri)
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+    r = rows(runs, store)
     fmt = tables.mean_std
     display = pd.DataFrame({
         "model": list(r["model"]),
@@ -88,10 +87,8 @@ def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
              "target (mean over seeds) and its share of the schedule: the exploration phase."]
     run_ids = [list(filter(None, ";".join((a, b, c)).split(";"))) for a, b, c in
                zip(r["dense_run_ids"], r["uniform_run_ids"], r["grow_run_ids"])]
-    return tables.write(stem, display, csv, title=TITLE, profile=profile,
-                        datasets=sorted(r["dataset"].unique()), run_ids=run_ids,
-                        row_names=[f"{m} {e} epochs (dense, uniform, growing)"
-                                   for m, e in zip(r["model"], r["epochs"])],
-                        n_left=2, notes=notes,
-                        columns_note="Top-1: mean ± sample std over seeds. Training savings: "
-                        "growing's training MACs against the dense run of the same schedule.")
+    return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=2,
+                             notes=notes, run_ids=run_ids, groups=None,
+                             names="{model} {epochs} epochs (dense, uniform, growing)",
+                             columns_note="Top-1: mean ± sample std over seeds. Training savings: "
+                             "growing's training MACs against the dense run of the same schedule.")

@@ -18,33 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reproduce import contract
-
 from . import tables
-from .runs import histories
 
 EXPERIMENTS = ["study-fidelity", "study-growth-push"]
 TITLE = "Table: the study behind the method's defaults (MACs ≤ 0.5)"
 ORDER = ["dense", "uniform-50", "before", "defaults", "grow-50"]
 
 
-def dynamics(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
-    """Per run: val/acc after epoch 2, the largest usage, the first epoch at 90 % of budget."""
-    h = histories(runs, f"{contract.VAL_ACC}|{contract.USAGE}", uri)
-    out = []
-    for run_id, g in h.groupby("run_id"):
-        acc = g[g["key"] == contract.VAL_ACC].set_index("epoch")["value"]
-        use = g[(g["key"] == contract.USAGE) & (g["epoch"] >= 1)].set_index("epoch")["value"]
-        target = float(runs.loc[runs["run_id"] == run_id, "param.budget.target"].iloc[0])
-        grown = use[use >= 0.9 * target]
-        out.append({"run_id": run_id, "acc_epoch2": acc.get(2, np.nan),
-                    "max_usage": use.max() if len(use) else np.nan,
-                    "epoch_at_budget": float(grown.index.min()) if len(grown) else np.nan})
-    return pd.DataFrame(out, columns=["run_id", "acc_epoch2", "max_usage", "epoch_at_budget"])
-
-
-def rows(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
-    measured = tables.per_run(runs).merge(dynamics(runs, uri), on="run_id", how="left")
+def rows(runs: pd.DataFrame, store) -> pd.DataFrame:
+    measured = tables.per_run(runs).merge(tables.dynamics(runs, store), on="run_id", how="left")
     measured["epochs"] = measured["run_id"].map(
         dict(zip(runs["run_id"], runs["param.train.epochs"].astype(int))))
     extra = ["acc_epoch2", "max_usage", "epoch_at_budget"]
@@ -64,8 +46,8 @@ def rows(runs: pd.DataFrame, uri=None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
-    r = rows(runs, uri)
+def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+    r = rows(runs, store)
     fmt = tables.mean_std
     display = pd.DataFrame({
         "model": list(r["model"]),
@@ -89,8 +71,5 @@ def draw(runs, stem: Path, profile: str, uri=None) -> list[Path]:
              "recalibration, no warm-up; defaults = the method's current defaults "
              "(docs/METHOD.md explains each); grow-50-uniform-push = the defaults with the "
              "growth push of before (budget.growth_push: uniform)."]
-    return tables.write(stem, display, csv, title=TITLE, profile=profile,
-                        datasets=sorted(r["dataset"].unique()),
-                        run_ids=[ids.split(";") for ids in r["run_ids"]],
-                        row_names=[f"{m}/{v}" for m, v in zip(r["model"], r["variant"])],
-                        n_left=3, notes=notes)
+    return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
+                             notes=notes, names="{model}/{variant}", groups=None)

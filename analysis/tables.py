@@ -27,6 +27,9 @@ import pandas as pd
 
 from reproduce import contract
 
+from .reference import paper_columns, unmatched
+from . import variants
+
 CONVENTION = ("MACs of conv+linear layers; FLOPs = 2×MACs; training MACs = 3× forward MACs of "
               "the sampled architecture per example")
 METRICS = ["top1", "params", "macs", "inference_savings", "train_savings"]
@@ -36,28 +39,16 @@ KIND_LABELS = {"dense": "dense", "uniform": "uniform width", "grow": "growing (Y
                "l1_norm": "L1-norm pruning (Li et al. 2017)",
                "slimming": "network slimming (Liu et al. 2017)"}
 KIND_ORDER = ["dense", "grow", "uniform", "l1_norm", "slimming"]
+# main metrics written like top-1 (two decimals): top-5, mIoU, pixel accuracy, perplexity
+PERCENT_SCORES = ("top1", "top5", "miou", "pixel_acc", "ppl")
 
 
 # -- per run -------------------------------------------------------------------------------------
 
-def _param(runs: pd.DataFrame, key: str, default=None) -> pd.Series:
-    col = f"param.{key}"
-    if col in runs:
-        return runs[col]
-    return pd.Series([default] * len(runs), index=runs.index, dtype=object)
-
-
-def _metric(runs: pd.DataFrame, key: str) -> pd.Series:
+def metric(runs: pd.DataFrame, key: str) -> pd.Series:
+    """The final value of a tracked metric per run (NaN where the frame lacks it)."""
     return pd.to_numeric(runs[key], errors="coerce") if key in runs \
         else pd.Series(np.nan, index=runs.index)
-
-
-def kind_of(method: str, width: float, criterion: str | None) -> str:
-    if method == "prune":
-        return str(criterion)
-    if method == "dense":
-        return "dense" if math.isclose(width, 1.0) else "uniform"
-    return "grow"
 
 
 def per_run(runs: pd.DataFrame) -> pd.DataFrame:
@@ -65,23 +56,22 @@ def per_run(runs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "run_id": runs["run_id"], "model": runs["model"], "dataset": runs["dataset"],
         "variant": runs["variant"], "seed": runs["seed"].astype(int),
-        "method": _param(runs, "method", "grow").astype(str),
-        "width_multiplier": pd.to_numeric(_param(runs, "model.width_multiplier", 1.0)),
-        "criterion": _param(runs, "baseline.criterion"),
-        "budget_target": pd.to_numeric(_param(runs, "budget.target"), errors="coerce"),
-        "prune_target": pd.to_numeric(_param(runs, "baseline.prune_target"), errors="coerce"),
-        "top1": _metric(runs, "val/acc"),
-        "params": _metric(runs, "cost/params") / 1e6,
-        "macs": _metric(runs, "cost/macs") / 1e6,
-        "dense_macs": _metric(runs, "cost/dense_macs") / 1e6,
-        "train_macs_total": _metric(runs, "cost/train_macs_total"),
-        "own_dense_train_macs_total": _metric(runs, "cost/dense_train_macs_total"),
-        "train_time_s": _metric(runs, contract.TRAIN_TIME_TOTAL),
+        "method": variants.param(runs, "method", "grow").astype(str),
+        "width_multiplier": pd.to_numeric(variants.param(runs, "model.width_multiplier", 1.0)),
+        "criterion": variants.param(runs, "baseline.criterion"),
+        "budget_target": pd.to_numeric(variants.param(runs, "budget.target"), errors="coerce"),
+        "prune_target": pd.to_numeric(variants.param(runs, "baseline.prune_target"), errors="coerce"),
+        "top1": metric(runs, contract.VAL_ACC),
+        "params": metric(runs, contract.PARAMS) / 1e6,
+        "macs": metric(runs, contract.MACS) / 1e6,
+        "dense_macs": metric(runs, contract.DENSE_MACS) / 1e6,
+        "train_macs_total": metric(runs, contract.TRAIN_MACS_TOTAL),
+        "own_dense_train_macs_total": metric(runs, contract.DENSE_TRAIN_MACS_TOTAL),
+        "train_time_s": metric(runs, contract.TRAIN_TIME_TOTAL),
         "device": (runs["device"] if "device" in runs else pd.Series(None, index=runs.index))
         .fillna("").astype(str),
     })
-    out["kind"] = [kind_of(m, w, c) for m, w, c in
-                   zip(out["method"], out["width_multiplier"], out["criterion"])]
+    out["kind"] = variants.kind(runs)
     out["target"] = np.where(out["kind"] == "grow", out["budget_target"],
                              np.where(out["method"] == "prune", out["prune_target"], np.nan))
     ref_macs, ref_train = {}, {}
@@ -161,7 +151,7 @@ def nominal_levels(rows: pd.DataFrame) -> pd.Series:
 def num(v: float, kind: str) -> str:
     if v is None or pd.isna(v):
         return ""
-    if kind in ("top1",):
+    if kind in PERCENT_SCORES:
         return f"{v:.2f}"
     if kind in ("inference_savings", "train_savings", "realised_savings"):
         return f"{v:.1f}"
@@ -200,26 +190,51 @@ def row_labels(rows: pd.DataFrame) -> dict[str, list[str]]:
             "budget": [budget_text(x) for _, x in rows.iterrows()]}
 
 
-def metric_columns(rows: pd.DataFrame) -> dict[str, list[str]]:
-    """The reproduced metrics (mean ± std) then the paper's, as display columns."""
-    cols = {HEADERS[m]: [mean_std(a, b, m) for a, b in zip(rows[f"{m}_mean"], rows[f"{m}_std"])]
-            for m in METRICS}
-    for m in METRICS:
-        cols[f"paper {HEADERS[m]}"] = [plain(v) for v in rows.get(f"paper_{m}", [np.nan] * len(rows))]
+def metric_columns(rows: pd.DataFrame, metrics: list[str] = METRICS,
+                   headers: dict[str, str] = HEADERS, realised: bool = False) -> dict[str, list]:
+    """The reproduced metrics (mean ± std) then the paper's, as display columns; with
+    `realised`, the wall-clock training savings follow the counted ones."""
+    cols = {}
+    for m in metrics:
+        cols[headers[m]] = [mean_std(a, b, m) for a, b in zip(rows[f"{m}_mean"], rows[f"{m}_std"])]
+        if realised and m == "train_savings":
+            cols["realised training savings (%)"] = realised_column(rows)
+    for m in metrics:
+        paper = rows.get(f"paper_{m}", [np.nan] * len(rows))
+        cols[f"paper {headers[m]}"] = [plain(v) for v in paper]
     return cols
 
 
-def attach_paper(rows: pd.DataFrame, table: str, reference_path=None) -> pd.DataFrame:
-    from .reference import paper_columns
-
-    paper = paper_columns(table, METRICS, reference_path)
+def attach_paper(rows: pd.DataFrame, table: str, metrics: list[str] = METRICS,
+                 reference_path=None) -> pd.DataFrame:
+    """The paper's value of each metric beside each (model, variant) row: `paper_<metric>`."""
+    paper = paper_columns(table, metrics, reference_path)
     return rows.merge(paper, on=["model", "variant"], how="left").fillna({"paper_source": ""})
+
+
+def order(rows: pd.DataFrame, model_order: list[str] = ()) -> pd.DataFrame:
+    """Table order: models as listed (others after, by name), then per model the budget level
+    from the largest down, the kinds in KIND_ORDER, and the variant name."""
+    models = {m: i for i, m in enumerate(model_order)}
+    kinds = {k: i for i, k in enumerate(KIND_ORDER)}
+    out = rows.assign(_model=rows["model"].map(lambda m: models.get(m, len(models))),
+                      _kind=rows["kind"].map(lambda k: kinds.get(k, len(kinds))))
+    out = out.sort_values(["_model", "model", "level", "_kind", "variant"],
+                          ascending=[True, True, False, True, True])
+    return out.drop(columns=["_model", "_kind"]).reset_index(drop=True)
+
+
+def comparison_rows(per: pd.DataFrame, table: str, metrics: list[str] = METRICS,
+                    model_order: list[str] = (), reference_path=None) -> pd.DataFrame:
+    """A comparison table's rows from per-run numbers: seeds aggregated, the budget level each
+    row is compared at, the paper's values beside, in table order."""
+    out = aggregate(per, metrics=[*metrics, "macs_ratio", "train_macs_total", "realised_savings"])
+    out["level"] = nominal_levels(out)
+    return order(attach_paper(out, table, metrics, reference_path), model_order)
 
 
 def unmatched_paper_rows(table: str, rows: pd.DataFrame, reference_path=None) -> str:
     """Markdown listing the reference values of this table that sit beside no reproduced row."""
-    from .reference import unmatched
-
     extra = unmatched(table, set(zip(rows["model"], rows["variant"])), reference_path)
     if extra.empty:
         return ""
@@ -318,3 +333,38 @@ def write(stem: Path, display: pd.DataFrame, csv: pd.DataFrame, *, title: str, p
     comments = [title, *header, *run_lines]
     paths[2].write_text(latex(display, n_left, groups, comments))
     return paths
+
+
+def write_rows(stem: Path, rows: pd.DataFrame, display: pd.DataFrame, csv: pd.DataFrame, *,
+               title: str, profile: str, n_left: int, table: str | None = None,
+               reference_path=None, names: str = "{model} / {variant}",
+               groups: str | None = "model", datasets: list[str] | None = None,
+               run_ids: list[list[str]] | None = None, **kw) -> list[Path]:
+    """`write` with what a table derives from its rows: the datasets, each row's run ids (its
+    `run_ids`, joined by ";"), a name per row (`names`, formatted with the row's columns), the
+    groups between which LaTeX draws a rule (a column, or None) and, for a `table` of the
+    reference file, its paper values beside no reproduced row. `kw` goes to `write`."""
+    return write(stem, display, csv, title=title, profile=profile, n_left=n_left,
+                 datasets=sorted(rows["dataset"].unique()) if datasets is None else datasets,
+                 run_ids=[ids.split(";") for ids in rows["run_ids"]] if run_ids is None
+                 else run_ids,
+                 row_names=[names.format(**r) for r in rows.to_dict("records")],
+                 groups=list(rows[groups]) if groups else None,
+                 extra_md=unmatched_paper_rows(table, rows, reference_path) if table else "",
+                 **kw)
+
+
+def dynamics(runs: pd.DataFrame, store) -> pd.DataFrame:
+    """How each run grew: val/acc after epoch 2, the largest budget usage after the seed, and
+    the first epoch whose usage reached 90 % of its target (from the tracked histories)."""
+    h = store.histories(runs, f"{contract.VAL_ACC}|{contract.USAGE}")
+    out = []
+    for run_id, g in h.groupby("run_id"):
+        acc = g[g["key"] == contract.VAL_ACC].set_index("epoch")["value"]
+        use = g[(g["key"] == contract.USAGE) & (g["epoch"] >= 1)].set_index("epoch")["value"]
+        target = float(runs.loc[runs["run_id"] == run_id, "param.budget.target"].iloc[0])
+        grown = use[use >= 0.9 * target]
+        out.append({"run_id": run_id, "acc_epoch2": acc.get(2, np.nan),
+                    "max_usage": use.max() if len(use) else np.nan,
+                    "epoch_at_budget": float(grown.index.min()) if len(grown) else np.nan})
+    return pd.DataFrame(out, columns=["run_id", "acc_epoch2", "max_usage", "epoch_at_budget"])

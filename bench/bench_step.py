@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the checkout this script is in
 
-from reproduce.method.options import BudgetOptions
-from reproduce.method import GrowthController, export
-from reproduce.models import create_model
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from reproduce.method import GrowthController, export  # noqa: E402
+from reproduce.method.options import BudgetOptions  # noqa: E402
+from reproduce.models import create_model  # noqa: E402
+from reproduce.train import pick_device, train_step  # noqa: E402
 
 
 def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
@@ -48,8 +53,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -74,14 +78,7 @@ def main() -> None:
     opt_m = torch.optim.SGD(grow.mask_parameters(), lr=0.01, momentum=0.9)
 
     def gated_step():
-        grow.sample()
-        loss = F.cross_entropy(gated(x), y) + grow.penalty()
-        opt_w.zero_grad(set_to_none=True)
-        opt_m.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_w.step()
-        opt_m.step()
-        grow.after_step(args.batch)
+        train_step(gated, grow, (opt_w, opt_m), x, y, F.cross_entropy, args.batch)
 
     def bookkeeping():
         grow.sample()

@@ -48,6 +48,7 @@ from reproduce.method import GrowthController  # noqa: E402
 from reproduce.method.gates import BlockGate, ChannelGate  # noqa: E402
 from reproduce.method.options import BudgetOptions, GateOptions  # noqa: E402
 from reproduce.models import create_model  # noqa: E402
+from reproduce.train import pick_device, train_step  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -78,16 +79,8 @@ def record_schedule(args, device, x, y) -> tuple[list[torch.Tensor], list[float]
     for _ in range(args.epochs):
         grow.start_epoch()
         for _ in range(args.steps):
-            grow.sample()
-            samples.append(torch.cat([g.sample.detach().cpu() for g in grow.gates]))
-            loss = F.cross_entropy(model(x), y) + grow.penalty()
-            opt_w.zero_grad(set_to_none=True)
-            opt_m.zero_grad(set_to_none=True)
-            loss.backward()
-            grow.after_backward()
-            opt_w.step()
-            opt_m.step()
-            grow.after_step(args.batch)
+            train_step(model, grow, (opt_w, opt_m), x, y, F.cross_entropy, args.batch)
+            samples.append(torch.cat([g.sample.detach().cpu() for g in grow.gates]))  # its q
             usage.append(grow.budget.usage)
     return samples, usage
 
@@ -102,15 +95,7 @@ def gated_runner(args, device, x, y, execution: str):
     model.train()
 
     def step(q: torch.Tensor) -> None:
-        grow.sample(replay=q)
-        loss = F.cross_entropy(model(x), y) + grow.penalty()
-        opt_w.zero_grad(set_to_none=True)
-        opt_m.zero_grad(set_to_none=True)
-        loss.backward()
-        grow.after_backward()
-        opt_w.step()
-        opt_m.step()
-        grow.after_step(args.batch)
+        train_step(model, grow, (opt_w, opt_m), x, y, F.cross_entropy, args.batch, replay=q)
     return grow, step
 
 
@@ -159,7 +144,8 @@ def main() -> None:
     ap.add_argument("--gate-blocks", action="store_true", help="also grow blocks")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--size", type=int, default=32)
-    ap.add_argument("--target", type=float, default=0.5, help="MACs budget of the schedule")
+    ap.add_argument("--target", type=float, default=BudgetOptions.target,
+                    help="MACs budget of the schedule (budget.target)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12, help="iterations per epoch of the schedule")
     ap.add_argument("--archs", type=int, default=24, help="architectures replayed")
@@ -167,14 +153,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    ap.add_argument("--resample-every", type=int, default=1,
+    ap.add_argument("--resample-every", type=int, default=GateOptions.resample_every,
                     help="iterations each sampled architecture trains (gates.resample_every)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)

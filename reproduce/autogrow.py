@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -118,11 +118,11 @@ def internal_config(cfg: RunConfig) -> RunConfig:
     """The block-gated network with fixed masks: seed blocks open, sampling hard, no penalty."""
     inner = copy.deepcopy(cfg)
     inner.model.gate_channels, inner.model.gate_blocks = False, True
-    inner.gates.sampling = "hard"
-    inner.gates.s_on, inner.gates.s_off = LOGIT_ON, LOGIT_OFF
-    inner.budget.lambda_base = 0.0                       # λ stays 0: no sparsity penalty
-    inner.budget.metric = "macs"                         # budget/usage = hard MACs / dense
-    inner.temperature.beta_final = inner.temperature.beta_0   # β is unused by hard gates
+    inner.gates = replace(inner.gates, sampling="hard", s_on=LOGIT_ON, s_off=LOGIT_OFF)
+    # λ stays 0 (no sparsity penalty); budget/usage = hard MACs / dense
+    inner.budget = replace(inner.budget, lambda_base=0.0, metric="macs")
+    # β is unused by hard gates
+    inner.temperature = replace(inner.temperature, beta_final=inner.temperature.beta_0)
     return inner
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ from .config import ConfigError, RunConfig, config_hash
 from .data import DataBundle
 from .method import ChannelGate, CostModel, GatedModel, Site
 from .tasks import Task
-from .train import Phase, TrainState, build, evaluate, run_epochs
+from .train import Phase, TrainState, build, evaluate, run_epochs, use_amp
 
 LOGIT_ON, LOGIT_OFF = 1.0, -1.0
 
@@ -241,12 +242,12 @@ def internal_config(cfg: RunConfig) -> RunConfig:
     """The gated full network with fixed masks: every gate open, sampling hard, no penalty."""
     inner = copy.deepcopy(cfg)
     inner.model.gate_channels = True
-    inner.gates.sampling = "hard"
-    inner.gates.seed_fraction, inner.gates.seed_blocks = 1.0, "all"
-    inner.gates.s_on = LOGIT_ON
-    inner.budget.lambda_base = 0.0                       # λ stays 0: no sparsity penalty
-    inner.budget.metric = "macs"                         # budget/usage = hard MACs / dense
-    inner.temperature.beta_final = inner.temperature.beta_0   # β is unused by hard gates
+    inner.gates = replace(inner.gates, sampling="hard", seed_fraction=1.0, seed_blocks="all",
+                          s_on=LOGIT_ON)
+    # λ stays 0 (no sparsity penalty); budget/usage = hard MACs / dense
+    inner.budget = replace(inner.budget, lambda_base=0.0, metric="macs")
+    # β is unused by hard gates
+    inner.temperature = replace(inner.temperature, beta_final=inner.temperature.beta_0)
     inner.train.epochs = max(1, cfg.baseline.pretrain_epochs + cfg.baseline.finetune_epochs)
     return inner
 
@@ -309,9 +310,8 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
             shared.save({**state.state_dict(), "optimizers": {}})
         masks, info = choose_masks(model, controller.costs, gates, b.criterion, b.prune_target)
         apply_masks(model, masks)
-        amp = cfg.train.amp and device.type == "cuda"
         info["prune/val_acc_before_finetune"] = \
-            evaluate(model, data.val, task, amp)[task.main_metric]
+            evaluate(model, data.val, task, use_amp(cfg.train, device))[task.main_metric]
         state.phase, state.extra["prune_info"] = 1, info
     finetune = Phase(phase_schedule(inner, b.finetune_epochs, b.finetune_lr, warmup=0),
                      extra_stats={contract.PHASE: 1.0, **state.extra["prune_info"]},

@@ -118,6 +118,8 @@ def cmd_list(args) -> int:
         print("\n".join(f"  {name}" for name in searches))
     else:
         from . import tracking
+        from .tasks import TASKS
+        main_metrics = [task.main_metric for task in TASKS.values()]
         c = tracking.client()
         exp_id = tracking.experiment_id(c, args.profile, create=False)
         if exp_id is None:
@@ -125,8 +127,8 @@ def cmd_list(args) -> int:
             return 0
         for r in c.search_runs([exp_id], order_by=["attributes.start_time DESC"], max_results=500):
             t, m = r.data.tags, r.data.metrics
-            # each task's main metric: accuracy, perplexity or mIoU, whichever the run tracked
-            key = next((k for k in ("val/acc", "val/ppl", "val/miou") if k in m), "val/acc")
+            # its task's main metric (accuracy, perplexity, mIoU, ...): the one the run tracked
+            key = next((k for k in main_metrics if k in m), main_metrics[0])
             print(f"{r.info.run_id}  {r.info.status:9s} {t.get('model', '?'):10s} "
                   f"{t.get('variant', '?'):18s} s{t.get('seed', '?'):3s} "
                   f"{key.split('/')[1]} {m.get(key, float('nan')):6.2f}  "

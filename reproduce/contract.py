@@ -57,10 +57,6 @@ def channels(layer: str) -> str:
     return f"{CHANNELS}{layer}"
 
 
-def stage_channels(stage: int) -> str:
-    return f"{CHANNELS}stage{stage}"
-
-
 def stage_blocks(stage: int) -> str:
     return f"{BLOCKS}stage{stage}"
 
@@ -89,11 +85,11 @@ def with_derived(stats: dict) -> dict:
     return out
 
 
-# Layer roles recorded in architecture.json (so no figure parses layer names).
+# Layer roles recorded in architecture.json (so no figure parses layer names); the method
+# declares the same vocabulary (method/structure.py: ROLES), and a test ties the two.
 ROLE_STREAM = "stream"      # writes channels shared along a residual stream (one gate per stage)
 ROLE_INNER = "inner"        # writes channels read only inside its block
 ROLE_PLAIN = "plain"        # a plain (non-residual) layer with its own channel gate
 ROLE_SHORTCUT = "shortcut"  # a projection shortcut writing the stream
 ROLE_HEAD = "head"          # the classifier (a language model's decoder)
 ROLE_RECURRENT = "recurrent"  # a recurrent layer's hidden-to-hidden weights
-ROLES = (ROLE_STREAM, ROLE_INNER, ROLE_PLAIN, ROLE_SHORTCUT, ROLE_HEAD, ROLE_RECURRENT)

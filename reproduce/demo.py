@@ -8,17 +8,16 @@ from . import tracking
 
 
 def main(profile: str = "smoke", force: bool = False) -> int:
-    from analysis.runs import load_runs
-
     from .experiments import plan
     from .pipeline import make
+    from .store import Store
 
     start = time.perf_counter()
     print(f"Growing ResNet-20 from a 25% channel seed to a 50% MACs budget ({profile} profile).")
     print(f"Runs are tracked in {tracking.tracking_uri()}\n")
     outputs = make("figure-7", profile=profile, force=force)
     outputs += make("figure-9", profile=profile, run_missing=False)
-    runs = load_runs(profile, {p.hash for p in plan("figure-7", profile)})
+    runs = Store().runs(profile, {p.hash for p in plan("figure-7", profile)})
     r = runs.iloc[0]
     print("\nSummary (" + ", ".join(f"run {x}" for x in runs["run_id"]) + ")")
     print(f"  final validation accuracy  {r['val/acc']:.2f} %  ({r['dataset']}, hard gates)")

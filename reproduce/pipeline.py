@@ -24,11 +24,11 @@ from pathlib import Path
 
 import analysis
 from analysis.index import write_index
-from analysis.runs import load_runs
 
 from .errors import ConfigError
 from .experiments import plan
 from .runner import run_experiment
+from .store import Store
 
 
 def experiments_of(targets: list[str]) -> list[str]:
@@ -78,7 +78,8 @@ def make(target: str, profile: str = "smoke", run_missing: bool = True, force: b
         for e in experiments:
             run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
     hashes = {p.hash for p in planned}
-    runs = load_runs(profile, hashes, uri=uri)
+    store = Store(uri)
+    runs = store.runs(profile, hashes)
     if runs.empty:
         raise ConfigError(f"{name}: no finished runs in the tracking store for profile {profile!r}; "
                           f"train them with `make {name} PROFILE={profile}` "
@@ -88,7 +89,7 @@ def make(target: str, profile: str = "smoke", run_missing: bool = True, force: b
               f"yet; drawing from the {len(runs)} that are")
     out_dir = Path(out_dir or analysis.figures_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = module.draw(runs, out_dir / name, profile=profile, uri=uri)
+    outputs = module.draw(runs, out_dir / name, profile=profile, store=store)
     sidecar = out_dir / f"{name}.runs.json"
     sidecar.write_text(json.dumps({
         "output": name, "profile": profile, "experiments": experiments,

@@ -60,7 +60,7 @@ class RunStopped(Exception):
     `train_tracked` logs the traces so far, tags the run `state=<state>` and
     `stop_reason=<reason>`, terminates it with `status` and re-raises. The default status is
     KILLED: readers that want complete results (`tracking.find_finished`,
-    `analysis.runs.load_runs`) select FINISHED runs only, so a stopped run is never reused as a
+    `store.Store.runs`) select FINISHED runs only, so a stopped run is never reused as a
     finished one nor drawn as figure material.
     """
 

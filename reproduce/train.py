@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import contract, distributed
-from .config import RunConfig, TrainConfig, method_options
+from .config import RunConfig, TrainConfig
 from .data import DataBundle
 from .method import GrowthController
 from .models import create_model
@@ -123,6 +123,7 @@ class Checkpoints:
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto`: a GPU where there is one (under torchrun each process its own), else the CPU."""
     if name == "auto":     # under torchrun, each process its own GPU
         return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() \
             else torch.device("cpu")
@@ -134,6 +135,16 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def use_amp(tc: TrainConfig, device: torch.device) -> bool:
+    """Whether a phase computes in bf16 autocast: when `train.amp` asks and it runs on CUDA."""
+    return tc.amp and device.type == "cuda"
+
+
+def autocast(device_type: str, amp: bool):
+    """The forward's precision context: bf16 autocast when `amp`, else a no-op."""
+    return torch.autocast(device_type, torch.bfloat16, enabled=amp)
 
 
 def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
@@ -148,10 +159,9 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    gates, temperature, budget = method_options(cfg)
     controller = GrowthController(model, (data.in_channels, data.image_size, data.image_size),
-                                  epochs=cfg.train.epochs, gates=gates, temperature=temperature,
-                                  budget=budget, rng_seed=cfg.seed,
+                                  epochs=cfg.train.epochs, gates=cfg.gates,
+                                  temperature=cfg.temperature, budget=cfg.budget, rng_seed=cfg.seed,
                                   execution=cfg.train.execution if gated else "masked")
     return TrainState(model, controller)
 
@@ -180,7 +190,7 @@ def evaluate(model: nn.Module, batches, task: Task, amp: bool = False) -> dict[s
     reset_state(model)
     meter = task.meter("val")
     for x, y in batches:
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
+        with autocast(x.device.type, amp):
             out = model(x)
         meter.update(out, y)
     meter.all_reduce()              # each rank saw its shard of the validation set
@@ -243,6 +253,37 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for name in sorted(names) for p in model.get_submodule(name).parameters()]
 
 
+def train_step(net: nn.Module, controller: GrowthController, optimizers, x: torch.Tensor,
+               y: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               samples: int, *, amp: bool = False,
+               regularizer: Callable[[], torch.Tensor] | None = None,
+               clip: tuple[list, float] | None = None,
+               replay: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One iteration of the method: sample the gates (or `replay` given samples), forward and
+    loss, plus the budget penalty and the phase's regularizer, backward, the controller's
+    gradient completion (restructured execution), gradient clipping (`clip`: parameters, max
+    norm), the optimizers' steps (`optimizers`: weights, then masks; None: frozen), then the
+    controller's per-iteration accounting of `samples` samples. Returns the output and the loss."""
+    controller.sample(replay)
+    with autocast(x.device.type, amp):
+        out = net(x)
+        loss = loss_fn(out, y)
+    total = loss + controller.penalty()
+    if regularizer is not None:
+        total = total + regularizer()
+    optimizers = [opt for opt in optimizers if opt is not None]
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    total.backward()
+    controller.after_backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(*clip)
+    for opt in optimizers:
+        opt.step()
+    controller.after_step(samples)
+    return out, loss
+
+
 def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
                device: torch.device, on_epoch: EpochCallback | None = None,
                progress: bool = True, label: str = "", *,
@@ -255,7 +296,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
     model, controller = state.model, state.controller
     net = distributed.wrap(model, device)      # what runs forward; the controller keeps `model`
     world = distributed.world_size()           # training cost counts the global batch
-    amp = tc.amp and device.type == "cuda"
+    amp = use_amp(tc, device)
     resuming = state.pending_optimizers is not None
     if not resuming:
         state.phase_start = state.epoch
@@ -263,7 +304,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
     opt_w, opt_m = state.opt_weights, state.opt_masks
     steps_per_epoch = max(1, len(data.train))
     checkpoints = checkpoints or Checkpoints()
-    clipped = controller.weight_parameters() if tc.grad_clip > 0 else None
+    clip = (controller.weight_parameters(), tc.grad_clip) if tc.grad_clip > 0 else None
 
     bar = _progress(range(state.epoch - state.phase_start, tc.epochs), progress,
                     f"{label}{phase.name}", done=state.epoch - state.phase_start, total=tc.epochs)
@@ -291,24 +332,9 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
                         group["lr"] = base * factor * group.get("lr_scale", 1.0)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            controller.sample()
-            with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-                out = net(x)
-                loss = task.loss(out, y)
-            total = loss + controller.penalty()
-            if phase.regularizer is not None:
-                total = total + phase.regularizer()
-            opt_w.zero_grad(set_to_none=True)
-            if opt_m is not None:
-                opt_m.zero_grad(set_to_none=True)
-            total.backward()
-            controller.after_backward()
-            if clipped is not None:
-                torch.nn.utils.clip_grad_norm_(clipped, tc.grad_clip)
-            opt_w.step()
-            if opt_m is not None:
-                opt_m.step()
-            controller.after_step(task.samples(y) * world)
+            out, loss = train_step(net, controller, (opt_w, opt_m), x, y, task.loss,
+                                   task.samples(y) * world, amp=amp, regularizer=phase.regularizer,
+                                   clip=clip)
             meter.update(out, y, loss)
             if checkpoints.due():
                 checkpoints.save(state, {"batch": i + 1, "meter": meter.state_dict()})

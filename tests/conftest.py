@@ -49,6 +49,16 @@ def tiny():
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread: small models run faster so, and on a shared machine much faster."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def fresh_seed():
     """Fresh random inputs every run; the seed is printed so a failure can be replayed."""
     import torch

@@ -13,9 +13,12 @@ from reproduce.experiments import EXPERIMENTS_DIR, PROFILES_FILE, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 PINS = Path(__file__).with_name("config_hashes.json")
-# what analysis may import from the package: the store reader's needs and the contract
-ANALYSIS_MAY_IMPORT = {"reproduce.contract", "reproduce.tracking", "reproduce.errors",
-                       "reproduce.search.results"}
+# what analysis may import from the package: the readers of the stores (tracked runs, Optuna
+# studies), the contract naming what runs track, and the package's errors
+STORE_READERS = {"reproduce.store", "reproduce.study_results"}
+ANALYSIS_MAY_IMPORT = {*STORE_READERS, "reproduce.contract", "reproduce.errors"}
+# ... and all that those reach in turn: no training code, models or method
+READERS_MAY_REACH = {*ANALYSIS_MAY_IMPORT, "reproduce", "reproduce.tracking"}
 # what the datasets may import from the package: the schema, the process layout and themselves,
 # never the training code (tasks, train, runner, baselines, autogrow, pipeline, search, models,
 # method, checkpoints, tracking)
@@ -69,6 +72,28 @@ def test_datasets_never_import_the_training_code():
         assert not reaching, f"reproduce/data/{path.name} imports {sorted(reaching)}"
     # the registry imports nothing of the suite: config, tasks and models read it without a cycle
     assert reaching_beyond(ROOT / "reproduce" / "data" / "registry.py", set()) == set()
+
+
+def test_the_store_readers_reach_no_training_code():
+    """Analysis cannot reach the trainer through the readers either (imports of imports)."""
+    graph = package_graph("reproduce")
+    reached, todo = set(), sorted(ANALYSIS_MAY_IMPORT)
+    while todo:
+        m = todo.pop()
+        if m not in reached:
+            reached.add(m)
+            todo += sorted(graph[m])
+    assert reached <= READERS_MAY_REACH, sorted(reached - READERS_MAY_REACH)
+
+
+def test_no_module_level_getattr():
+    """No lazy module attributes: every import is a visible import statement, so the import
+    graph the tests here check is the one Python follows."""
+    for package in ("reproduce", "analysis"):
+        for path in (ROOT / package).rglob("*.py"):
+            top = ast.parse(path.read_text()).body
+            names = {n.name for n in top if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            assert "__getattr__" not in names, f"{path.relative_to(ROOT)} defines __getattr__"
 
 
 def test_the_method_core_imports_only_torch_and_itself():

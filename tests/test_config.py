@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import random
 
 import pytest
 import yaml
 
+import reproduce.config as config
 from reproduce.config import (ConfigError, RunConfig, config_hash, flatten, parse_overrides, resolve,
                               to_dict, unflatten)
 from reproduce.experiments import plan
+
+# sections every run reads (autogrow is read by one trainer only)
+SECTIONS = ("data", "model", "gates", "temperature", "budget", "train", "baseline")
+
+
+def field_metadata(obj=None, prefix: str = "") -> dict[str, dict]:
+    """Every field of the config, dotted, with its own metadata."""
+    obj = RunConfig() if obj is None else obj
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(field_metadata(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = dict(f.metadata)
+    return out
+
+
+def another_value(value):
+    """Another valid value of a field's type (numbers in (0, 1] suit every range)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + random.randint(1, 50)
+    new = round(random.uniform(0.1, 1.0), 4)
+    return new if new != value else new / 2
+
+
+def config_with_knob(section: str, default: int, **meta) -> type:
+    """RunConfig with one more integer field, `<section>.knob`, declared with metadata `meta`."""
+    base = type(getattr(RunConfig(), section))
+    knob = dataclasses.field(default=default, metadata=meta)
+    plus = dataclasses.make_dataclass(base.__name__ + "Plus", [("knob", int, knob)], bases=(base,),
+                                      frozen=base.__dataclass_params__.frozen)
+    return dataclasses.make_dataclass("RunConfigPlus", [
+        (section, plus, dataclasses.field(default_factory=plus))], bases=(RunConfig,))
 
 
 def write_experiment(tmp_path, body: dict, profiles: dict | None = None):
@@ -73,9 +113,9 @@ def test_hash_tracks_identity_fields_only():
     h = config_hash(cfg)
     flat = flatten(to_dict(cfg))
     # every identity field changes the hash; pick a few at random each time
-    from reproduce.config import NON_IDENTITY, TRAINER_SECTIONS
+    meta = field_metadata()
     numeric = [k for k, v in flat.items() if isinstance(v, float) and not k.startswith("data.")
-               and k not in NON_IDENTITY and k.split(".")[0] not in TRAINER_SECTIONS]
+               and meta[k].get("identity", True) and k.split(".")[0] in SECTIONS]
     for key in random.sample(numeric, 5):
         changed = resolve(unflatten({key: flat[key] * 0.5 + 0.01}))
         assert config_hash(changed) != h, key
@@ -132,16 +172,28 @@ def test_every_shipped_experiment_resolves():
             assert plan(path, profile), path
 
 
-def test_the_schema_and_the_method_agree_on_every_method_default():
-    """Config sections repeat the method's option fields; their defaults must be the same."""
-    from dataclasses import fields
-
-    from reproduce.config import BudgetConfig, GateConfig, TemperatureConfig
-    from reproduce.method.options import BudgetOptions, GateOptions, TemperatureOptions
-    for config, options in ((GateConfig, GateOptions), (TemperatureConfig, TemperatureOptions),
-                            (BudgetConfig, BudgetOptions)):
-        for f in fields(options):
-            assert getattr(config(), f.name) == f.default, f"{config.__name__}.{f.name}"
+def test_the_method_sections_are_the_methods_own_options():
+    """A method knob is declared once: the config's gates, temperature and budget sections are the
+    method's frozen option dataclasses (plus the gates' run-only fields), handed to the method as
+    they are, with its defaults and its checks."""
+    from reproduce.method.options import (BudgetOptions, GateOptions, OptionError,
+                                          TemperatureOptions)
+    target, k = round(random.uniform(0.05, 1.0), 3), random.randint(2, 9)
+    cfg = resolve({"budget": {"target": target}, "gates": {"resample_every": k}})
+    assert cfg.budget == BudgetOptions(target=target)
+    assert cfg.temperature == TemperatureOptions()
+    assert isinstance(cfg.gates, GateOptions) and cfg.gates.resample_every == k
+    defaults = flatten(to_dict(RunConfig()))
+    for section, options in (("gates", GateOptions), ("temperature", TemperatureOptions),
+                             ("budget", BudgetOptions)):
+        for f in dataclasses.fields(options):
+            assert defaults[f"{section}.{f.name}"] == f.default, f"{section}.{f.name}"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.gates.sampling = "hard"            # changed with dataclasses.replace, which checks
+    with pytest.raises(OptionError, match="gates.resample_every"):
+        dataclasses.replace(cfg.gates, sampling="hard")
+    with pytest.raises(OptionError, match=r"gates.mask_lr = -0.5: must be >= 0"):
+        dataclasses.replace(cfg.gates, mask_lr=-0.5)
 
 
 def test_lr_factor_warmup_step_and_cosine():
@@ -177,24 +229,64 @@ def test_poly_lr_decays_to_zero_after_the_warm_up():
 
 
 def test_fields_added_later_leave_earlier_identities_alone():
-    """A field in LATER_FIELDS at its old-behaviour value is not part of the hash (runs tracked
-    before it existed keep their identity); any other value is."""
-    import hashlib
-    import json
-
-    from reproduce.config import LATER_FIELDS, NON_IDENTITY, TRAINER_SECTIONS
-
+    """A field declared `added_later` is not part of the hash at its old-behaviour value (runs
+    tracked before it existed keep their identity); any other value is."""
+    meta = field_metadata()
+    later = {k: m["added_later"] for k, m in meta.items() if "added_later" in m}
+    assert {"data.sbd", "gates.resample_every"} <= set(later)
     cfg = resolve({"data": {"dataset": "voc"}, "train": {"lr": random.uniform(0.01, 1)}})
     flat = {k: v for k, v in flatten(to_dict(cfg)).items()
-            if k not in NON_IDENTITY and k not in LATER_FIELDS
-            and k.split(".")[0] not in TRAINER_SECTIONS}
+            if meta[k].get("identity", True) and k not in later and not k.startswith("autogrow.")}
     before = hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode())
     assert config_hash(cfg) == before.hexdigest()[:16]
-    for key, changed in (("data.sbd", True), ("data.base_size", random.randint(1, 999)),
-                         ("train.lr_power", random.uniform(1.0, 3.0))):
-        assert config_hash(resolve(to_dict(cfg), unflatten({key: changed}))) != config_hash(cfg)
+    for key, old in later.items():
+        # the default reproduces the runs tracked before the field (changing it means dropping
+        # `added_later` and new pins)
+        assert flatten(to_dict(cfg))[key] == old, key
+        assert config_hash(resolve(to_dict(cfg), unflatten({key: another_value(old)}))) != \
+            config_hash(cfg), key
     with pytest.raises(ConfigError, match="data.sbd.*data.dataset: voc"):
         resolve({"data": {"sbd": True}})
+
+
+def test_a_new_field_declared_added_later_keeps_every_pinned_identity(monkeypatch):
+    """Adding a knob with `added_later` metadata at its default leaves every tracked run's
+    identity alone; setting it makes a different run. Without the declaration it would not."""
+    from tests.test_architecture import PINS, resolved_hashes
+
+    section, old = random.choice(SECTIONS), random.randint(-1000, 1000)
+    base = config_hash(resolve({}))
+    monkeypatch.setattr(config, "RunConfig", config_with_knob(section, old, added_later=old))
+    assert resolve({}).__class__.__name__ == "RunConfigPlus"
+    assert resolved_hashes() == json.loads(PINS.read_text())
+    assert config_hash(resolve({section: {"knob": old}})) == base
+    assert config_hash(resolve({section: {"knob": old + random.randint(1, 50)}})) != base
+    monkeypatch.setattr(config, "RunConfig", config_with_knob(section, old))
+    assert config_hash(resolve({})) != base, "a plain new field changes every identity"
+
+
+def test_identity_metadata_of_a_new_field_is_honoured(monkeypatch):
+    """`identity: False` keeps a field out of every hash; `read_by` keeps it out of the other
+    methods' runs, or with `others_at` hashes it there at that fixed value."""
+    section, v = random.choice(SECTIONS), random.randint(-1000, 1000)
+    other = v + random.randint(1, 50)
+    base = {m: config_hash(resolve({"method": m})) for m in ("grow", "autogrow")}
+
+    def hashes(**meta):
+        monkeypatch.setattr(config, "RunConfig", config_with_knob(section, v, **meta))
+        return {(m, k): config_hash(resolve({"method": m, section: {"knob": k}}))
+                for m in ("grow", "autogrow") for k in (v, other)}
+
+    h = hashes(identity=False)
+    assert all(h[m, k] == base[m] for m, k in h)
+    h = hashes(read_by="autogrow")
+    assert h["grow", v] == h["grow", other] == base["grow"]
+    assert len({h["autogrow", v], h["autogrow", other], base["autogrow"]}) == 3
+    h = hashes(read_by="autogrow", others_at=v)
+    assert h["grow", v] == h["grow", other] != base["grow"]
+    assert h["autogrow", v] != h["autogrow", other]
+
+
 def test_an_experiment_profile_can_start_from_another_shared_profile(tmp_path):
     """`paper: {shared: paper-imagenet}`: the runs take that profile's seeds and config (and
     their own on top) and are still planned under `paper`."""
@@ -241,16 +333,16 @@ def test_imagenet_experiments_share_their_mobilenet_runs_and_state_their_recipe(
 def test_fields_only_growing_reads_leave_baseline_identities_alone():
     """budget.growth_push is read by the growing method only: a baseline's identity does not
     depend on it (its tracked runs stay valid when the default changes); a growing run's does."""
-    from reproduce.config import GROW_ONLY
-
-    other = {"cost": "uniform", "uniform": "cost"}
+    grow_only = {k: m for k, m in field_metadata().items() if m.get("read_by") == "grow"}
+    assert "budget.growth_push" in grow_only
     lr = random.uniform(0.01, 1)
     for method in ("dense", "prune", "autogrow"):
         base = resolve({"method": method, "train": {"lr": lr}})
         flat = flatten(to_dict(base))
-        for key in GROW_ONLY:
-            flipped = resolve(to_dict(base), unflatten({key: other[flat[key]]}))
-            assert flatten(to_dict(flipped))[key] != flat[key]
+        for key, meta in grow_only.items():
+            value = random.choice([c for c in meta["choices"] if c != flat[key]])
+            flipped = resolve(to_dict(base), unflatten({key: value}))
+            assert flatten(to_dict(flipped))[key] == value
             assert config_hash(flipped) == config_hash(base), (method, key)
     grow = resolve({"method": "grow", "train": {"lr": lr}})
     assert config_hash(resolve(to_dict(grow), unflatten({"budget.growth_push": "uniform"}))) != \

@@ -43,9 +43,13 @@ def test_every_vocabulary_is_the_registry():
     with pytest.raises(ConfigError) as err:
         resolve({"data": {"dataset": bad}})
     assert bad in str(err.value) and all(n in str(err.value) for n in names)
+    with pytest.raises(ValueError, match=f"data.dataset: unknown value '{bad}'.*{names[-1]}"):
+        DataConfig(dataset=bad)                 # the section checks itself when built
+    unchecked = DataConfig()
+    unchecked.dataset = bad
     for call in (D.build_data, D.check_available):
         with pytest.raises(ValueError, match=f"unknown dataset '{bad}'.*{names[-1]}"):
-            call(DataConfig(dataset=bad))
+            call(unchecked)
     with pytest.raises(ValueError) as err:
         D.download(bad, "nowhere")
     assert all(n in str(err.value) for n in D.available_downloads())

@@ -199,11 +199,11 @@ def test_figures_8_and_10_vgg16_channel_ratios(fake, drawn, tiny):
 @pytest.mark.parametrize("name, schedule", [("figure-12", "separate"),
                                             ("figure-13", "separate_decayed")])
 def test_figures_12_and_13_temperature_quantiles(fake, drawn, tiny, name, schedule):
-    from analysis.runs import structure_traces
+    from reproduce.store import Store
 
     runs = draw(name, tiny)
     assert len(runs) == 1
-    traces = structure_traces(runs["run_id"].iloc[0])
+    traces = Store().traces(runs["run_id"].iloc[0])
     fig = drawn[name]
     assert schedule in fig._suptitle.get_text()
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]

@@ -10,11 +10,11 @@ import random
 import pytest
 import torch
 
-from reproduce.method.options import BudgetOptions, GateOptions, TemperatureOptions
+from reproduce.method.options import (SCHEDULES, BudgetOptions, GateOptions, OptionError,
+                                      TemperatureOptions)
 from reproduce.method import (BudgetController, CostModel, GrowthController, TemperatureSchedule,
                               init_seed)
 from reproduce.method.gates import BlockGate, ChannelGate, gates_of
-from reproduce.method.temperature import SCHEDULES
 from reproduce.models import create_model
 
 
@@ -45,7 +45,8 @@ def test_global_schedule_is_geometric_and_ends_at_beta_final():
     beta_0 = float(torch.empty(()).uniform_(0.5, 3.0))
     beta_final = beta_0 * float(torch.empty(()).uniform_(5.0, 500.0))
     gates = rand_gates()
-    sched = TemperatureSchedule(gates, "global", beta_0, beta_final, epochs)
+    options = TemperatureOptions(beta_0=beta_0, beta_final=beta_final, ramp_fraction=1.0)
+    sched = TemperatureSchedule(gates, options, epochs)
     gamma = (beta_final / beta_0) ** (1 / (epochs - 1))
     for t in range(epochs):
         for g in gates:                       # β during epoch t, whatever the logits are
@@ -62,7 +63,8 @@ def test_global_schedule_is_geometric_and_ends_at_beta_final():
 def test_ramp_fraction_reaches_beta_final_early_and_stays():
     epochs, ramp = 10, 0.5
     gates = rand_gates()
-    sched = TemperatureSchedule(gates, "global", 2.0, 200.0, epochs, ramp_fraction=ramp)
+    options = TemperatureOptions(beta_0=2.0, beta_final=200.0, ramp_fraction=ramp)
+    sched = TemperatureSchedule(gates, options, epochs)
     seen = []
     for t in range(epochs):
         seen.append(float(gates[0].beta[0]))
@@ -81,7 +83,9 @@ def test_separate_schedules_move_only_what_they_should(schedule):
     beta_final = beta_0 * float(torch.empty(()).uniform_(10.0, 300.0))
     decay = float(torch.empty(()).uniform_(0.3, 0.95))
     gates = rand_gates()
-    sched = TemperatureSchedule(gates, schedule, beta_0, beta_final, epochs, decay)
+    options = TemperatureOptions(schedule=schedule, beta_0=beta_0, beta_final=beta_final,
+                                 decay=decay, ramp_fraction=1.0)
+    sched = TemperatureSchedule(gates, options, epochs)
     gamma = (beta_final / beta_0) ** (1 / (epochs - 1))
     expected = [torch.full((g.n,), beta_0) for g in gates]
     went_up = went_down = False
@@ -107,8 +111,8 @@ def test_separate_schedules_move_only_what_they_should(schedule):
 
 
 def test_unknown_schedule_names_the_choices():
-    with pytest.raises(ValueError) as err:
-        TemperatureSchedule(rand_gates(), "cosine")
+    with pytest.raises(OptionError) as err:
+        TemperatureOptions(schedule="cosine")
     for name in SCHEDULES:
         assert name in str(err.value)
 
@@ -121,29 +125,30 @@ def test_budget_lambda_formula_and_sign():
         base = float(torch.empty(()).uniform_(0.001, 1.0))
         usage = float(torch.empty(()).uniform_(0.0, 1.0))
         metric = random.choice(["macs", "params"])
-        b = BudgetController(metric, target, base)
+        b = BudgetController(BudgetOptions(metric=metric, target=target, lambda_base=base))
         lam = b.update(usage)
         assert lam == b.lam and b.usage == usage
         assert lam == pytest.approx(base * (usage - target) / target, rel=1e-12)
         assert (lam > 0) == (usage > target) and (lam < 0) == (usage < target)
-    b = BudgetController("macs", 0.5, base)
+    b = BudgetController(BudgetOptions(target=0.5, lambda_base=base))
     assert b.update(0.5) == 0.0
 
 
 def test_budget_none_keeps_lambda_base():
     base = float(torch.empty(()).uniform_(0.001, 1.0))
-    b = BudgetController("none", float(torch.empty(()).uniform_(0.1, 1.0)), base)
+    target = float(torch.empty(()).uniform_(0.1, 1.0))
+    b = BudgetController(BudgetOptions(metric="none", target=target, lambda_base=base))
     assert b.lam == base
     for _ in range(5):
         assert b.update(float(torch.rand(()))) == base
 
 
 def test_budget_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="macs"):
-        BudgetController("flops", 0.5)
-    for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError):
-            BudgetController("macs", bad)
+    with pytest.raises(OptionError, match="budget.metric: unknown value 'flops'.*macs"):
+        BudgetOptions(metric="flops")
+    for bad in (0.0, -random.random(), 1 + random.random()):
+        with pytest.raises(OptionError, match=r"budget.target = .*: must be in \(0, 1\]"):
+            BudgetOptions(target=bad)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "vgg11"])
@@ -377,11 +382,16 @@ def test_end_epoch_returns_the_contract_keys(make):
     assert stats["budget/usage"] == pytest.approx(macs / ctrl.costs.dense_macs)
     assert stats["budget/lambda"] == pytest.approx(
         0.05 * (stats["budget/usage"] - 0.5) / 0.5)
+    floor = GateOptions().min_channels        # channels a gate keeps on whatever its logits
+
+    def kept(g):
+        return max(int((g.logits > 0).sum()), min(floor, g.n))
+
     gated_layers = [s for s in model.sites() if s.out_gate is not None]
     assert gated_layers
     for site in gated_layers:
         gate = named[site.out_gate]
-        ratio = float((gate.logits > 0).float().mean())
+        ratio = kept(gate) / gate.n
         if site.block is not None:
             ratio *= float(named[site.block].logits.item() > 0)
         assert stats[f"channels/{site.name}"] == pytest.approx(ratio), site.name
@@ -395,7 +405,7 @@ def test_end_epoch_returns_the_contract_keys(make):
         gates_k = [g for n, g in named.items() if isinstance(g, ChannelGate)
                    and ctrl.costs.stage_of.get(n) == k]
         if gates_k:
-            on = sum(int((g.logits > 0).sum()) for g in gates_k)
+            on = sum(kept(g) for g in gates_k)
             assert stats[f"channels/stage{k}"] == pytest.approx(on / sum(g.n for g in gates_k))
     if make is small_resnet:
         for k in (1, 2, 3):

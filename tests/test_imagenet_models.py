@@ -1,27 +1,19 @@
 """ResNet-50 and MobileNetV1: dense counts against torchvision / the MobileNet paper and PyTorch's
-FLOP counter, and export of random hard architectures (depthwise convs, zero-width layers)."""
+FLOP counter, and their gates (costs and export of random hard architectures, as for every
+model: test_costs_export.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from reproduce.method import CostModel, hard_architecture
+from reproduce.method import CostModel
 from reproduce.method.gates import ChannelGate, gates_of
 from reproduce.models import create_model, default_cfg
 
-from .test_costs_export import (_check_export, measured_macs, randomise_bn, randomise_gates,
-                                weight_params)
+from .model_checks import measured_macs, weight_params
 
-pytestmark = pytest.mark.usefixtures("fresh_seed")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_seed", "one_thread")
 
 
 def test_resnet50_is_torchvisions():
@@ -63,19 +55,6 @@ def test_mobilenet_width_multiplier_costs(alpha):
     assert abs(costs.dense_macs / 1e6 - paper) / paper < 0.03
 
 
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v1"])
-def test_gated_dense_costs_match_flop_counter_at_small_size(name):
-    shape = (3, 64, 64)
-    model = create_model(name, num_classes=7, width_multiplier=0.25, gate_channels=False)
-    costs = CostModel(model, shape)
-    assert costs.dense_macs == measured_macs(model, shape)
-    assert costs.dense_params == weight_params(model)
-    gated = create_model(name, num_classes=7, width_multiplier=0.25,
-                         gate_blocks=name == "resnet50")
-    cg = CostModel(gated, shape)
-    assert (cg.dense_macs, cg.dense_params) == (costs.dense_macs, costs.dense_params)
-
-
 def test_resnet50_gates():
     model = create_model("resnet50", width_multiplier=0.25, gate_blocks=True)
     named = dict(gates_of(model))
@@ -83,32 +62,6 @@ def test_resnet50_gates():
     # the stem, one stream per stage, two inner gates per block
     assert len(channel) == 1 + 4 + 2 * 16
     assert len(model.removable_blocks()) == 16 - 4
-
-
-@pytest.mark.parametrize("name,gate_blocks", [("resnet50", True), ("resnet50", False),
-                                              ("mobilenet_v1", False)])
-def test_export_of_random_hard_architecture(name, gate_blocks, tmp_path):
-    shape = (3, 64, 64)
-    model = create_model(name, num_classes=5, width_multiplier=0.25, gate_blocks=gate_blocks)
-    randomise_bn(model)
-    randomise_gates(model, closed_channel_gates=2)
-    if gate_blocks:
-        assert hard_architecture(model)[1], "expected at least one removed block"
-    _check_export(model, shape, tmp_path)
-
-
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v1"])
-def test_zero_width_last_stage_exports(name):
-    """The classifier's input gate fully closed: the compact model outputs the classifier's bias."""
-    shape = (3, 32, 32)
-    model = create_model(name, num_classes=3, width_multiplier=0.125)
-    randomise_bn(model)
-    randomise_gates(model, closed_channel_gates=3)
-    last = next(s.in_gate for s in model.sites() if s.name == "fc")
-    with torch.no_grad():
-        dict(gates_of(model))[last].logits.fill_(-1.0)
-    compact = _check_export(model, shape)
-    assert compact.fc.in_features == 0
 
 
 def test_mobilenet_has_no_removable_blocks():

@@ -20,7 +20,7 @@ from reproduce.method.options import GateOptions, OptionError, seed_blocks_per_s
 from reproduce.models import create_model
 from reproduce.runner import execute
 
-FAMILIES = ["basic3resnet", "plain3net"]
+from .model_checks import DEPTH_FAMILIES
 
 
 def gated(family: str, depths=(6, 6, 6), channels: bool = False, shape=(1, 8, 8)):
@@ -49,7 +49,7 @@ def set_depths(model, depths) -> None:
 
 # -- a closed block is the identity ---------------------------------------------------------------
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DEPTH_FAMILIES)
 @pytest.mark.usefixtures("fresh_seed")
 def test_a_closed_block_is_exactly_the_identity(family):
     model = gated(family, channels=True)
@@ -71,7 +71,7 @@ def test_a_closed_block_is_exactly_the_identity(family):
         assert not torch.equal(block(x, model.layer2.gate), x)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DEPTH_FAMILIES)
 @pytest.mark.usefixtures("fresh_seed")
 def test_an_open_plain_sub_module_is_exactly_its_function_and_mixes_in_between(family):
     gate = PassThroughGate(sampling="deterministic")
@@ -87,7 +87,7 @@ def test_an_open_plain_sub_module_is_exactly_its_function_and_mixes_in_between(f
 
 # -- depth counting, costs and export with removed blocks -------------------------------------------
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DEPTH_FAMILIES)
 @pytest.mark.parametrize("channels", [False, True])
 @pytest.mark.usefixtures("fresh_seed")
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -122,18 +122,9 @@ def test_a_network_found_as_2_4_3_exports_as_a_real_2_4_3_network(family, channe
         assert CostModel(dense, shape).dense_macs == costs.hard()[0]
 
 
-@pytest.mark.usefixtures("fresh_seed")
-def test_plain3net_costs_and_exports_like_every_model():
-    from tests.test_costs_export import _check_export, _gated, randomise_gates
-    model = _gated("plain3net-2-4-3", True, (1, 8, 8))
-    randomise_gates(model, closed_channel_gates=1)
-    assert hard_architecture(model)[1]
-    _check_export(model, (1, 8, 8))
-
-
 # -- the seed depth --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DEPTH_FAMILIES)
 @pytest.mark.parametrize("seed_blocks,expected", [("one_per_stage", [1, 1, 1]),
                                                   ("2_per_stage", [2, 2, 2]),
                                                   ("5_per_stage", [4, 4, 4]),
@@ -195,7 +186,7 @@ def _autogrow_run(tiny, model, epochs, interval=1, patience=1):
     return state, steps
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DEPTH_FAMILIES)
 def test_autogrow_adds_blocks_and_stops_by_its_rule(tiny, monkeypatch, family):
     # intervals of one epoch: 50, 60, 70 improve (grow after each), 70 does not: stop at 4-4-4
     _scripted_accuracy(monkeypatch, [50, 60, 70, 70, 10, 10])

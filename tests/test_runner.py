@@ -190,6 +190,28 @@ def test_cli_flops_defaults_to_the_models_own_input_size(capsys):
     assert small["input"] == [3, 32, 32] and small["macs"] < info["macs"] / 40
 
 
+def test_cli_list_runs_shows_each_runs_own_main_metric(capsys, monkeypatch):
+    """Runs of every task (one added here), tracked with their task's main metric: each line
+    shows that metric."""
+    from reproduce.cli import main
+    from reproduce.tasks import TASKS, Task
+
+    monkeypatch.setitem(TASKS, "detection", type("Detection", (Task,), {"main_metric": "val/map"}))
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, "smoke")
+    shown = {}
+    for i, task in enumerate(TASKS.values()):
+        value = float(torch.rand(()) * 90 + 1)
+        run = c.create_run(exp_id, tags={"model": f"model{i}", "variant": "v", "seed": "0"})
+        c.log_metric(run.info.run_id, task.main_metric, value)
+        c.log_metric(run.info.run_id, "train/loss", 123.0)      # not a main metric
+        shown[run.info.run_id] = f"{task.main_metric.split('/')[1]} {value:6.2f}"
+    assert main(["list", "runs", "--profile", "smoke"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for run_id, text in shown.items():
+        assert text in next(line for line in lines if line.startswith(run_id))
+
+
 def test_figures_draw_from_a_store_at_a_non_default_uri(tiny, tmp_path, monkeypatch):
     """A store copied elsewhere: drawing from it by URI finds its runs, not the default store's."""
     from reproduce.pipeline import make

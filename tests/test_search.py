@@ -384,7 +384,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_mlflow(tmp_path, tiny):
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from analysis.runs import load_runs
+    from reproduce.store import Store
 
     path = write_spec(tmp_path, tiny, trials=2,
                       space={"budget.lambda_base": {"type": "float", "low": 0.01, "high": 0.3}},
@@ -411,4 +411,4 @@ def test_pruned_trial_is_pruned_in_optuna_and_mlflow(tmp_path, tiny):
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")] == [1]
     h = run.data.tags["config_hash"]
     assert tracking.find_finished(c, tracking.experiment_id(c, "smoke"), h) is None
-    assert load_runs("smoke", {h}).empty                        # not figure material
+    assert Store().runs("smoke", {h}).empty                        # not figure material

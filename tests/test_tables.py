@@ -237,7 +237,7 @@ def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, mon
     """table-study end to end: accuracy after epoch 2, the largest usage and the first epoch at
     90 % of the budget come from each run's tracked histories."""
     from analysis import table_study
-    from analysis.runs import histories, load_runs
+    from reproduce.store import Store
 
     exp = _experiment(tmp_path, "tiny-study", [
         {"variant": "dense", "config": {"method": "dense"}},
@@ -255,10 +255,11 @@ def test_study_table_reports_the_dynamics_each_change_was_made_for(tmp_path, mon
     monkeypatch.setattr(table_study, "EXPERIMENTS", [exp, exp2])
     outputs = make("table-study", profile="tiny", progress=False)
     md = next(p for p in outputs if p.suffix == ".md").read_text()
-    runs = load_runs("tiny")
+    store = Store()
+    runs = store.runs("tiny")
     mine = runs[runs["model"] != other]
     by_variant = {v: g for v, g in mine.groupby("variant")}
-    h = histories(by_variant["defaults"], "val/acc|budget/usage")
+    h = store.histories(by_variant["defaults"], "val/acc|budget/usage")
     usage = h[(h["key"] == "budget/usage") & (h["epoch"] >= 1)]["value"]
     acc2 = h[(h["key"] == "val/acc") & (h["epoch"] == 2)]["value"].iloc[0]
     lines = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
@@ -283,7 +284,7 @@ def test_schedule_table_compares_each_length_with_its_own_dense_run(tmp_path, mo
     """table-schedule end to end: one row per schedule length, gaps are differences of the
     tracked accuracies, and training savings use the dense run of the same length."""
     from analysis import table_schedule
-    from analysis.runs import load_runs
+    from reproduce.store import Store
 
     lengths = (2, 1)
     runs = []
@@ -298,7 +299,7 @@ def test_schedule_table_compares_each_length_with_its_own_dense_run(tmp_path, mo
     monkeypatch.setattr(table_schedule, "EXPERIMENTS", [exp])
     outputs = make("table-schedule", profile="tiny", progress=False)
     csv = pd.read_csv(next(p for p in outputs if p.suffix == ".csv")).set_index("epochs")
-    tracked = load_runs("tiny")
+    tracked = Store().runs("tiny")
     assert sorted(csv.index) == sorted(lengths)
     for e in lengths:
         group = tracked[pd.to_numeric(tracked["param.train.epochs"]) == e]

@@ -10,17 +10,16 @@ penalty prunes; under budget λ < 0 and it grows. `metric = none` keeps λ = λ_
 
 from __future__ import annotations
 
-from .options import BUDGET_METRICS as METRICS
+from .options import BudgetOptions
 
 
 class BudgetController:
-    def __init__(self, metric: str = "macs", target: float = 0.5, lambda_base: float = 0.05):
-        if metric not in METRICS:
-            raise ValueError(f"unknown budget metric {metric!r}; choose one of {', '.join(METRICS)}")
-        if not 0 < target <= 1:
-            raise ValueError(f"budget target must be in (0, 1], got {target}")
-        self.metric, self.target, self.lambda_base = metric, target, lambda_base
-        self.lam = lambda_base if metric == "none" else 0.0
+    """λ from the usage, for the metric, target τ and λ_base of `options` (checked there)."""
+
+    def __init__(self, options: BudgetOptions = BudgetOptions()):
+        self.metric, self.target = options.metric, options.target
+        self.lambda_base = options.lambda_base
+        self.lam = self.lambda_base if self.metric == "none" else 0.0
         self.usage = float("nan")
 
     def update(self, usage: float) -> float:

@@ -136,12 +136,6 @@ class CostModel:
             out[site.name] = ratio
         return out
 
-    def layer_widths(self, state: dict[str, Tensor] | None = None) -> dict[str, int]:
-        state = self.hard_state() if state is None else state
-        return {s.name: (int(state[s.out_gate].sum()) if s.out_gate else sh.cout)
-                * (int(state[s.block].sum()) if s.block else 1)
-                for s, sh in zip(self.sites, self.shapes)}
-
     def stage_summary(self, state: dict[str, Tensor] | None = None) -> dict[str, float]:
         """channels/stage<k>: retained share of the stage's gated channels; blocks/stage<k>."""
         state = self.hard_state() if state is None else state
@@ -159,7 +153,6 @@ class CostModel:
             on_ = 1.0 if b.gate is None else float(state[b.gate].sum())
             out[f"blocks/stage{b.stage}"] = out.get(f"blocks/stage{b.stage}", 0.0) + on_
         return out
-
 
 
 def _active(state: dict[str, Tensor], gate: str | None, full: int):

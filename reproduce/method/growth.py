@@ -30,6 +30,8 @@ cost and the restructured plan are computed from the host copy of the samples, w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
@@ -101,7 +103,7 @@ class GrowthController:
                  budget: BudgetOptions = BudgetOptions(), rng_seed: int = 0,
                  execution: str = "masked"):
         self.model = model
-        self.options = (gates, temperature, budget)
+        self.gate_options, self.budget_options = gates, budget
         self.named_gates = gates_of(model)
         self.gates = [g for _, g in self.named_gates]
         self._by_name = dict(self.named_gates)
@@ -109,8 +111,6 @@ class GrowthController:
         for g in self.gates:
             if isinstance(g, ChannelGate):
                 g.min_active = min(gates.min_channels, g.n)
-        self.sampling = gates.sampling
-        self.resample_every = gates.resample_every
         self.draws = 0                # sample() calls that drew or held q (the period's clock)
         self.epochs_started = 0
         self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
@@ -118,13 +118,10 @@ class GrowthController:
                   gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1),
                   gates.s_off_spread, stage_blocks=model.blocks())
         self.costs = CostModel(model, input_shape)
-        t = temperature
-        self.temperature = TemperatureSchedule(self.gates, t.schedule, t.beta_0, t.beta_final,
-                                               epochs, t.decay, t.ramp_fraction)
+        self.temperature = TemperatureSchedule(self.gates, temperature, epochs)
         # a model without gates (the dense baseline) has nothing to push: λ stays 0
-        self.budget = BudgetController(budget.metric if self.gates else "none", budget.target,
-                                       budget.lambda_base if self.gates else 0.0)
-        self.usage_mode, self.growth_push = budget.usage, budget.growth_push
+        self.budget = BudgetController(budget if self.gates else
+                                       replace(budget, metric="none", lambda_base=0.0))
         self.cost_weights, self.uniform_weights = self._penalty_weights(budget.cost,
                                                                         budget.normalize)
         self.train_macs_epoch = 0.0
@@ -183,15 +180,15 @@ class GrowthController:
             write_samples(self.gates, q)
             self._held = None             # a period in progress continues from these samples
             self._sampled = self._state(q)
-        elif self.sampling == "deterministic":
+        elif self.gate_options.sampling == "deterministic":
             open_all(self.gates)      # nothing is skipped: every channel is computed
             self._sampled = self._state(torch.ones(sum(g.n for g in self.gates)))
-        elif self.sampling == "hard":  # fixed masks: the hard architecture is what trains
+        elif self.gate_options.sampling == "hard":   # fixed masks: the hard architecture trains
             hard = torch.cat([g.hard().detach() for g in self.gates])
             write_samples(self.gates, hard)
             self._sampled = self._state(hard.cpu())
         else:
-            if self.draws % self.resample_every == 0:
+            if self.draws % self.gate_options.resample_every == 0:
                 self._held = self._state(sample_gates(self.gates, self.generator).cpu())
             elif self._held is None:                    # resumed inside a period
                 self._held = self._state(torch.cat([g.sample.detach().float()
@@ -215,7 +212,7 @@ class GrowthController:
         if not self.gates or lam == 0.0:
             return torch.zeros((), device=self._device())
         p = torch.cat([g.probs() for g in self.gates])
-        grow_uniform = lam < 0 and self.growth_push == "uniform"
+        grow_uniform = lam < 0 and self.budget_options.growth_push == "uniform"
         w = (self.uniform_weights if grow_uniform else self.cost_weights).to(p.device, p.dtype)
         return lam * (w * p).sum()
 
@@ -266,7 +263,7 @@ class GrowthController:
             if epoch is not None:
                 batches.epoch = epoch
             self.execution.clear()
-            set_sampling(self.model, self.sampling)
+            set_sampling(self.model, self.gate_options.sampling)
             for m, mom in zip(bns, momenta):
                 m.momentum = mom
             self.model.train(was_training)
@@ -275,7 +272,7 @@ class GrowthController:
         if self.budget.metric == "none":
             return self.costs.hard()[0] / self.costs.dense_macs
         use_params = self.budget.metric == "params"
-        if self.usage_mode == "expected":
+        if self.budget_options.usage == "expected":
             with torch.no_grad():
                 macs, params = self.costs.count(self.costs.prob_state())
             macs, params = float(macs), float(params)

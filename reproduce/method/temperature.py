@@ -20,24 +20,21 @@ from typing import Iterable
 import torch
 
 from .gates import Gate
-from .options import SCHEDULES
+from .options import TemperatureOptions
 
 
 class TemperatureSchedule:
-    def __init__(self, gates: Iterable[Gate], schedule: str = "global", beta_0: float = 1.0,
-                 beta_final: float = 200.0, epochs: int = 1, decay: float = 0.9,
-                 ramp_fraction: float = 1.0):
-        if schedule not in SCHEDULES:
-            raise ValueError(f"unknown temperature schedule {schedule!r}; choose one of "
-                             f"{', '.join(SCHEDULES)}")
+    """β of `gates` over `epochs` epochs, as `options` say (checked there)."""
+
+    def __init__(self, gates: Iterable[Gate], options: TemperatureOptions, epochs: int):
         self.gates = list(gates)
-        self.schedule, self.beta_0, self.beta_final = schedule, beta_0, beta_final
-        self.decay = decay
-        self.ramp_epochs = max(1, min(epochs, round(ramp_fraction * epochs)))
-        self.gamma = (beta_final / beta_0) ** (1.0 / max(1, self.ramp_epochs - 1))
+        self.schedule, self.decay = options.schedule, options.decay
+        self.beta_0, self.beta_final = options.beta_0, options.beta_final
+        self.ramp_epochs = max(1, min(epochs, round(options.ramp_fraction * epochs)))
+        self.gamma = (self.beta_final / self.beta_0) ** (1.0 / max(1, self.ramp_epochs - 1))
         self.epoch = 0
         for g in self.gates:
-            g.beta.fill_(beta_0)
+            g.beta.fill_(self.beta_0)
 
     @torch.no_grad()
     def step(self) -> None:

@@ -10,8 +10,8 @@ depth per stage and `model.gate_blocks: true` gates every block but the first of
 
 from . import (lstm_lm, mobilenet, plain_cifar, resnet_cifar,  # noqa: F401  (registers the models)
                resnet_imagenet, segmentation, vgg_cifar)
-from .registry import (ModelDefaults, available_models, create_model, default_cfg, model_exists,
-                       register_model)
+from .registry import (ModelDefaults, available_models, builds, create_model, default_cfg,
+                       example_models, model_exists, register_model)
 
-__all__ = ["ModelDefaults", "available_models", "create_model", "default_cfg", "model_exists",
-           "register_model"]
+__all__ = ["ModelDefaults", "available_models", "builds", "create_model", "default_cfg",
+           "example_models", "model_exists", "register_model"]

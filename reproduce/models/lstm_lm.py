@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..method.gates import ChannelGate
 from ..method.structure import GatedModel, Site
 from .layers import scaled
-from .registry import register_class, register_model
+from .registry import register_model
 
 INIT_RANGE = 0.05          # Zaremba et al. 2014
 
@@ -58,7 +58,6 @@ class GatedLSTMLayer(nn.Module):
         return torch.stack(outs, dim=1), (h, c)
 
 
-@register_class
 class LSTMLanguageModel(GatedModel):
     """Input: token ids (B, T); output: next-token logits (B, T, vocabulary)."""
 
@@ -128,13 +127,13 @@ class LSTMLanguageModel(GatedModel):
         return ["encoder"]
 
 
-@register_model("lstm_lm", input_size=(1, 1, 1), num_classes=10000, family="lstm_lm")
+@register_model("lstm_lm", input_size=(1, 1, 1), num_classes=10000, min_size=1)
 def lstm_lm(**kwargs) -> LSTMLanguageModel:
     """Zaremba et al. 2014, medium: 2 × 650, dropout 0.5."""
     return LSTMLanguageModel(hidden=650, layers=2, embed=650, dropout=0.5, **kwargs)
 
 
-@register_model("lstm_lm_small", input_size=(1, 1, 1), num_classes=10000, family="lstm_lm")
+@register_model("lstm_lm_small", input_size=(1, 1, 1), num_classes=10000, min_size=1)
 def lstm_lm_small(**kwargs) -> LSTMLanguageModel:
     """Zaremba et al. 2014, small: 2 × 200, no dropout."""
     return LSTMLanguageModel(hidden=200, layers=2, embed=200, dropout=0.0, **kwargs)

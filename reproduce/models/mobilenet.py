@@ -5,7 +5,7 @@ pointwise conv-BN-ReLU), global average pooling and one linear classifier. At 22
 multiplier 1.0 it has the paper's 4.2 M parameters and 569 M mult-adds (conv and linear layers).
 `width_multiplier` is the paper's α (0.25, 0.5, 0.75, 1.0: the uniform-width baselines).
 
-Gates (PAPER.md §3):
+Gates (docs/METHOD.md, "Structures and gates"):
   gate0            the stem's output channels
   features.<i>.gate  block i's pointwise output channels
 A depthwise conv has one filter per input channel, so its channels are its input's: block i's
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..method.gates import ChannelGate
 from ..method.structure import Block, GatedModel, Site
 from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
-from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
+from .registry import register_model
 
 # (output channels, stride) of the 13 depthwise-separable blocks
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
@@ -49,7 +49,6 @@ class SeparableBlock(nn.Module):
         return F.relu(self.gate(self.pw_bn(self.pw(x))))
 
 
-@register_class
 class MobileNetV1(GatedModel):
     """MobileNetV1; `sizes` builds a compact (exported) copy (`removed` is always empty)."""
 
@@ -114,7 +113,7 @@ class MobileNetV1(GatedModel):
         return sites
 
 
-@register_model("mobilenet_v1", input_size=(3, 224, 224), num_classes=1000, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, family="mobilenet")
+@register_model("mobilenet_v1", input_size=(3, 224, 224), num_classes=1000,
+                min_size=32)
 def mobilenet_v1(**kwargs) -> MobileNetV1:
     return MobileNetV1(**kwargs)

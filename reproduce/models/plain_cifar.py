@@ -20,11 +20,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..method.gates import ChannelGate, PassThroughGate, skipped
-from ..method.structure import Site, StagedModel
-from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
-from .registry import register_class, register_pattern
-from .resnet_cifar import RemovedBlock, Stage
+from ..method.gates import PassThroughGate, skipped
+from ..method.structure import Block, Site
+from .layers import BatchNorm2d, Conv2d
+from .registry import register_pattern
+from .stages import CIFARNet
 
 
 class PlainBlock(nn.Module):
@@ -43,65 +43,19 @@ class PlainBlock(nn.Module):
         return out if self.block_gate is None else self.block_gate(out, x)
 
 
-@register_class
-class Plain3Net(StagedModel):
+class Plain3Net(CIFARNet):
     """Shortcut-free CIFAR network; `sizes`/`removed` build a compact (exported) copy."""
 
-    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
+    def make_block(self, name: str, cin: int, width: int, cout: int, stride: int,
+                   gate_block: bool, sizes: dict[str, int]) -> PlainBlock:
+        return PlainBlock(cin, cout, stride, gate_block)
 
-    def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
-                 in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
-                 gate_blocks: bool = False, sizes: dict[str, int] | None = None,
-                 removed: set[str] | frozenset = frozenset()):
-        super().__init__()
-        self.arch = dict(depths=tuple(depths), widths=tuple(widths), num_classes=num_classes,
-                         in_channels=in_channels, width_multiplier=width_multiplier)
-        self.gate_channels, self.gate_blocks = gate_channels, gate_blocks
-        self.removed = frozenset(removed)   # sub-modules exported as identities
-        sizes = sizes or {}
-        widths = [scaled(w, width_multiplier) for w in widths]
-        stream = [sizes.get(f"layer{k + 1}.gate", w) for k, w in enumerate(widths)]
-
-        self.conv1 = Conv2d(in_channels, stream[0], 3, 1, 1, bias=False)
-        self.bn1 = BatchNorm2d(stream[0])
-        cin = stream[0]
-        for k, depth in enumerate(depths):
-            blocks = []
-            for j in range(depth):
-                name = f"layer{k + 1}.{j}"
-                if name in removed:
-                    blocks.append(RemovedBlock())
-                    continue
-                stride = 2 if (j == 0 and k > 0) else 1
-                blocks.append(PlainBlock(cin, stream[k], stride, gate_blocks and j > 0))
-                cin = stream[k]
-            self.add_module(f"layer{k + 1}", Stage(ChannelGate(stream[k]) if gate_channels
-                                                   else nn.Identity(), blocks))
-        self.fc = Linear(stream[-1], num_classes)
-        initialise(self)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.layer1.gate(self.bn1(self.conv1(x))))
-        for k in range(len(self.arch["depths"])):
-            x = getattr(self, f"layer{k + 1}")(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
-
-    # -- structure description (used by costs and export) ---------------------------------------
-    def sites(self) -> list[Site]:
-        g = self.gate
-        sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1, role="stream")]
-        prev = g("layer1.gate")
-        for block in self.blocks():
-            stream = g(f"layer{block.stage}.gate")
-            # "stream": its output channels are the stage's, shared by the pass-through
-            sites.append(Site(f"{block.name}.conv", prev, stream, block.gate, f"{block.name}.bn",
-                              block.stage, role="stream"))
-            prev = stream
-        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
-        return sites
+    def block_sites(self, block: Block, prev: str | None, stream: str | None) -> list[Site]:
+        # "stream": its output channels are the stage's, shared by the pass-through
+        return [Site(f"{block.name}.conv", prev, stream, block.gate, f"{block.name}.bn",
+                     block.stage, role="stream")]
 
 
-@register_pattern("plain3net-A-B-C", r"plain3net-(\d+)-(\d+)-(\d+)$", family="plain_cifar")
-def _plain3net(*depths: str):
-    return lambda **kwargs: Plain3Net(depths=tuple(map(int, depths)), **kwargs)
+@register_pattern("plain3net-A-B-C", r"plain3net-(\d+)-(\d+)-(\d+)$", example="plain3net-2-4-3")
+def _plain3net(*depths: str, **kwargs) -> Plain3Net:
+    return Plain3Net(depths=tuple(map(int, depths)), **kwargs)

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..method.gates import BlockGate, ChannelGate, skipped
-from ..method.structure import Site, StagedModel
-from .layers import BatchNorm2d, Conv2d, Linear, initialise, scaled
-from .registry import register_class, register_model, register_pattern
+from ..method.structure import Block, Site
+from .layers import BatchNorm2d, Conv2d
+from .registry import register_model, register_pattern
+from .stages import CIFARNet
 
 
 class BasicBlock(nn.Module):
@@ -51,102 +52,30 @@ class BasicBlock(nn.Module):
         return F.relu(identity + out)
 
 
-class RemovedBlock(nn.Module):
-    """What a closed block becomes on export: the identity (its input is already post-ReLU)."""
-
-    def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
-        return x
-
-
-class Stage(nn.Module):
-    def __init__(self, gate: nn.Module, blocks: list[nn.Module]):
-        super().__init__()
-        self.gate = gate
-        for j, b in enumerate(blocks):
-            self.add_module(str(j), b)
-        self.depth = len(blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        for j in range(self.depth):
-            x = getattr(self, str(j))(x, self.gate)
-        return x
-
-
-@register_class
-class ResNetCIFAR(StagedModel):
+class ResNetCIFAR(CIFARNet):
     """Basic-block ResNet for 32×32 inputs; `sizes`/`removed` build a compact (exported) copy."""
 
-    gates_follow_bn = True      # every channel gate multiplies its BN's output directly
+    def make_block(self, name: str, cin: int, width: int, cout: int, stride: int,
+                   gate_block: bool, sizes: dict[str, int]) -> BasicBlock:
+        return BasicBlock(cin, sizes.get(f"{name}.gate1", width), cout, stride,
+                          self.gate_channels, gate_block)
 
-    def __init__(self, depths=(3, 3, 3), widths=(16, 32, 64), num_classes: int = 10,
-                 in_channels: int = 3, width_multiplier: float = 1.0, gate_channels: bool = True,
-                 gate_blocks: bool = False, sizes: dict[str, int] | None = None,
-                 removed: set[str] | frozenset = frozenset()):
-        super().__init__()
-        self.arch = dict(depths=tuple(depths), widths=tuple(widths), num_classes=num_classes,
-                         in_channels=in_channels, width_multiplier=width_multiplier)
-        self.gate_channels, self.gate_blocks = gate_channels, gate_blocks
-        self.removed = frozenset(removed)   # blocks exported as identities: no sites, no depth
-        sizes = sizes or {}
-        widths = [scaled(w, width_multiplier) for w in widths]
-        stream = [sizes.get(f"layer{k + 1}.gate", w) for k, w in enumerate(widths)]
-
-        self.conv1 = Conv2d(in_channels, stream[0], 3, 1, 1, bias=False)
-        self.bn1 = BatchNorm2d(stream[0])
-        cin = stream[0]
-        for k, (depth, w) in enumerate(zip(depths, widths)):
-            blocks = []
-            for j in range(depth):
-                name = f"layer{k + 1}.{j}"
-                if name in removed:
-                    blocks.append(RemovedBlock())
-                    continue
-                mid = sizes.get(f"{name}.gate1", w)
-                stride = 2 if (j == 0 and k > 0) else 1
-                blocks.append(BasicBlock(cin, mid, stream[k], stride, gate_channels,
-                                         gate_blocks and j > 0))
-                cin = stream[k]
-            cin = stream[k]
-            self.add_module(f"layer{k + 1}", Stage(ChannelGate(stream[k]) if gate_channels
-                                                   else nn.Identity(), blocks))
-        self.fc = Linear(stream[-1], num_classes)
-        initialise(self)
-
-    def features(self, x: Tensor) -> Tensor:
-        """The last stage's output, before pooling (what a segmentation head reads)."""
-        x = F.relu(self.layer1.gate(self.bn1(self.conv1(x))))
-        for k in range(len(self.arch["depths"])):
-            x = getattr(self, f"layer{k + 1}")(x)
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
-        return self.fc(x)
-
-    # -- structure description (used by costs and export) ---------------------------------------
-    def sites(self) -> list[Site]:
-        g = self.gate
-        sites = [Site("conv1", None, g("layer1.gate"), bn="bn1", stage=1, role="stream")]
-        prev = g("layer1.gate")
-        for block in self.blocks():
-            name, stage, block_gate = block.name, block.stage, block.gate
-            stream = g(f"layer{stage}.gate")
-            sites += [
-                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), block_gate, f"{name}.bn1", stage,
-                     role="inner"),
-                Site(f"{name}.conv2", g(f"{name}.gate1"), stream, block_gate, f"{name}.bn2", stage,
-                     role="stream"),
-            ]
-            if name.endswith(".0") and stage > 1:
-                sites.append(Site(f"{name}.shortcut.0", prev, stream, None, f"{name}.shortcut.1",
-                                  stage, role="shortcut"))
-            prev = stream
-        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
+    def block_sites(self, block: Block, prev: str | None, stream: str | None) -> list[Site]:
+        name, stage, block_gate, g = block.name, block.stage, block.gate, self.gate
+        sites = [
+            Site(f"{name}.conv1", prev, g(f"{name}.gate1"), block_gate, f"{name}.bn1", stage,
+                 role="inner"),
+            Site(f"{name}.conv2", g(f"{name}.gate1"), stream, block_gate, f"{name}.bn2", stage,
+                 role="stream"),
+        ]
+        if name.endswith(".0") and stage > 1:
+            sites.append(Site(f"{name}.shortcut.0", prev, stream, None, f"{name}.shortcut.1",
+                              stage, role="shortcut"))
         return sites
 
 
 def _resnet(n: int):
-    @register_model(f"resnet{6 * n + 2}", family="resnet_cifar")
+    @register_model(f"resnet{6 * n + 2}")
     def build(**kwargs) -> ResNetCIFAR:
         return ResNetCIFAR(depths=(n, n, n), **kwargs)
     return build
@@ -156,6 +85,7 @@ for _n in (3, 5, 7, 9, 18):
     _resnet(_n)
 
 
-@register_pattern("basic3resnet-A-B-C", r"basic3resnet-(\d+)-(\d+)-(\d+)$", family="resnet_cifar")
-def _basic3resnet(*depths: str):
-    return lambda **kwargs: ResNetCIFAR(depths=tuple(map(int, depths)), **kwargs)
+@register_pattern("basic3resnet-A-B-C", r"basic3resnet-(\d+)-(\d+)-(\d+)$",
+                  example="basic3resnet-2-4-3")
+def _basic3resnet(*depths: str, **kwargs) -> ResNetCIFAR:
+    return ResNetCIFAR(depths=tuple(map(int, depths)), **kwargs)

@@ -12,7 +12,7 @@ block with the dilation of the stage before, the others with that times the stri
 The segmentation backbone (models/segmentation.py) dilates stages 3 and 4, for an output stride
 of 8. The default, no dilation, is the classifier above.
 
-Gates (PAPER.md §3):
+Gates (docs/METHOD.md, "Structures and gates"):
   stem_gate                the stem's 64 channels (after its BN, before the max-pool)
   layer<k>.gate            channels of stage k's residual stream, shared by every block of the
                            stage (as in the CIFAR ResNets), applied to each block's conv3 output
@@ -27,14 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..method.gates import BlockGate, ChannelGate, skipped
-from ..method.structure import Site, StagedModel
-from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
-from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
-from .resnet_cifar import RemovedBlock, Stage
-
-
-def _gate(n: int, gated: bool) -> nn.Module:
-    return ChannelGate(n) if gated else nn.Identity()
+from ..method.structure import Block, Site, StagedModel
+from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, maybe_gate, scaled
+from .registry import register_model
+from .stages import add_stages, run_stages, staged_sites
 
 
 class Bottleneck(nn.Module):
@@ -43,10 +39,10 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = Conv2d(cin, mid1, 1, bias=False)
         self.bn1 = BatchNorm2d(mid1)
-        self.gate1 = _gate(mid1, gate_channels)
+        self.gate1 = maybe_gate(ChannelGate, mid1, gate_channels)
         self.conv2 = Conv2d(mid1, mid2, 3, stride, dilation, dilation=dilation, bias=False)
         self.bn2 = BatchNorm2d(mid2)
-        self.gate2 = _gate(mid2, gate_channels)
+        self.gate2 = maybe_gate(ChannelGate, mid2, gate_channels)
         self.conv3 = Conv2d(mid2, cout, 1, bias=False)
         self.bn3 = BatchNorm2d(cout)
         self.block_gate = BlockGate() if gate_block else nn.Identity()
@@ -65,7 +61,6 @@ class Bottleneck(nn.Module):
         return F.relu(identity + out)
 
 
-@register_class
 class ResNetImageNet(StagedModel):
     """Bottleneck ResNet for 224-px inputs; `sizes`/`removed` build a compact (exported) copy."""
 
@@ -95,26 +90,24 @@ class ResNetImageNet(StagedModel):
 
         self.conv1 = Conv2d(in_channels, stem, 7, 2, 3, bias=False)
         self.bn1 = BatchNorm2d(stem)
-        self.stem_gate = _gate(stem, gate_channels)
+        self.stem_gate = maybe_gate(ChannelGate, stem, gate_channels)
         self.maxpool = MaxPool2d(3, 2, 1)
-        cin, dilation = stem, 1
-        for k, (depth, mid) in enumerate(zip(depths, mids)):
+        plan, dilation = [], 1      # per stage: stride, first block's and later blocks' dilation
+        for k in range(len(depths)):
             stride, previous = (2 if k > 0 else 1), dilation
             if k > 0 and dilate[k - 1]:          # torchvision's _make_layer(dilate=True)
                 dilation, stride = dilation * stride, 1
-            blocks = []
-            for j in range(depth):
-                name = f"layer{k + 1}.{j}"
-                if name in self.removed:
-                    blocks.append(RemovedBlock())
-                    continue
-                blocks.append(Bottleneck(cin, sizes.get(f"{name}.gate1", mid),
-                                         sizes.get(f"{name}.gate2", mid), stream[k],
-                                         stride if j == 0 else 1, j == 0, gate_channels,
-                                         gate_blocks and j > 0, previous if j == 0 else dilation))
-                cin = stream[k]
-            cin = stream[k]
-            self.add_module(f"layer{k + 1}", Stage(_gate(stream[k], gate_channels), blocks))
+            plan.append((stride, previous, dilation))
+
+        def block(name: str, k: int, j: int, cin: int) -> Bottleneck:
+            stride, first, later = plan[k]
+            return Bottleneck(cin, sizes.get(f"{name}.gate1", mids[k]),
+                              sizes.get(f"{name}.gate2", mids[k]), stream[k],
+                              stride if j == 0 else 1, j == 0, gate_channels,
+                              gate_blocks and j > 0, first if j == 0 else later)
+
+        add_stages(self, depths, stream, stem, self.removed,
+                   lambda n: maybe_gate(ChannelGate, n, gate_channels), block)
         self.fc = Linear(stream[-1], num_classes)
         initialise(self)
         if zero_init_residual:      # torchvision's option: each residual branch starts at zero
@@ -124,10 +117,7 @@ class ResNetImageNet(StagedModel):
 
     def features(self, x: Tensor) -> Tensor:
         """The last stage's output, before pooling (what a segmentation head reads)."""
-        x = self.maxpool(F.relu(self.stem_gate(self.bn1(self.conv1(x)))))
-        for k in range(len(self.arch["depths"])):
-            x = getattr(self, f"layer{k + 1}")(x)
-        return x
+        return run_stages(self, self.maxpool(F.relu(self.stem_gate(self.bn1(self.conv1(x))))))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)
@@ -136,28 +126,25 @@ class ResNetImageNet(StagedModel):
 
     # -- structure description (used by costs and export) ---------------------------------------
     def sites(self) -> list[Site]:
-        g = self.gate
-        sites = [Site("conv1", None, g("stem_gate"), bn="bn1", stage=1, role="plain")]
-        prev = g("stem_gate")
-        for block in self.blocks():
-            name, k, bg = block.name, block.stage, block.gate
-            stream = g(f"layer{k}.gate")
-            sites += [
-                Site(f"{name}.conv1", prev, g(f"{name}.gate1"), bg, f"{name}.bn1", k, role="inner"),
-                Site(f"{name}.conv2", g(f"{name}.gate1"), g(f"{name}.gate2"), bg, f"{name}.bn2", k,
-                     role="inner"),
-                Site(f"{name}.conv3", g(f"{name}.gate2"), stream, bg, f"{name}.bn3", k,
-                     role="stream"),
-            ]
-            if name.endswith(".0"):
-                sites.append(Site(f"{name}.downsample.0", prev, stream, None,
-                                  f"{name}.downsample.1", k, role="shortcut"))
-            prev = stream
-        sites.append(Site("fc", prev, None, stage=len(self.arch["depths"]), role="head"))
+        stem = Site("conv1", None, self.gate("stem_gate"), bn="bn1", stage=1, role="plain")
+        return staged_sites(self, stem, self.block_sites)
+
+    def block_sites(self, block: Block, prev: str | None, stream: str | None) -> list[Site]:
+        g, name, k, bg = self.gate, block.name, block.stage, block.gate
+        sites = [
+            Site(f"{name}.conv1", prev, g(f"{name}.gate1"), bg, f"{name}.bn1", k, role="inner"),
+            Site(f"{name}.conv2", g(f"{name}.gate1"), g(f"{name}.gate2"), bg, f"{name}.bn2", k,
+                 role="inner"),
+            Site(f"{name}.conv3", g(f"{name}.gate2"), stream, bg, f"{name}.bn3", k,
+                 role="stream"),
+        ]
+        if name.endswith(".0"):
+            sites.append(Site(f"{name}.downsample.0", prev, stream, None,
+                              f"{name}.downsample.1", k, role="shortcut"))
         return sites
 
 
-@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, family="resnet_imagenet")
+@register_model("resnet50", input_size=(3, 224, 224), num_classes=1000,
+                min_size=32)
 def resnet50(**kwargs) -> ResNetImageNet:
     return ResNetImageNet(depths=(3, 4, 6, 3), **kwargs)

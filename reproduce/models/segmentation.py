@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..method.gates import ChannelGate
 from ..method.structure import Block, GatedModel, Site
 from .layers import BatchNorm2d, Conv2d, initialise, scaled
-from .registry import IMAGENET_MEAN, IMAGENET_STD, register_class, register_model
+from .registry import register_model
 from .resnet_cifar import ResNetCIFAR
 from .resnet_imagenet import ResNetImageNet
 
@@ -89,7 +89,6 @@ class FCN(GatedModel):
                         Site("classifier.5", gate, None, stage=stage, role="head")]
 
 
-@register_class
 class SegmentationResNet(FCN):
     """FCN on the CIFAR ResNet (output stride 4)."""
 
@@ -108,7 +107,6 @@ class SegmentationResNet(FCN):
         self._head(head, num_classes, width_multiplier, gate_channels, sizes)
 
 
-@register_class
 class SegmentationResNetImageNet(FCN):
     """FCN on the bottleneck ResNet of resnet_imagenet.py, dilated to output stride 8."""
 
@@ -131,7 +129,7 @@ class SegmentationResNetImageNet(FCN):
 
 
 def _fcn(name: str, depths):
-    @register_model(name, input_size=(3, 32, 32), num_classes=21, family="segmentation")
+    @register_model(name, input_size=(3, 32, 32), num_classes=21)
     def build(**kwargs) -> SegmentationResNet:
         return SegmentationResNet(depths=depths, **kwargs)
     return build
@@ -141,7 +139,7 @@ _fcn("fcn_resnet20", (3, 3, 3))
 _fcn("fcn_resnet56", (9, 9, 9))
 
 
-@register_model("fcn_resnet50", input_size=(3, 480, 480), num_classes=21, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD, family="segmentation")
+@register_model("fcn_resnet50", input_size=(3, 480, 480), num_classes=21,
+                min_size=32)
 def fcn_resnet50(**kwargs) -> SegmentationResNetImageNet:
     return SegmentationResNetImageNet(depths=(3, 4, 6, 3), **kwargs)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..method.gates import ChannelGate
 from ..method.structure import GatedModel, Site
 from .layers import BatchNorm2d, Conv2d, Linear, MaxPool2d, initialise, scaled
-from .registry import register_class, register_model
+from .registry import register_model
 
 CONFIGS = {
     "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
@@ -23,7 +23,6 @@ CONFIGS = {
 }
 
 
-@register_class
 class VGGCIFAR(GatedModel):
     gates_follow_bn = True      # every channel gate multiplies its BN's output directly
 
@@ -70,7 +69,7 @@ class VGGCIFAR(GatedModel):
 
 
 def _vgg(name: str, stages: list[list[int]]):
-    @register_model(name, family="vgg_cifar")
+    @register_model(name)
     def build(**kwargs) -> VGGCIFAR:
         return VGGCIFAR(stages=stages, **kwargs)
     return build

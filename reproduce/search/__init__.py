@@ -28,8 +28,8 @@ A trial is the base run resolved through `experiments.plan` with the suggested v
 highest-precedence overrides, trained and tracked by `runner.train_tracked` as a normal run, nested
 under the study's MLflow parent run. See docs/SEARCH.md for usage, workers and storage.
 
-Modules, each importing only those before it:
-    results      trial metrics, feasibility, best trial, Pareto front (optuna + contract only)
+Modules, each importing only those before it (the trial results they read, feasibility, the best
+trial and the Pareto front, are `reproduce.study_results`, shared with `analysis.search_plots`):
     spec         the spec schema and its validation (`load_spec`)
     storage      the Optuna storage URL, opening stores from many processes
     study        sampler, pruner, creating or loading the study
@@ -42,26 +42,17 @@ The command-line commands (search, search-best, pareto) live in reproduce/cli.py
 
 from __future__ import annotations
 
-import importlib
+from ..study_results import (best_trial, complete_trials, counts, is_feasible, pareto_mask,
+                             pareto_trials, summary_metrics)
+from .best import choose_trial, pareto_table, resolution_note, write_best
+from .objective import TrialObjective, suggest
+from .spec import Constraint, Objective, Param, SearchSpec, is_spec, load_spec, spec_ref
+from .storage import make_storage, redact, storage_url
+from .study import load_study_for, open_study
+from .worker import SearchError, run_search, work
 
-# Public names, imported on first use: `analysis.search_plots` imports `reproduce.search.results`,
-# which runs this file, and must not pull in the training code that `worker` imports.
-_EXPORTS = {
-    "results": ("best_trial", "complete_trials", "counts", "is_feasible", "pareto_mask",
-                "pareto_trials", "summary_metrics"),
-    "spec": ("Constraint", "Objective", "Param", "SearchSpec", "is_spec", "load_spec",
-             "spec_ref"),
-    "storage": ("make_storage", "redact", "storage_url"),
-    "study": ("load_study_for", "open_study"),
-    "objective": ("TrialObjective", "suggest"),
-    "worker": ("SearchError", "run_search", "work"),
-    "best": ("choose_trial", "pareto_table", "resolution_note", "write_best"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+__all__ = ["Constraint", "Objective", "Param", "SearchError", "SearchSpec", "TrialObjective",
+           "best_trial", "choose_trial", "complete_trials", "counts", "is_feasible", "is_spec",
+           "load_spec", "load_study_for", "make_storage", "open_study", "pareto_mask",
+           "pareto_table", "pareto_trials", "redact", "resolution_note", "run_search",
+           "spec_ref", "storage_url", "suggest", "summary_metrics", "work", "write_best"]

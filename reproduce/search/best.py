@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import ConfigError, flatten, unflatten
 from ..experiments import EXPERIMENTS_DIR, load_yaml, plan
-from .results import best_trial, complete_trials, pareto_trials
+from ..study_results import best_trial, complete_trials, pareto_trials
 from .spec import SearchSpec, deep_merge, spec_ref
 
 

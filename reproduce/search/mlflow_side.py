@@ -13,7 +13,7 @@ from .. import tracking
 from ..config import flatten
 from ..contract import VAL_ACC
 from ..experiments import plan
-from .results import best_trial, counts, finished, is_feasible, pareto_trials
+from ..study_results import best_trial, counts, finished, is_feasible, pareto_trials
 from .spec import SearchSpec
 from .storage import redact, sqlite_init_lock
 

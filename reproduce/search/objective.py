@@ -21,8 +21,8 @@ from ..config import ConfigError, flatten, to_dict, unflatten
 from ..contract import with_derived
 from ..experiments import PlannedRun, plan
 from ..runner import RunStopped, train_tracked
+from ..study_results import summary_metrics
 from .mlflow_side import marker_run
-from .results import summary_metrics
 from .spec import Param, SearchSpec, deep_merge, metric_value
 from .storage import redact
 

@@ -8,7 +8,7 @@ import optuna
 
 from .. import tracking
 from ..config import ConfigError
-from .results import best_trial, pareto_trials
+from ..study_results import best_trial, pareto_trials
 from .spec import PRUNERS, SAMPLERS, SearchSpec
 from .storage import make_storage, redact, storage_url
 

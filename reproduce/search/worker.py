@@ -12,10 +12,10 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import ConfigError
+from ..study_results import counts, finished
 from .mlflow_side import client_and_experiment, finish_parent, log_parent_progress, \
     mark_parent_running, mark_stale_run, parent_run
 from .objective import TrialObjective
-from .results import counts, finished
 from .spec import SearchSpec
 from .storage import make_storage, redact, retrying, storage_url
 from .study import open_study, record_best

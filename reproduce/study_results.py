@@ -16,7 +16,7 @@ from typing import Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
-from ..contract import MACS_RATIO, PARAMS_RATIO, TRAIN_MACS_RATIO, USAGE, VAL_ACC
+from .contract import MACS_RATIO, PARAMS_RATIO, TRAIN_MACS_RATIO, USAGE, VAL_ACC
 
 # Final metrics every trial keeps in its `metrics` user attribute (besides its objectives and
 # constrained metrics): what the Pareto figure and optuna-dashboard show.

@@ -176,7 +176,8 @@ class TrainConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
     lr_gamma: float = 0.1
     # the classifier's (the model's "head" site) learning rate as a multiple of lr; 1 = one lr
-    # for every weight (every profile here; docs/METHOD.md, the ImageNet-style smoke tree)
+    # for every weight (every profile but smoke-imagenet's 0.03: docs/METHOD.md, the
+    # ImageNet-style smoke tree)
     head_lr_scale: float = field(default=1.0, metadata=positive(added_later=1.0))
     warmup_epochs: int = 0
     label_smoothing: float = 0.0

@@ -30,9 +30,25 @@ PYTEST_ARGS ?=
 GPU_CHECK_ARGS ?=
 # processes training at once for figure/table/run targets (each run is trained by exactly one);
 # smoke runs use one thread each, so the smoke profile defaults to one process per core
-JOBS ?= $(if $(filter smoke,$(PROFILE)),$(shell nproc 2>/dev/null || echo 1),1)
+# (with RUNS_PER_GPU=k and no JOBS: k runs on each visible GPU)
+JOBS ?= $(if $(RUNS_PER_GPU),,$(if $(filter smoke,$(PROFILE)),$(shell nproc 2>/dev/null || echo 1),1))
+RUNS_PER_GPU ?=
+# where runs train: local (processes of this machine) or slurm (one Slurm job per missing run,
+# docs/SLURM.md); NO_WAIT=1 returns once the jobs are submitted. Slurm resources default to the
+# profile's launcher: section (experiments/profiles.yaml); these override it for every job:
+LAUNCHER ?= local
+NO_WAIT ?=
+PARTITION ?=
+ACCOUNT ?=
+QOS ?=
+TIME ?=
+GPUS ?=
+CPUS ?=
+MEM ?=
+LAUNCH_SET := $(foreach v,partition=$(PARTITION) account=$(ACCOUNT) qos=$(QOS) time_min=$(TIME) \
+  gpus=$(GPUS) cpus=$(CPUS) mem_gb=$(MEM),$(if $(word 2,$(subst =, ,$(v))),--set launcher.$(v)))
 
-export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE JOBS
+export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE JOBS RUNS_PER_GPU LAUNCHER NO_WAIT
 export PYTHONUNBUFFERED := 1
 
 RUN := $(PY) -m reproduce
@@ -44,11 +60,11 @@ FIGURES := $(shell printf "%s\n" $(patsubst analysis/figure_%.py,%,$(wildcard an
 STUDIES := schedule study
 TABLES := $(filter-out $(STUDIES),$(sort $(patsubst analysis/table_%.py,%,$(wildcard analysis/table_*.py))))
 
-.PHONY: help setup demo test test-fast figures tables studies run flops list-runs list-experiments mlflow-ui \
+.PHONY: help setup demo test test-fast figures tables studies run jobs flops list-runs list-experiments mlflow-ui \
         optuna-dashboard data-cifar10 data-cifar100 data-imagenet-smoke data-check-imagenet data-voc \
         data-sbd \
         lock clean-figures clean search search-best \
-        figure-pareto gpu-check
+        figure-pareto gpu-check report
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROFILE=smoke|paper] [FORCE=1] [DATA_DIR=...]"
@@ -65,6 +81,9 @@ help: ## Show this help
 	@echo "  PROFILE=$(PROFILE)   smoke (CPU minutes, embedded digits) | paper (CIFAR-10; ImageNet for figure-3, table-imagenet; full schedules)"
 	@echo "  FORCE=$(FORCE)   1 retrains runs already tracked"
 	@echo "  JOBS=$(JOBS)   processes training at once (default: one per core for smoke, else 1)"
+	@echo "  RUNS_PER_GPU=$(RUNS_PER_GPU)   runs sharing one GPU (JOBS then defaults to GPUs x RUNS_PER_GPU)"
+	@echo "  LAUNCHER=$(LAUNCHER)   local | slurm (one Slurm job per missing run);  NO_WAIT=1 returns after submitting"
+	@echo "  PARTITION ACCOUNT QOS TIME(min) GPUS CPUS MEM(GB)   Slurm resources per job (default: the profile's launcher: section)"
 	@echo "  DATA_DIR=$(DATA_DIR)"
 	@echo "  MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)"
 	@echo "  OPTUNA_STORAGE=$(OPTUNA_STORAGE)"
@@ -93,32 +112,38 @@ test-fast: $(STAMP) ## Unit tests only (skips end-to-end runs)
 	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 figure-%: $(STAMP) ## Train what figure N needs (PROFILE), then draw figures/figure-N.{png,pdf}
-	@$(RUN) figure $* --profile $(PROFILE)
+	@$(RUN) figure $* --profile $(PROFILE) $(LAUNCH_SET)
 
 table-%: $(STAMP) ## Train what a table needs, then write figures/table-NAME.{md,csv,tex}
-	@$(RUN) table $* --profile $(PROFILE)
+	@$(RUN) table $* --profile $(PROFILE) $(LAUNCH_SET)
 
 figures: $(STAMP) ## Every figure for PROFILE
-	@$(RUN) figure $(FIGURES) --profile $(PROFILE)
+	@$(RUN) figure $(FIGURES) --profile $(PROFILE) $(LAUNCH_SET)
 
 tables: $(STAMP) ## Every table of the paper for PROFILE
-	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE),echo "no tables yet")
+	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE) $(LAUNCH_SET),echo "no tables yet")
 
 studies: $(STAMP) ## The study tables behind the method's defaults (table-study, table-schedule)
-	@$(RUN) table $(STUDIES) --profile $(PROFILE)
+	@$(RUN) table $(STUDIES) --profile $(PROFILE) $(LAUNCH_SET)
+
+report: $(STAMP) ## One shareable page of PROFILE's figures and tables: figures/report-PROFILE.{html,pdf}
+	@$(RUN) report --profile $(PROFILE)
 
 search: $(STAMP) ## Optuna search: make search SEARCH=search-resnet20-budget [TRIALS=n] [WORKERS=n]
-	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS))
+	@$(RUN) search $(SEARCH) --profile $(PROFILE) $(if $(TRIALS),--trials $(TRIALS)) $(if $(WORKERS),--workers $(WORKERS)) $(LAUNCH_SET)
 
 search-best: $(STAMP) ## Write the best trial (or Pareto point PARETO_INDEX) of SEARCH as an experiment file
 	@$(RUN) search-best $(SEARCH) --profile $(PROFILE) $(if $(PARETO_INDEX),--pareto-index $(PARETO_INDEX))
+
+jobs: $(STAMP) ## The suite's Slurm jobs (LAUNCHER=slurm): Slurm state, run state, link
+	@$(RUN) jobs
 
 figure-pareto: $(STAMP) ## Accuracy vs MACs of every trial of SEARCH, Pareto front, importances
 	@$(RUN) pareto $(SEARCH) --profile $(PROFILE)
 
 run: $(STAMP) ## Train one experiment file: make run EXP=figure-7 [SET="budget.target=0.3"]
 	@test -n "$(EXP)" || { echo "make run needs EXP=<experiment>, e.g. make run EXP=figure-7 (make list-experiments lists them)"; exit 2; }
-	@$(RUN) run $(EXP) --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+	@$(RUN) run $(EXP) --profile $(PROFILE) $(foreach s,$(SET),--set $(s)) $(LAUNCH_SET)
 
 flops: $(STAMP) ## Params and MACs of a dense model: make flops MODEL=vgg16
 	@$(RUN) flops --model $(MODEL)
@@ -130,16 +155,10 @@ list-experiments: $(STAMP) ## List experiment files and search specs
 	@$(RUN) list experiments
 
 mlflow-ui: $(STAMP) ## Browse every tracked run at http://127.0.0.1:$(PORT) (prints each runs table's link)
-	@case "$(MLFLOW_TRACKING_URI)" in http*) \
-	  echo "MLFLOW_TRACKING_URI is a tracking server: open $(MLFLOW_TRACKING_URI) (its own UI)"; \
-	  exit 0;; esac; \
-	$(RUN) links --port $(PORT) 2>/dev/null || true; \
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(MLFLOW_UI_JOBS) $(VENV)/bin/mlflow ui \
-	  --backend-store-uri "$(MLFLOW_TRACKING_URI)" --host 127.0.0.1 --port $(PORT) \
-	  --workers $(MLFLOW_UI_WORKERS)
+	@$(RUN) mlflow-ui --port $(PORT) --workers $(MLFLOW_UI_WORKERS) $(if $(filter true,$(MLFLOW_UI_JOBS)),--jobs)
 
-optuna-dashboard: $(STAMP) ## Browse Optuna studies at http://127.0.0.1:$(DASHBOARD_PORT)
-	@$(VENV)/bin/optuna-dashboard "$(OPTUNA_STORAGE)" --host 127.0.0.1 --port $(DASHBOARD_PORT)
+optuna-dashboard: $(STAMP) ## Browse Optuna studies at http://127.0.0.1:$(DASHBOARD_PORT) (best trials under the constraints)
+	@$(RUN) optuna-dashboard --port $(DASHBOARD_PORT)
 
 data-cifar10: $(STAMP) ## Download CIFAR-10 into DATA_DIR
 	@$(RUN) data cifar10 --root "$(DATA_DIR)"

@@ -19,7 +19,8 @@ from . import style
 from .variants import gates
 
 EXPERIMENTS = ["figure-5"]
-KEYS = r"val/acc|cost/(params|macs|dense_params|dense_macs)|blocks/stage\d+"
+KEYS = r"val/acc|cost/(params|macs)|blocks/stage\d+"
+DENSE = [contract.DENSE_PARAMS, contract.DENSE_MACS]     # constants: one value per run
 
 
 def curves(runs, store):
@@ -27,8 +28,9 @@ def curves(runs, store):
     h = store.histories(runs, KEYS)
     wide = h.pivot_table(index=["run_id", "variant", "seed", "epoch"], columns="key",
                          values="value").reset_index()
-    wide["params_ratio"] = wide[contract.PARAMS] / wide[contract.DENSE_PARAMS]
-    wide["macs_ratio"] = wide[contract.MACS] / wide[contract.DENSE_MACS]
+    dense = runs.set_index("run_id")[DENSE]
+    wide["params_ratio"] = wide[contract.PARAMS] / wide["run_id"].map(dense[contract.DENSE_PARAMS])
+    wide["macs_ratio"] = wide[contract.MACS] / wide["run_id"].map(dense[contract.DENSE_MACS])
     return wide
 
 

@@ -21,7 +21,9 @@ EXPERIMENTS = ["figure-7"]
 STREAM_ROLES = ("stream", "shortcut")     # layers writing a stage's shared residual stream
 
 
-def draw(runs, stem: Path, profile: str, store) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store, title: str | None = None) -> list[Path]:
+    """Figure 7 of `runs`; with `title`, one run's panel under its own title (a run logs its
+    own, `reproduce.run_artifacts`)."""
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
     layers = store.layers(runs["run_id"].iloc[0]).set_index("layer")
@@ -53,6 +55,6 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7, loc="lower right", title="block inner / stream", title_fontsize=7)
     axes[0][0].set_ylabel("retained channel ratio")
-    fig.suptitle("Figure 7 - retained channels per layer during growth (epoch 0 = seed)\n"
-                 + style.subtitle(runs), fontsize=11)
+    fig.suptitle((title or "Figure 7 - retained channels per layer during growth (epoch 0 = seed)")
+                 + "\n" + style.subtitle(runs), fontsize=11)
     return style.save(fig, stem)

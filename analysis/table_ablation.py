@@ -80,6 +80,17 @@ def rows(runs: pd.DataFrame, reference_path=None) -> pd.DataFrame:
     return out.sort_values(["group", "variant"]).reset_index(drop=True)
 
 
+def references(r: pd.DataFrame) -> list:
+    """Each row's reference: every row against the reference run, the reference run against the
+    dense network, the dense network none."""
+    position = {v: i for i, v in enumerate(r["variant"])}
+    reference = r.loc[r["group"] == 0, "variant"]
+    ref = position[reference.iloc[0]] if len(reference) else None
+    dense = [position[v] for v in r.loc[r["kind"] == "dense", "variant"]]
+    return [None if k == "dense" else (dense[0] if dense else None) if i == ref else ref
+            for i, k in enumerate(r["kind"])]
+
+
 def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
     labels = {"variant": list(r["variant"]), "sampling": list(r["sampling"]),
@@ -92,6 +103,9 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
     if (r["train_reference"] != "dense run").any():
         notes.append("No dense ResNet-20 run is tracked for this profile: training savings are "
                      "against the dense model over each run's own schedule.")
+    comparison = tables.compare(r, references(r), references="this row minus the row "
+                                "named under `reference` (every changed setting against the "
+                                "reference run, the reference run against the dense ResNet-20)")
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=5,
                              notes=notes, names="{variant}", groups="group", table=TABLE,
-                             reference_path=reference_path)
+                             reference_path=reference_path, comparisons=[comparison])

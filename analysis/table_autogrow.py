@@ -148,6 +148,18 @@ def _text(v, kind: str) -> str:
     return "" if v is None or (isinstance(v, float) and np.isnan(v)) else tables.num(v, kind)
 
 
+def references(r: pd.DataFrame) -> list:
+    """Each measured row's reference: growing layers of the same family and dataset (the
+    method's row; itself and the published rows none)."""
+    out = []
+    for _, row in r.iterrows():
+        hit = r.index[(r["family"] == row["family"]) & (r["dataset"] == row["dataset"])
+                      & (r["kind"] == "grow-layers")]
+        measured = row["kind"] not in ("grow-layers", "published")
+        out.append(r.index.get_loc(hit[0]) if measured and len(hit) else None)
+    return out
+
+
 def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> list[Path]:
     r = rows(runs, reference_path)
     scale, prefix = si_scale(r["train_macs_total_mean"].dropna())
@@ -193,5 +205,10 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
                         datasets=sorted(r.loc[r["kind"] != "published", "dataset"].unique()),
                         run_ids=run_ids, row_names=names, n_left=5, notes=notes,
                         groups=[f"{f}/{d}" for f, d in zip(r["family"], r["dataset"])],
+                        comparisons=[tables.compare(
+                            r, references(r), names=[KINDS[k].removesuffix(" (Yuan et al. 2021)")
+                                                     for k in r["kind"]],
+                            references="this row minus the row named under `reference`, of the "
+                                       "same network and dataset (growing layers)")],
                         columns_note="Reproduced columns: mean ± sample std over seeds (one "
                                      "seed: its value alone).")

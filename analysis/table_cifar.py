@@ -46,4 +46,5 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
         notes.append("Rows without a dense run of their model measure training savings against "
                      "the dense model over the run's own schedule.")
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
-                             notes=notes, table=TABLE, reference_path=reference_path)
+                             notes=notes, table=TABLE, reference_path=reference_path,
+                             comparisons=[tables.growing_comparison(r)])

@@ -64,4 +64,5 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
                      f"{row['paper_source']} (analysis/reference.csv), against the paper's own "
                      f"dense baseline.")
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
-                             notes=notes, table=TABLE, reference_path=reference_path)
+                             notes=notes, table=TABLE, reference_path=reference_path,
+                             comparisons=[tables.growing_comparison(r)])

@@ -57,4 +57,5 @@ def draw(runs, stem: Path, profile: str, store, reference_path=None) -> list[Pat
              "scales every layer's hidden units (the embedding keeps its size) so its MACs match "
              "the nearest target."]
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=4,
-                             notes=notes, table=TABLE, reference_path=reference_path)
+                             notes=notes, table=TABLE, reference_path=reference_path,
+                             comparisons=[tables.growing_comparison(r, "ppl", "perplexity")])

@@ -41,6 +41,7 @@ def rows(runs: pd.DataFrame, store) -> pd.DataFrame:
             row[f"{k}_top1_std"] = r["top1_std"] if r is not None else np.nan
             row[f"{k}_seeds"] = int(r["n_seeds"]) if r is not None else 0
             row[f"{k}_run_ids"] = r["run_ids"] if r is not None else ""
+            row[f"{k}_top1_by_seed"] = r["by_seed"]["top1"] if r is not None else None
         grow = by.get("grow")
         row["grow_macs_ratio"] = grow["macs_ratio_mean"] if grow is not None else np.nan
         row["grow_train_savings"] = grow["train_savings_mean"] if grow is not None else np.nan
@@ -76,7 +77,7 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
         "seeds": [f"{a}/{b}/{c}" for a, b, c in
                   zip(r["dense_seeds"], r["uniform_seeds"], r["grow_seeds"])],
     })
-    csv = r.drop(columns=[c for c in r.columns if c.endswith("_run_ids")]).assign(
+    csv = r.drop(columns=[c for c in r.columns if c.endswith(("_run_ids", "_by_seed"))]).assign(
         run_ids=[";".join(filter(None, (a, b, c))) for a, b, c in
                  zip(r["dense_run_ids"], r["uniform_run_ids"], r["grow_run_ids"])])
     notes = ["Rows: each model at the CIFAR table's smoke schedule and at half of it. Growing "
@@ -87,8 +88,14 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
              "target (mean over seeds) and its share of the schedule: the exploration phase."]
     run_ids = [list(filter(None, ";".join((a, b, c)).split(";"))) for a, b, c in
                zip(r["dense_run_ids"], r["uniform_run_ids"], r["grow_run_ids"])]
+    comparisons = [tables.compare_values(
+        list(r["grow_top1_by_seed"]), list(r[f"{k}_top1_by_seed"]), [name] * len(r),
+        suffix=f" (growing − {name})", prefix=f"{k}_", show_reference=False, show_delta=False,
+        references="growing minus uniform width and growing minus dense, of the same model "
+                   "and schedule, as the headers say (the gap columns give the difference)")
+        for k, name in (("uniform", "uniform"), ("dense", "dense"))]
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=2,
-                             notes=notes, run_ids=run_ids, groups=None,
+                             notes=notes, run_ids=run_ids, groups=None, comparisons=comparisons,
                              names="{model} {epochs} epochs (dense, uniform, growing)",
                              columns_note="Top-1: mean ± sample std over seeds. Training savings: "
                              "growing's training MACs against the dense run of the same schedule.")

@@ -46,6 +46,32 @@ def rows(runs: pd.DataFrame, store) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+MAIN = ("defaults", "grow-50")       # the method as it stands, per model's study
+
+
+def references(r: pd.DataFrame) -> list:
+    """Each row's reference, within its model: the method as it stands (`defaults`, `grow-50`)
+    against dense; `before` and every other row that is not a change of `before` against the
+    method as it stands (uniform width included); `before+<change>` against `before`; dense
+    none."""
+    out = []
+    for _, row in r.iterrows():
+        model = r.index[r["model"] == row["model"]]
+        def at(variants):
+            hit = [r.index.get_loc(i) for i in model if r.at[i, "variant"] in variants]
+            return hit[0] if hit else None
+        v = row["variant"]
+        if row["kind"] == "dense":
+            out.append(None)
+        elif v in MAIN:
+            out.append(at(["dense"]))
+        elif v.startswith("before+"):
+            out.append(at(["before"]))
+        else:
+            out.append(at(MAIN))
+    return out
+
+
 def draw(runs, stem: Path, profile: str, store) -> list[Path]:
     r = rows(runs, store)
     fmt = tables.mean_std
@@ -71,5 +97,10 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
              "recalibration, no warm-up; defaults = the method's current defaults "
              "(docs/METHOD.md explains each); grow-50-uniform-push = the defaults with the "
              "growth push of before (budget.growth_push: uniform)."]
+    comparison = tables.compare(r, references(r), references="this row minus the row "
+                                "named under `reference`, of the same model (defaults / grow-50 "
+                                "against dense, before+<change> against before, every other row "
+                                "against defaults / grow-50)")
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
-                             notes=notes, names="{model}/{variant}", groups=None)
+                             notes=notes, names="{model}/{variant}", groups=None,
+                             comparisons=[comparison])

@@ -48,4 +48,5 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
              "Budget: the method's MACs target τ; uniform width scales every width of backbone "
              "and head so its MACs match the nearest target."]
     return tables.write_rows(stem, r, display, csv, title=TITLE, profile=profile, n_left=3,
-                             notes=notes, table=TABLE, reference_path=reference_path)
+                             notes=notes, table=TABLE, reference_path=reference_path,
+                             comparisons=[tables.growing_comparison(r, "miou", "mIoU")])

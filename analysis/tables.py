@@ -13,13 +13,16 @@ Numbers, all read from the tracking store (the last value of each metric):
   realised training savings  1 - time/train_s_total / the mean of the dense runs of that model
                      on the same device (tag `device`): the wall clock, not counted MACs; blank
                      without a dense run on that device. Labelled with the device.
-Rows aggregate seeds: mean ± sample std (ddof = 1; a single seed shows its value alone), and carry
-the MLflow run ids of every run that went into them.
+Rows aggregate seeds: mean ± sample std (ddof = 1; one seed: its value), with the run ids and
+each metric's value per seed (`by_seed`). Comparisons (analysis/significance.py): a row against
+its reference (growing against dense, a baseline against growing at its budget), paired by seed,
+a 95 % confidence interval, beyond seed noise or not; `write` appends them to every output.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,7 @@ import pandas as pd
 from reproduce import contract
 
 from .reference import paper_columns, unmatched
-from . import variants
+from . import significance, variants
 
 CONVENTION = ("MACs of conv+linear layers; FLOPs = 2×MACs; training MACs = 3× forward MACs of "
               "the sampled architecture per example")
@@ -122,6 +125,8 @@ def aggregate(frame: pd.DataFrame, keys: list[str] = ("model", "variant"),
             values = group[m].astype(float)
             row[f"{m}_mean"] = values.mean()
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else np.nan
+        row["by_seed"] = {m: dict(zip(group["seed"].astype(int), group[m].astype(float)))
+                          for m in metrics}
         row["n_seeds"] = len(group)
         row["seeds"] = ";".join(str(s) for s in group["seed"])
         row["run_ids"] = ";".join(group["run_id"])
@@ -144,6 +149,118 @@ def nominal_levels(rows: pd.DataFrame) -> pd.Series:
             levels.append(float(min(targets, key=lambda t: abs(t - ratio))) if len(targets)
                           else float(ratio))
     return pd.Series(levels, index=rows.index)
+
+
+# -- which differences are real ------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """Each row of a table against a reference (paired over seeds, analysis/significance.py).
+    `frame` has, per row: reference (its name, "" where the row has none), delta_mean, ci_low,
+    ci_high, n_paired, verdict. `label` names the metric in headers and notes ("top-1"), `kind`
+    formats its numbers (a METRICS / PERCENT_SCORES key), `suffix` tells several comparisons of
+    one table apart in headers (" (growing − uniform)"), `prefix` in CSV columns ("uniform_");
+    `show_reference` / `show_delta` drop those display columns where the table already shows
+    them; `references` says in the table's note which row each row is compared with."""
+    frame: pd.DataFrame
+    label: str = "top-1"
+    kind: str = "top1"
+    metric: str = "top1"
+    suffix: str = ""
+    prefix: str = ""
+    show_reference: bool = True
+    show_delta: bool = True
+    references: str = ("this row minus the row named under `reference` (growing against the "
+                       "dense row of its model, every other row against growing at its budget)")
+
+
+def compare_values(this: list, reference: list, names: list[str], **kw) -> Comparison:
+    """Comparison of `this[i]` against `reference[i]`, each a {seed: value} dict (or None where
+    the row has no reference); `names[i]` names the reference."""
+    out = []
+    for a, b, name in zip(this, reference, names):
+        if not isinstance(b, dict):
+            out.append({"reference": "", "delta_mean": np.nan, "ci_low": np.nan,
+                        "ci_high": np.nan, "n_paired": 0, "verdict": ""})
+            continue
+        p = significance.paired(a if isinstance(a, dict) else {}, b)
+        out.append({"reference": name, "delta_mean": p.mean, "ci_low": p.low, "ci_high": p.high,
+                    "n_paired": p.n, "verdict": p.verdict})
+    frame = pd.DataFrame(out, columns=["reference", "delta_mean", "ci_low", "ci_high", "n_paired",
+                                       "verdict"])
+    return Comparison(frame, **kw)
+
+
+def compare(rows: pd.DataFrame, refs: list, metric: str = "top1",
+            names: list[str] | None = None, **kw) -> Comparison:
+    """Each row's `metric` against the row at position `refs[i]` (None: no reference),
+    paired by seed from the rows' `by_seed`. `names`: how each row is named as a reference
+    (default its variant)."""
+    names = list(rows["variant"]) if names is None else list(names)
+    values = [b.get(metric, {}) if isinstance(b, dict) else {} for b in rows["by_seed"]]
+    ref_values = [None if j is None else values[j] for j in refs]
+    ref_names = ["" if j is None else names[j] for j in refs]
+    return compare_values(values, ref_values, ref_names, metric=metric,
+                          kind=kw.pop("kind", metric), **kw)
+
+
+def growing_references(rows: pd.DataFrame) -> list:
+    """The reference of each comparison-table row: growing rows against the dense row of their
+    model; every other row (uniform width, pruning) against the growing row of its model at its
+    budget level (the first by variant name where there are several); dense rows none."""
+    refs = []
+    for _, r in rows.iterrows():
+        same = rows["model"] == r["model"]
+        if r["kind"] == "dense":
+            candidates = rows.index[:0]
+        elif r["kind"] == "grow":
+            candidates = rows.index[same & (rows["kind"] == "dense")]
+        else:
+            candidates = rows.index[same & (rows["kind"] == "grow")
+                                    & np.isclose(rows["level"].astype(float), float(r["level"]))]
+        candidates = sorted(candidates, key=lambda i: rows.at[i, "variant"])
+        refs.append(rows.index.get_loc(candidates[0]) if candidates else None)
+    return refs
+
+
+def reference_names(rows: pd.DataFrame) -> list[str]:
+    """How a comparison-table row is named as a reference: "dense", "growing MACs ≤ 0.50"."""
+    short = {"grow": "growing", "uniform": "uniform"}
+    return [short.get(r["kind"], KIND_LABELS.get(r["kind"], r["kind"])) +
+            ("" if r["kind"] == "dense" else f" {budget_text(r)}") for _, r in rows.iterrows()]
+
+
+def growing_comparison(rows: pd.DataFrame, metric: str = "top1", label: str = "top-1",
+                       **kw) -> Comparison:
+    """The comparison tables' default: `growing_references` on `metric`."""
+    return compare(rows, growing_references(rows), metric, reference_names(rows), label=label,
+                   **kw)
+
+
+def signed(v: float, kind: str) -> str:
+    if v is None or pd.isna(v):
+        return ""
+    return ("+" if v >= 0 else "") + num(v, kind)
+
+
+def comparison_columns(c: Comparison) -> tuple[dict[str, list], dict[str, list]]:
+    """The display and CSV columns of a comparison."""
+    f = c.frame
+    display = {}
+    if c.show_reference:
+        display[f"reference{c.suffix}"] = list(f["reference"])
+    if c.show_delta:
+        display[f"Δ {c.label} vs reference{c.suffix}"] = [signed(v, c.kind) for v in f["delta_mean"]]
+    display[f"95% CI{c.suffix}"] = ["" if pd.isna(lo) else
+                                    f"[{signed(lo, c.kind)}, {signed(hi, c.kind)}]"
+                                    for lo, hi in zip(f["ci_low"], f["ci_high"])]
+    display[f"beyond noise{c.suffix}"] = list(f["verdict"])
+    p, m = c.prefix, c.metric
+    csv = {f"{p}reference": list(f["reference"]), f"{p}delta_{m}_mean": list(f["delta_mean"]),
+           f"{p}delta_{m}_ci95_low": list(f["ci_low"]),
+           f"{p}delta_{m}_ci95_high": list(f["ci_high"]),
+           f"{p}n_paired_seeds": list(f["n_paired"]), f"{p}beyond_noise": list(f["verdict"])}
+    return display, csv
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -274,7 +391,7 @@ def markdown(display: pd.DataFrame) -> str:
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
         "±": r"$\pm$", "×": r"$\times$", "≤": r"$\leq$", "–": "--", "τ": r"$\tau$", "β": r"$\beta$",
-        "ρ": r"$\rho$", "λ": r"$\lambda$"}
+        "ρ": r"$\rho$", "λ": r"$\lambda$", "Δ": r"$\Delta$"}
 
 
 def tex_escape(text) -> str:
@@ -300,13 +417,26 @@ def latex(display: pd.DataFrame, n_left: int, groups: list | None = None,
 def write(stem: Path, display: pd.DataFrame, csv: pd.DataFrame, *, title: str, profile: str,
           datasets: list[str], run_ids: list[list[str]], row_names: list[str], n_left: int,
           notes: list[str] = (), groups: list | None = None, extra_md: str = "",
-          columns_note: str | None = None) -> list[Path]:
+          columns_note: str | None = None, comparisons: list[Comparison] = ()) -> list[Path]:
     """Write <stem>.md, <stem>.csv and <stem>.tex. Markdown and LaTeX get a `runs` column whose
     [k] points at the list of MLflow run ids under the table; the CSV has them in `run_ids`.
-    `columns_note` replaces the default note on the reproduced columns (mean ± std, savings)."""
+    `columns_note` replaces the default note on the reproduced columns (mean ± std, savings).
+    `comparisons` are appended after the table's own columns (display and CSV), with a note on
+    how to read them."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     display = display.copy()
+    csv = csv.copy()
+    for c in comparisons:
+        shown, columns = comparison_columns(c)
+        for k, v in shown.items():
+            display[k] = v
+        for k, v in columns.items():
+            csv[k] = v
+    if comparisons:
+        notes = [*notes, significance.NOTE.format(
+            metric=" / ".join(dict.fromkeys(c.label for c in comparisons)),
+            references="; ".join(dict.fromkeys(c.references for c in comparisons)))]
     display["runs"] = [f"[{i + 1}]" for i in range(len(display))]
     name = stem.name
     header = [f"Profile `{profile}`; dataset: {', '.join(datasets)}.",

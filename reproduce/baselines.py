@@ -6,7 +6,8 @@ Both baselines train the full network, prune it once, and fine-tune what is left
             the filters with the smallest L1 norm (sum of |weights| of the conv writing the channel).
             Li et al. choose per-layer rates by sensitivity analysis; here one uniform per-layer
             ratio r is found by bisection so that the pruned network's MACs hit
-            `baseline.prune_target` of the dense model's.
+            `baseline.prune_target` of the dense model's; a layer of n filters keeps
+            floor((1 − r)·n), at least one (kept_channels).
   slimming  Liu et al. 2017, "Learning Efficient Convolutional Networks through Network Slimming":
             pre-train with an L1 penalty λ·Σ|γ| on the BatchNorm scales of the prunable layers, then
             remove every channel whose |γ| is under one global threshold, chosen by bisection so
@@ -123,13 +124,21 @@ def top_k_mask(scores: Tensor, keep: int) -> Tensor:
     return mask
 
 
-def ratio_masks(scores: dict[str, Tensor], ratio: float) -> dict[str, Tensor]:
-    """Remove round(ratio·n) smallest-score channels of every layer, keeping at least one."""
+def kept_channels(n: int, ratio: float) -> int:
+    """Channels a layer of n keeps at pruning ratio `ratio`: floor((1 − ratio)·n), at least one.
+    The floor, in this very float expression, is that of the reference code of Li et al.'s
+    criterion (Liu et al. 2019, `num_keep = int(out_channels * (1 - prune_prob))`) and of
+    Torch-Pruning's per-layer ratio, so a ratio keeps the same count in all three."""
+    return max(1, min(n, int(n * (1.0 - ratio))))
+
+
+def ratio_masks(scores: dict[str, Tensor], ratio: float | dict[str, float]) -> dict[str, Tensor]:
+    """Keep the kept_channels(n, ratio) largest-score channels of every layer; `ratio` is one
+    ratio for every layer or one per gate."""
     out = {}
     for gate, s in scores.items():
-        n = s.numel()
-        pruned = min(n - 1, int(math.floor(ratio * n + 0.5)))
-        out[gate] = top_k_mask(s, n - pruned)
+        r = ratio[gate] if isinstance(ratio, dict) else ratio
+        out[gate] = top_k_mask(s, kept_channels(s.numel(), r))
     return out
 
 
@@ -320,6 +329,6 @@ def train_pruning_baseline(cfg: RunConfig, data: DataBundle, device: torch.devic
                checkpoints=checkpoints)
     return state
 
-__all__ = ["apply_masks", "bisect_ratio", "bisect_threshold", "choose_masks", "l1_scores",
-           "prunable_gates", "pretraining_key", "ratio_masks", "slimming_regularizer",
+__all__ = ["apply_masks", "bisect_ratio", "bisect_threshold", "choose_masks", "kept_channels",
+           "l1_scores", "prunable_gates", "pretraining_key", "ratio_masks", "slimming_regularizer",
            "slimming_scores", "threshold_masks", "train_pruning_baseline"]

@@ -1,4 +1,5 @@
-"""`python -m reproduce run|figure|table|flops|list|data|demo|search|search-best|pareto …`"""
+"""`python -m reproduce run|figure|table|jobs|flops|list|data|demo …`, the browsers
+(`links|mlflow-ui|optuna-dashboard`), and the search commands of cli_search.py."""
 
 # Every command lives here. Heavy packages (torch, mlflow, optuna and what imports them) are
 # imported inside the command that needs them, so that `python -m reproduce --help` stays instant.
@@ -8,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -16,78 +16,54 @@ from pathlib import Path
 from .errors import ConfigError
 
 
-def _overrides(items: list[str]) -> dict:
-    """--set KEY=VALUE options as nested overrides (imported here: the schema imports torch,
-    which `--help` does not need)."""
-    from .config import parse_overrides
-    return parse_overrides(items)
-
-
-def _add_profile(p: argparse.ArgumentParser) -> None:
-    """--profile, defaulting to $PROFILE (what `make ... PROFILE=paper` passes), else smoke."""
-    p.add_argument("--profile", default=os.environ.get("PROFILE", "smoke"),
-                   help="smoke (CPU minutes, digits) or paper (CIFAR-10, full schedule)")
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    _add_profile(p)
-    p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1",
-                   help="retrain even if a finished run with the same config exists")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field for every run, e.g. --set budget.target=0.3")
-    p.add_argument("--only", action="append", default=None, metavar="VARIANT",
-                   help="train only this variant of the experiment (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 1), metavar="N",
-                   help="train with N processes at once (each run is trained by exactly one)")
-    # how `--jobs` hands the parent's overrides to its helper processes
-    p.add_argument("--overrides-json", default="{}", help=argparse.SUPPRESS)
-
-
-def _run_overrides(args) -> dict:
-    """--set overrides on top of those a parent process handed over (--overrides-json)."""
-    def merge(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-    return merge(json.loads(args.overrides_json), _overrides(args.overrides))
+from .cli_args import _add_profile, _add_run_options, _launch_options
 
 
 def cmd_run(args) -> int:
     from . import distributed
-    from .pipeline import train_all
-    from .runner import run_experiment
+    from .pipeline import plan_all, train_all
 
-    overrides = _run_overrides(args)
+    opts = _launch_options(args)
     if distributed.init_from_env():   # under torchrun: one run on every process, rank 0 tracks
-        args.jobs = 1
-    if args.jobs > 1 and not args.only:
-        train_all(args.experiments, args.profile, args.force, overrides, args.jobs,
-                  progress=not args.quiet)
-    for exp in args.experiments:
-        summaries = run_experiment(exp, args.profile, args.force and args.jobs <= 1, overrides,
-                                   args.only, progress=not args.quiet)
-        for s in summaries:
-            state = "reused" if s["reused"] else "trained"
-            print(f"{state:8s} {s['run_id']}  {s['model']}/{s['variant']}/seed{s['seed']}  "
-                  f"{s['main_metric']} {s[s['main_metric']]:.2f}  MACs {s['cost/macs'] / max(1, s['cost/dense_macs']):.3f}"
-                  f" of dense")
+        opts["jobs"] = 1
+    runs = plan_all(args.experiments, args.profile, opts.pop("overrides"), args.only)
+    label = "-".join(Path(e).stem for e in args.experiments)
+    for s in train_all(runs, args.force, progress=not args.quiet, label=label, **opts):
+        state = "reused" if s["reused"] else "trained"
+        print(f"{state:8s} {s['run_id']}  {s['model']}/{s['variant']}/seed{s['seed']}  "
+              f"{s['main_metric']} {s[s['main_metric']]:.2f}  MACs {s['cost/macs'] / max(1, s['cost/dense_macs']):.3f}"
+              f" of dense")
     return 0
 
 
 def cmd_figure(args) -> int:
-    from .pipeline import experiments_of, make, train_all
+    from .pipeline import experiments_of, finished_hashes, make, plan_each, train_all
 
-    overrides = _run_overrides(args)
+    opts = _launch_options(args)
+    overrides = opts.pop("overrides")
+    plans = plan_each(experiments_of(args.targets), args.profile, overrides)   # once, for all
     if not args.no_run:      # everything the targets need first, with --jobs processes at once
-        train_all(experiments_of(args.targets), args.profile, args.force, overrides, args.jobs,
-                  progress=not args.quiet)
+        train_all([pr for runs in plans.values() for pr in runs], args.force, progress=not args.quiet,
+                  label="-".join(args.targets), **opts)
     for target in args.targets:
+        if args.launcher == "slurm" and not finished_hashes(
+                [pr for e in experiments_of([target]) for pr in plans[e]]):
+            print(f"{target}: nothing to draw yet, none of its runs has finished; the same "
+                  f"command draws it once they have (`python -m reproduce jobs` lists the jobs)")
+            continue
         outputs = make(target, profile=args.profile, run_missing=False, overrides=overrides,
-                       out_dir=Path(args.out) if args.out else None, progress=not args.quiet)
+                       out_dir=Path(args.out) if args.out else None, progress=not args.quiet,
+                       plans=plans)
         for path in outputs:
             print(f"wrote {path}")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from . import tracking
+    from .launch.slurm import list_jobs
+
+    list_jobs(tracking.tracking_uri(), args.profile if args.profile != "all" else None)
     return 0
 
 
@@ -210,149 +186,6 @@ def cmd_demo(args) -> int:
     return main(profile=args.profile, force=args.force)
 
 
-# ------------------------------------------------------------------------- search commands
-# (reproduce.search imports optuna, and its worker the training code: imported per command.)
-
-def _add_search_options(p: argparse.ArgumentParser, with_trials: bool = False) -> None:
-    p.add_argument("spec", help="search spec name (search-resnet20-budget) or path to its YAML")
-    _add_profile(p)
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db at "
-                        "the repository root)")
-    p.add_argument("--study-name", default=None, help="default: <spec name>-<profile>")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="fixed override for every trial, e.g. --set train.threads=1")
-    if with_trials:
-        p.add_argument("--trials", type=int, default=None,
-                       help="finished trials the study should end with (default: the spec's)")
-
-
-def _load_spec(args, trials: int | None = None):
-    from .search import load_spec
-    return load_spec(args.spec, args.profile, trials, _overrides(args.overrides),
-                     args.study_name)
-
-
-def _params(trial) -> str:
-    from .search.best import fmt
-    return ", ".join(f"{k}={fmt(v)}" for k, v in trial.params.items())
-
-
-def cmd_search(args) -> int:
-    from optuna.trial import TrialState
-
-    from .search import best_trial, pareto_trials, redact, run_search, spec_ref
-
-    spec = _load_spec(args, args.trials)
-    if args.workers < 1:
-        raise ConfigError("--workers must be >= 1")
-    extra = [x for s in args.overrides for x in ("--set", s)]
-    extra += ["--force"] if args.force else []
-    extra += ["--quiet"] if args.quiet or args.workers > 1 else []
-    old_term = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum, frame):            # a polite stop: the running trial is queued again
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        res = run_search(spec, args.storage, args.worker_index, args.force, not args.quiet,
-                         args.workers, extra)
-    except KeyboardInterrupt:
-        print(f"[search] stopped; resume with the same command (study {spec.study_name})",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-    if args.spawned:
-        return 0                            # a spawned worker: the coordinator prints the summary
-    study, n = res["study"], res["counts"]
-    print(f"\nstudy {spec.study_name}: {n[TrialState.COMPLETE]} complete, {n[TrialState.PRUNED]} "
-          f"pruned, {n[TrialState.FAIL]} failed (storage {redact(res['url'])})")
-    if spec.multi_objective:
-        front = pareto_trials(study)
-        print(f"Pareto front: trials {', '.join(str(t.number) for t in front) or 'none yet'}")
-    else:
-        best = best_trial(study)
-        if best is not None:
-            print(f"best trial {best.number}: {spec.objectives[0].metric} = {best.values[0]:.4g}  "
-                  + _params(best))
-        else:
-            print("no complete trial satisfies the constraints yet")
-    make_vars = f"SEARCH={spec_ref(spec)} PROFILE={spec.profile}"
-    print(f"next: make optuna-dashboard   (OPTUNA_STORAGE={redact(res['url'])})\n"
-          f"      make search-best {make_vars}\n"
-          f"      make figure-pareto {make_vars}\n"
-          f"      MLflow parent run {res['parent_run_id']} (make mlflow-ui)")
-    return 0
-
-
-def cmd_search_best(args) -> int:
-    from .experiments import EXPERIMENTS_DIR
-    from .search import choose_trial, load_study_for, pareto_table, resolution_note, write_best
-    from .search.best import fmt
-
-    spec = _load_spec(args)
-    study = load_study_for(spec, args.storage)
-    if spec.multi_objective and args.trial is None:
-        print("\n".join(pareto_table(study, spec)))
-    trial = choose_trial(study, spec, args.trial, args.pareto_index)
-    if not spec.multi_objective and args.trial is None and args.pareto_index is not None:
-        print("note: --pareto-index applies to multi-objective searches; taking the best trial")
-    path = write_best(spec, trial, Path(args.out) if args.out else None)
-    note = resolution_note(path, spec, trial)
-    if note:
-        print(note)
-    values = ", ".join(f"{o.metric} = {fmt(v)}" for o, v in zip(spec.objectives, trial.values))
-    print(f"trial {trial.number} ({values}): " + _params(trial))
-    how = (f"make run EXP={path.stem} PROFILE={spec.profile}"
-           if path.resolve().parent == EXPERIMENTS_DIR.resolve()
-           else f"python -m reproduce run {path} --profile {spec.profile}")
-    print(f"wrote {path}\nrun it: {how}")
-    return 0
-
-
-def cmd_pareto(args) -> int:
-    from analysis.search_plots import draw_search
-
-    from .search import load_study_for
-
-    spec = _load_spec(args)
-    study = load_study_for(spec, args.storage)
-    for path in draw_search(spec, study, Path(args.out) if args.out else None):
-        print(f"wrote {path}")
-    return 0
-
-
-def _add_search_commands(sub) -> None:
-    p = sub.add_parser("search", help="run (or resume) an Optuna search of a search spec")
-    _add_search_options(p, with_trials=True)
-    p.add_argument("--workers", type=int, default=1,
-                   help="start this many local worker processes on the study (default 1: this one)")
-    p.add_argument("--worker-index", type=int, default=0,
-                   help="offsets the sampler seed so that workers draw different points; give each "
-                        "machine's worker its own index")
-    p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1",
-                   help="retrain trials whose exact configuration is already tracked")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("search-best", help="write a search's best trial (or a Pareto point) as a "
-                                           "runnable experiment file")
-    _add_search_options(p)
-    p.add_argument("--pareto-index", type=int, default=None,
-                   help="multi-objective: which Pareto point (0 = most accurate; the table lists them)")
-    p.add_argument("--trial", type=int, default=None, help="take this trial number instead")
-    p.add_argument("--out", default=None, help="default: experiments/<spec name>-best.yaml")
-    p.set_defaults(func=cmd_search_best)
-
-    p = sub.add_parser("pareto", help="accuracy vs MACs of every trial, Pareto front, importances")
-    _add_search_options(p)
-    p.add_argument("--out", default=None, help="output directory (default: figures/)")
-    p.set_defaults(func=cmd_pareto)
-
-
 EXAMPLES = """examples:
   python -m reproduce demo                                  # grow ResNet-20 on digits, draw Figures 7 and 9
   python -m reproduce figure 7 --profile smoke              # train what Figure 7 needs, then draw it
@@ -371,14 +204,38 @@ Stores: MLFLOW_TRACKING_URI (default sqlite:///mlflow.db at the repository root)
 
 def cmd_links(args) -> int:
     from . import tracking
-    c = tracking.client()
-    found = [e for e in c.search_experiments() if e.name.startswith(tracking.EXPERIMENT_PREFIX + "-")]
-    if not found:
-        print(f"no experiments yet in {tracking.tracking_uri()}; run `make demo` first")
-    base = f"http://{args.host}:{args.port}"
-    for e in found:
-        print(f"{e.name:24s} {tracking.runs_table_url(e.experiment_id, base)}")
+    from .serve import print_links
+    uri = tracking.tracking_uri()
+    if args.port is None and args.host is None and uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")                 # a tracking server: its own UI
+    else:
+        base = tracking.ui_base(args.port, args.host or "127.0.0.1")
+    return print_links(base, uri)
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from . import report
+    try:
+        paths = report.write(args.profile, Path(args.out) if args.out else None)
+    except FileNotFoundError as e:
+        print(e)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
     return 0
+
+
+def cmd_mlflow_ui(args) -> int:
+    from .serve import serve_mlflow
+    return serve_mlflow(args.host, args.port, args.workers, args.jobs)
+
+
+def cmd_optuna_dashboard(args) -> int:
+    from .search.storage import storage_url
+    from .serve import serve_dashboard
+    return serve_dashboard(storage_url(args.storage), args.host, args.port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,18 +299,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", default=os.environ.get("FORCE") == "1")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("links", help="direct links to each experiment's runs table in mlflow ui")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", default=os.environ.get("PORT", "5000"))
+    p = sub.add_parser("jobs", help="the suite's Slurm jobs: state, run, link (LAUNCHER=slurm)")
+    p.add_argument("--profile", default=os.environ.get("PROFILE", "all"),
+                   help="only this profile's jobs (default: all)")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("links", help="direct links to each experiment's runs table in mlflow ui "
+                                     "(never creates a store)")
+    p.add_argument("--host", default=None, help="default 127.0.0.1")
+    p.add_argument("--port", default=None, help="default $PORT, else 5000")
     p.set_defaults(func=cmd_links)
 
-    _add_search_commands(sub)
+    p = sub.add_parser("report", help="one shareable HTML page and PDF of a profile's figures and "
+                                      "tables, the paper's numbers beside ours, run links and "
+                                      "the environment (figures/report-PROFILE.{html,pdf})")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--out", default=None, help="the figures folder (default $FIGURES_DIR or figures/)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("mlflow-ui", help="serve the tracked runs in MLflow's UI (the suite's app), "
+                                         "then print the links")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000))
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--jobs", action="store_true",
+                   help="run MLflow's background job runner too (off: ~0.5 GB instead of ~3 GB)")
+    p.set_defaults(func=cmd_mlflow_ui)
+
+    p = sub.add_parser("optuna-dashboard", help="serve the Optuna studies in optuna-dashboard, "
+                                                "best trials under the studies' constraints")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: $OPTUNA_STORAGE, else sqlite:///optuna.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=int(os.environ.get("DASHBOARD_PORT") or 8080))
+    p.set_defaults(func=cmd_optuna_dashboard)
+
+    from .cli_search import add_search_commands
+    add_search_commands(sub)
 
     args = parser.parse_args(argv)
     from .data import DatasetMissing
+    from .tracked_run import Preempted
     from .tracking import StoreError
     try:
         return args.func(args)
     except (ConfigError, DatasetMissing, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:       # a cluster job requeues itself; the same command resumes
+        print(f"stopped: {e}", file=sys.stderr)
+        return 128 + e.signum

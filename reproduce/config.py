@@ -12,7 +12,7 @@ plus the few gate fields only a run has. This schema adds what belongs to a run 
 schedule, baselines).
 
 Every field says in its metadata what it accepts (`choices`, `check`) and how it counts for a
-run's identity (`identity`, `added_later`, `read_by`, `others_at`; method/options.py explains
+run's identity (`identity`, `added_later`, `read_by`, `others_at`, `read_with`; method/options.py explains
 them); every section checks its fields when it is built, and `config_hash` reads the rest.
 """
 
@@ -337,7 +337,13 @@ def unflatten(flat: dict[str, Any]) -> dict:
 
 
 # what a section's metadata may say of all its fields (method/options.py explains each)
-SECTION_IDENTITY_KEYS = ("identity", "read_by", "others_at")
+SECTION_IDENTITY_KEYS = ("identity", "read_by", "others_at", "read_with")
+
+
+def _flag(cfg: Any, path: str) -> bool:
+    for name in path.split("."):
+        cfg = getattr(cfg, name)
+    return bool(cfg)
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:
@@ -357,6 +363,8 @@ def identity(cfg: RunConfig) -> dict[str, Any]:
                 if "others_at" not in meta:
                     continue
                 value = meta["others_at"]
+            if "read_with" in meta and not _flag(cfg, meta["read_with"]):
+                continue
             if "added_later" in meta and value == meta["added_later"]:
                 continue
             out[prefix + f.name] = value

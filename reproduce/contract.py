@@ -16,6 +16,8 @@ ARTIFACT_CONFIG = "config.yaml"                  # the resolved config
 ARTIFACT_ARCH = "architecture.json"              # final per-layer widths, stage and role, depths
 ARTIFACT_TRACES = "traces/structures.csv.gz"     # per-structure β, logit, state per epoch
 ARTIFACT_MODEL = "model/compact.pt"              # the exported compact model
+ARTIFACT_README = "README.md"                    # how to load the compact model
+ARTIFACT_DYNAMICS = "channel_dynamics.png"       # the run's retained channels per layer per epoch
 
 # -- per-epoch metrics (step = epochs completed; step 0 is the seed architecture) -----------
 VAL_ACC = "val/acc"                  # classification top-1, percent (the task's main metric)
@@ -51,6 +53,15 @@ CHANNELS = "channels/"               # channels/<layer> retained ratio 0-1, chan
 BLOCKS = "blocks/"                   # blocks/stage<k>: active blocks
 TEMPERATURE = "temperature/"         # temperature/<layer>: mean β of the layer's structures
 METRIC_PREFIXES = (CHANNELS, BLOCKS, TEMPERATURE)
+# under the global schedule every structure has the same β: one series instead of one per layer
+# (runs tracked before it have the per-layer series)
+TEMPERATURE_GLOBAL = f"{TEMPERATURE}global"
+
+# What cannot change during a run is logged once, as a param of the metric's name, not as a
+# per-epoch series: cost/dense_macs, cost/dense_params, blocks/stage<k> of a stage without block
+# gates, the temperature under a fixed β. Runs tracked before that have them as metrics;
+# `final_metrics` reads both the same way. (Config params are dotted keys, never these.)
+CONSTANT_PREFIXES = ("cost/", BLOCKS, TEMPERATURE)
 
 
 def channels(layer: str) -> str:
@@ -74,6 +85,18 @@ TRAIN_MACS_RATIO = "cost/train_macs_ratio"
 DERIVED_METRICS = {MACS_RATIO: (MACS, DENSE_MACS),
                    PARAMS_RATIO: (PARAMS, DENSE_PARAMS),
                    TRAIN_MACS_RATIO: (TRAIN_MACS_TOTAL, DENSE_TRAIN_MACS_TOTAL)}
+
+
+def final_metrics(metrics: dict, params: dict) -> dict:
+    """A run's last value of every metric, with the constants it logged once as params."""
+    out = dict(metrics)
+    for key, value in params.items():
+        if key.startswith(CONSTANT_PREFIXES) and key not in out:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    return out
 
 
 def with_derived(stats: dict) -> dict:

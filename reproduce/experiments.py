@@ -25,7 +25,7 @@ with the same hash is reused unless forced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +38,8 @@ EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 PROFILES_FILE = "profiles.yaml"
 EXPERIMENT_KEYS = {"name", "description", "figures", "base", "profiles", "runs"}
 PROFILE_KEYS = {"seeds", "config", "description"}
+# profiles.yaml's entries also say what a cluster job of theirs asks for (launch/settings.py)
+SHARED_PROFILE_KEYS = PROFILE_KEYS | {"launcher"}
 # an experiment file's own profile entry may also name the shared profile it starts from
 EXPERIMENT_PROFILE_KEYS = PROFILE_KEYS | {"shared"}
 RUN_KEYS = {"variant", "config", "profiles", "description"}
@@ -50,6 +52,8 @@ class PlannedRun:
     figures: list[str]
     profile: str
     description: str = ""           # the experiment file's description (the run's MLflow note)
+    # what a Slurm job of this run asks for: the `launcher:` section of its profile (not identity)
+    launch: dict = field(default_factory=dict, compare=False)
 
     @property
     def hash(self) -> str:
@@ -100,7 +104,7 @@ def load_profiles(directory: Path) -> dict:
         if not path.exists():
             continue
         for name, body in load_yaml(path).items():
-            check_keys(f"{path}: profile {name!r}", body or {}, PROFILE_KEYS)
+            check_keys(f"{path}: profile {name!r}", body or {}, SHARED_PROFILE_KEYS)
             profiles[name] = body
     return profiles
 
@@ -150,7 +154,8 @@ def plan(path: str | Path, profile: str = "smoke", overrides: dict | None = None
                           run_profile.get("config"), overrides, {"variant": variant, "seed": seed},
                           source=f"{path} (profile {profile}, run {variant!r})")
             description = str(run.get("description") or exp.get("description") or "").strip()
-            planned.append(PlannedRun(cfg, name, figures, profile, description))
+            planned.append(PlannedRun(cfg, name, figures, profile, description,
+                                      dict(shared.get("launcher") or {})))
     seen: dict[tuple, int] = {}
     for p in planned:                 # tables and figures tell runs apart by model and variant
         key = (p.cfg.model.name, p.cfg.variant, p.cfg.seed)

@@ -3,7 +3,8 @@
     make("figure-7", profile="smoke")
 
 1. plan every run the figure's experiment files declare (validated before anything trains);
-2. train the runs not yet finished in the store (reused by config hash, unless forced);
+2. hand those planned runs to the runner, which trains the ones not yet finished in the store
+   (reused by config hash, unless forced);
 3. select exactly those runs from the store and hand them to the figure's analysis module,
    which reads the store only;
 4. write the sidecar `<name>.runs.json` naming the runs, and refresh figures/INDEX.md.
@@ -14,11 +15,11 @@ redrawn from a store copied to another machine (`run_missing=False`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +27,11 @@ import analysis
 from analysis.index import write_index
 
 from .errors import ConfigError
-from .experiments import plan
-from .runner import run_experiment
+from .experiments import PlannedRun, plan
+from .launch.devices import process_slots
+from .runner import run_all
 from .store import Store
+from .tracking import tracking_uri
 
 
 def experiments_of(targets: list[str]) -> list[str]:
@@ -40,43 +43,115 @@ def experiments_of(targets: list[str]) -> list[str]:
     return names
 
 
-def train_all(experiments: list[str], profile: str = "smoke", force: bool = False,
-              overrides: dict | None = None, jobs: int = 1, progress: bool = True,
-              uri: str | None = None) -> None:
-    """Train what the experiments need with `jobs` processes working through the same list.
+def plan_each(experiments: list[str], profile: str = "smoke", overrides: dict | None = None,
+              only: list[str] | None = None) -> dict[str, list[PlannedRun]]:
+    """Each experiment file's runs, by file; all validated before anything trains."""
+    return {e: plan(e, profile, overrides, only) for e in experiments}
 
-    Every process walks all runs; a run's claim (tracking.claim) makes sure exactly one trains
-    it, while the others move on and later reuse its result. With jobs = 1 this is one
-    run_experiment per file.
+
+def plan_all(experiments: list[str], profile: str = "smoke", overrides: dict | None = None,
+             only: list[str] | None = None) -> list[PlannedRun]:
+    """Every run of the experiment files, in order; all validated before anything trains."""
+    return [pr for runs in plan_each(experiments, profile, overrides, only).values()
+            for pr in runs]
+
+
+def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progress: bool = True,
+              uri: str | None = None, *, launcher: str = "local", launch: dict | None = None,
+              wait: bool = True, runs_per_gpu: int | None = None, label: str = "reproduce"
+              ) -> list[dict]:
+    """Train (or reuse, or resume) planned runs; returns this process's summary of each run
+    it trained or reused here (none with the Slurm launcher, whose jobs train them).
+
+    local: `jobs` processes work through the same list; a run's claim (tracking.claim) makes
+    sure exactly one trains it, while the others move on and later reuse its result. Process i
+    takes GPU i mod G and an even share of the cores (launch/devices.py).
+    slurm: one job per missing run (launch/slurm.py), resources from the profile's `launcher:`
+    section and `launch` (the command's `--set launcher.*`); with `wait`, until every job ended.
     """
-    for e in experiments:                      # validate everything before anything trains
-        plan(e, profile, overrides)
+    if launcher == "slurm":
+        from .launch import slurm
+
+        outcome = slurm.train(runs, uri=uri or tracking_uri(), launcher_overrides=launch,
+                              force=force, wait=wait, progress=progress, label=label)
+        if outcome["failed"]:
+            raise slurm.SlurmError(f"{len(outcome['failed'])} of {len(runs)} runs did not finish "
+                                   f"(their errors are above); fix the cause and run the same "
+                                   f"command again: finished runs are reused")
+        return []
+    if launcher != "local":
+        raise ConfigError(f"LAUNCHER={launcher}: choose local (this machine) or slurm")
+    slots = process_slots(jobs if not force else 1, runs_per_gpu=runs_per_gpu)
     helpers = []
-    if jobs > 1 and not force:                 # (forcing retrains in one process)
-        command = [sys.executable, "-m", "reproduce", "run", *experiments, "--profile", profile,
-                   "--quiet", "--jobs", "1", "--overrides-json", json.dumps(overrides or {})]
-        env = {**os.environ, **({"MLFLOW_TRACKING_URI": uri} if uri else {})}
-        helpers = [subprocess.Popen(command, env=env) for _ in range(jobs - 1)]
+    if len(slots) > 1:
+        spawn = multiprocessing.get_context("spawn")   # fresh interpreters, no forked torch state
+        for slot in slots[1:]:
+            h = spawn.Process(target=run_all, args=(runs,), kwargs={"progress": False, "uri": uri})
+            with _environment(slot.env()):             # the child starts with its slot's GPU
+                h.start()
+            helpers.append(h)
+        _use_threads(slots[0].threads)
     try:
-        for e in experiments:
-            run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
+        summaries = run_all(runs, force, progress, uri)
     finally:
-        codes = [h.wait() for h in helpers]
-    if any(codes):
-        raise RuntimeError(f"{sum(1 for c in codes if c)} of {len(helpers)} helper processes "
-                           f"failed; their runs are marked FAILED in the store with the reason")
+        for h in helpers:
+            h.join()
+    failed = sum(1 for h in helpers if h.exitcode)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(helpers)} helper processes failed; their runs are "
+                           f"marked FAILED in the store with the reason")
+    return summaries
+
+
+def finished_hashes(planned: list[PlannedRun], uri: str | None = None) -> set[str]:
+    """The config hashes of the planned runs that have a FINISHED run in the store."""
+    from . import tracking
+
+    c = tracking.client(uri)
+    out = set()
+    for profile in dict.fromkeys(pr.profile for pr in planned):
+        exp_id = tracking.experiment_id(c, profile, create=False)
+        if exp_id is None:
+            continue
+        out |= {pr.hash for pr in planned if pr.profile == profile
+                and tracking.find_finished(c, exp_id, pr.hash) is not None}
+    return out
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with `values` set inside the block (what a process started there inherits)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _use_threads(n: int) -> None:
+    """This process's share of the cores (a run's own train.threads, when set, wins)."""
+    import torch
+    torch.set_num_threads(n)
 
 
 def make(target: str, profile: str = "smoke", run_missing: bool = True, force: bool = False,
          overrides: dict | None = None, out_dir: Path | None = None, progress: bool = True,
-         uri: str | None = None) -> list[Path]:
+         uri: str | None = None, plans: dict[str, list[PlannedRun]] | None = None) -> list[Path]:
+    """Draw one figure or table. `plans`: experiment files already planned (`plan_each`) with
+    the same profile and overrides, so that a command drawing several targets plans once."""
     name = analysis.canonical(target)
     module = importlib.import_module(analysis.targets()[name])
     experiments = list(module.EXPERIMENTS)
-    planned = [p for e in experiments for p in plan(e, profile, overrides)]
+    plans = plans or {}
+    plans = {**plan_each([e for e in experiments if e not in plans], profile, overrides), **plans}
+    planned = [pr for e in experiments for pr in plans[e]]
     if run_missing:
-        for e in experiments:
-            run_experiment(e, profile, force, overrides, progress=progress, uri=uri)
+        run_all(planned, force, progress, uri)
     hashes = {p.hash for p in planned}
     store = Store(uri)
     runs = store.runs(profile, hashes)

@@ -38,7 +38,8 @@ class Store:
         those with the given hashes (what an output's experiment files resolve to).
 
         Columns: run_id, start_time, the contract's tags, `param.<config key>` and the last
-        value of every metric; sorted by experiment, variant and seed.
+        value of every metric (constants logged once as params included,
+        `contract.final_metrics`); sorted by experiment, variant and seed.
         """
         exp_id = tracking.experiment_id(self.client, profile, create=False)
         if exp_id is None:
@@ -53,7 +54,7 @@ class Store:
             rows.append({"run_id": r.info.run_id, "start_time": r.info.start_time,
                          **{t: tags.get(t) for t in contract.TAGS},
                          **{f"param.{k}": v for k, v in r.data.params.items()},
-                         **r.data.metrics})
+                         **contract.final_metrics(r.data.metrics, r.data.params)})
         frame = pd.DataFrame(rows)
         if frame.empty:
             return frame

@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+from . import contract
 from .contract import ARTIFACT_ARCH, ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_TRACES, TAGS  # noqa: F401
+from .runs_view import SHARE_KEY, experiment_tags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT_PREFIX = "reproduce"
@@ -106,25 +108,31 @@ def experiment_name(profile: str) -> str:
 
 # The experiment's kind, for MLflow UIs that read it (before the sidebar's GenAI / Model training
 # switch). MLflow 3.17's UI does not: there the switch alone, kept per browser, decides whether
-# an experiment opens on its runs table or its GenAI overview (see runs_table_url).
+# an experiment opens on its runs table or its GenAI overview (see WORKFLOW below, and
+# reproduce.mlflow_app, which makes "Model training" the choice of a browser that has none).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def experiment_id(c, profile: str, create: bool = True) -> str | None:
     """The profile's experiment; with `create`, made if missing and checked writable (a store
-    that cannot be written stops here, before anything is trained)."""
+    that cannot be written stops here, before anything is trained), and given the suite's runs
+    view and description (`runs_view`)."""
     name = experiment_name(profile)
     try:
         exp = c.get_experiment_by_name(name)
         if exp is not None:
             if create:                     # also the write probe
                 c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                for key, value in experiment_tags(profile, exp.tags).items():
+                    if exp.tags.get(key) != value:
+                        c.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         if not create:
             return None
         try:
             return c.create_experiment(name, artifact_location=_artifact_root(c.tracking_uri),
-                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                                             **experiment_tags(profile)})
         except Exception:  # noqa: BLE001 - created meanwhile by another process?
             exp = c.get_experiment_by_name(name)
             if exp is None:
@@ -136,11 +144,26 @@ def experiment_id(c, profile: str, create: bool = True) -> str | None:
         raise StoreError(describe_store_error(c.tracking_uri, e)) from None
 
 
-def runs_table_url(experiment: str, base: str = "http://127.0.0.1:5000") -> str:
-    """The direct link to an experiment's runs table in `mlflow ui`, in the UI's model-training
-    mode (MLflow 3 opens experiments on its GenAI overview until a browser chooses otherwise,
-    whatever the experiment's kind tag says)."""
-    return f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+def ui_base(port: str | int | None = None, host: str = "127.0.0.1") -> str:
+    """Where `make mlflow-ui` serves the UI: 127.0.0.1 on $PORT (default 5000)."""
+    return f"http://{host}:{port or os.environ.get('PORT') or 5000}"
+
+
+# MLflow 3 opens experiments and runs in its GenAI mode (overview, traces, "Evaluation run")
+# until a browser chooses otherwise, whatever the experiment's kind tag says: every link the
+# suite prints names the model-training mode.
+WORKFLOW = "workflowType=machine_learning"
+
+
+def runs_table_url(experiment: str, base: str | None = None) -> str:
+    """The link to an experiment's runs table in the suite's view (columns and charts of
+    `runs_view`), in the UI's model-training mode."""
+    return f"{base or ui_base()}/#/experiments/{experiment}/runs?{WORKFLOW}&viewStateShareKey={SHARE_KEY}"
+
+
+def run_url(experiment: str, run_id: str, base: str | None = None) -> str:
+    """The link to one run's page, shown as a training run."""
+    return f"{base or ui_base()}/#/experiments/{experiment}/runs/{run_id}?{WORKFLOW}"
 
 
 def find_finished(c, exp_id: str, config_hash: str):
@@ -180,16 +203,17 @@ def state_dir(uri: str | None = None) -> Path:
     return REPO_ROOT / ".state"
 
 
-def claim(uri: str | None, exp_id: str, config_hash: str):
-    """A lock that one process at a time holds while it trains a config (None if another holds
-    it). The operating system releases it when the holder dies, however it dies."""
+def claim(uri: str | None, exp_id: str, config_hash: str, wait: bool = False):
+    """A lock that one process at a time holds while it trains a config: None if another holds
+    it, or with `wait`, the lock once the other has let it go. The operating system releases it
+    when the holder dies, however it dies."""
     from filelock import FileLock, Timeout
 
     folder = state_dir(uri) / "claims"
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / f"{exp_id}-{config_hash}.lock"))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=-1 if wait else 0)
     except Timeout:
         return None
     return lock
@@ -211,6 +235,24 @@ def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> None:
     items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):
         c.log_batch(run_id, metrics=items[i:i + 1000], synchronous=True)
+
+
+def split_epoch_stats(stats: dict[str, float], constant: set[str],
+                      shared_temperature: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """A step's stats as (series, constants): what is logged per epoch, and what keeps its value
+    for the whole run (`constant`, contract.CONSTANT_PREFIXES) and is logged once as params.
+    Under a shared β the per-layer temperatures, which repeat one number, become the one
+    contract.TEMPERATURE_GLOBAL (a constant when they are)."""
+    series, constants = {}, {}
+    temps = {k: v for k, v in stats.items() if k.startswith(contract.TEMPERATURE)}
+    for key, value in stats.items():
+        if shared_temperature and key in temps:
+            continue
+        (constants if key in constant else series)[key] = value
+    if shared_temperature and temps:
+        fixed = all(k in constant for k in temps)
+        (constants if fixed else series)[contract.TEMPERATURE_GLOBAL] = next(iter(temps.values()))
+    return series, constants
 
 
 def log_params(c, run_id: str, params: dict) -> None:

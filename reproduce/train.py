@@ -24,6 +24,7 @@ from torch import nn
 from . import contract, distributed
 from .config import RunConfig, TrainConfig
 from .data import DataBundle
+from .launch.devices import physical_gpu
 from .method import GrowthController
 from .models import create_model
 from .tasks import Task
@@ -132,8 +133,9 @@ def pick_device(name: str) -> torch.device:
 
 def device_label(device: torch.device) -> str:
     """What a run's wall-clock times were measured on (tracked as the `device` tag)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    if device.type == "cuda":        # the machine's GPU number, as nvidia-smi shows it
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"{torch.cuda.get_device_name(device)} (GPU {physical_gpu(index)})"
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 

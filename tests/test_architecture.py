@@ -18,7 +18,8 @@ PINS = Path(__file__).with_name("config_hashes.json")
 STORE_READERS = {"reproduce.store", "reproduce.study_results"}
 ANALYSIS_MAY_IMPORT = {*STORE_READERS, "reproduce.contract", "reproduce.errors"}
 # ... and all that those reach in turn: no training code, models or method
-READERS_MAY_REACH = {*ANALYSIS_MAY_IMPORT, "reproduce", "reproduce.tracking"}
+# (runs_view: the experiment's runs view and description, tags tracking writes; plain data)
+READERS_MAY_REACH = {*ANALYSIS_MAY_IMPORT, "reproduce", "reproduce.tracking", "reproduce.runs_view"}
 # what the datasets may import from the package: the schema, the process layout and themselves,
 # never the training code (tasks, train, runner, baselines, autogrow, pipeline, search, models,
 # method, checkpoints, tracking)

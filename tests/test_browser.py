@@ -240,6 +240,15 @@ def browser(chromium):
     b.close()
 
 
+@pytest.fixture
+def wide_browser(chromium):
+    """A window wide enough for every column of the suite's runs view beside MLflow's assistant
+    panel (the runs table draws only the columns in sight)."""
+    b = Browser(chromium, width=2200, height=900)
+    yield b
+    b.close()
+
+
 # --------------------------------------------------------------------------- servers
 
 def free_port() -> int:
@@ -309,14 +318,14 @@ def mlflow_store(chromium, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mlflow_ui(mlflow_store):
-    """`make mlflow-ui`'s set-up (one worker, no job runner) on the test store: its base URL."""
+    """`make mlflow-ui` on the test store (the suite's MLflow app, one worker, no job runner):
+    its base URL."""
     where, uri, _, _ = mlflow_store
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-            "--port", str(port), "--workers", "1"]
-    with serve(args, f"{base}/health", where / "mlflow-ui.log", cwd=where,
-               env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}):
+    args = [sys.executable, "-m", "reproduce", "mlflow-ui", "--port", str(port), "--workers", "1"]
+    with serve(args, f"{base}/health", where / "mlflow-ui.log", cwd=tracking.REPO_ROOT,
+               env={"MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(tracking.REPO_ROOT)}):
         yield base
 
 
@@ -347,26 +356,27 @@ def assert_runs_table(browser: Browser, exp_id: str, names: list[str]) -> dict:
         return want.every(n => shown.includes(n)) ? shown : null; }})()""",
                              f"the run names {names} in the runs table's Run Name column")
     assert sorted(shown) == names
-    headers = browser.js("[...document.querySelectorAll('[role=grid] [role=columnheader]')]"
-                         ".map(h => h.innerText.trim())")
+    headers = browser.wait_for(f"""(() => {{
+        const shown = [...document.querySelectorAll('[role=grid] [role=columnheader]')]
+            .map(h => h.innerText.trim());
+        return {json.dumps(CURATED)}.every(c => shown.includes(c)) ? shown : null; }})()""",
+                               f"the suite's columns {CURATED} in the runs table")
     assert "Run Name" in headers
     return state
 
 
-# MLflow 3.17.2 (and 3.18.0) build their UI with the flag shouldEnableWorkflowBasedNavigation
-# hard-wired on: useExperimentKind() then maps the sidebar's switch to the experiment kind and
-# never reads the tag mlflow.experimentKind, and the experiment page's default tab is Overview for
-# a GenAI kind, Runs otherwise. The switch is ?workflowType= in the URL, else localStorage
-# 'mlflow.workflowType_v1', else 'genai'; the home page's links carry no workflowType and no
-# server option or environment variable reaches it. Strict, so a release that honours the tag
-# (or changes the default) shows up here as XPASS.
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "MLflow 3.17's UI ignores the experiment tag mlflow.experimentKind: the sidebar's GenAI / "
-    "Model training switch (GenAI in a new browser, kept in localStorage 'mlflow.workflowType') "
-    "decides, so an experiment opened from the home page shows the GenAI overview"))
+# the suite's view (reproduce.runs_view): these columns head the runs table
+CURATED = ["variant", "seed", "val/acc", "budget/usage", "cost/macs", "channels/stage1"]
+
+
+# MLflow 3.17's UI ignores the experiment tag mlflow.experimentKind: the sidebar's GenAI / Model
+# training switch (?workflowType= in the URL, else localStorage 'mlflow.workflowType_v1', else
+# 'genai') decides, and a new browser would open the experiment on its GenAI overview. The suite's
+# MLflow app (reproduce.mlflow_app) sets the switch to model training in a browser that has none.
 def test_mlflow_ui_opens_an_experiment_from_the_home_page_on_its_runs_table(
-        mlflow_store, mlflow_ui, browser, shots):
+        mlflow_store, mlflow_ui, wide_browser, shots):
     _, _, exp_id, names = mlflow_store
+    browser = wide_browser
     open_experiment_from_home(browser, mlflow_ui, tracking.experiment_name("smoke"))
     try:
         assert_runs_table(browser, exp_id, names)
@@ -378,24 +388,42 @@ def test_mlflow_ui_opens_an_experiment_from_the_home_page_on_its_runs_table(
         except AssertionError:
             pass
         browser.screenshot(shots / "mlflow-home-to-experiment.png")
+    # a run opened from the table is a training run (its metrics), not an "Evaluation run"
+    browser.click("[role=grid] [role=gridcell] a", names[0])
+    assert_training_run(browser)
+    browser.screenshot(shots / "mlflow-home-to-run.png")
 
 
-def test_mlflow_ui_runs_table_from_the_printed_link_and_the_model_training_switch(
-        mlflow_store, mlflow_ui, browser, shots):
-    _, _, exp_id, names = mlflow_store
-    # the link `make mlflow-ui` and `reproduce links` print
+def assert_training_run(browser: Browser) -> None:
+    text = browser.wait_for("location.hash.includes('/runs/') && "
+                            "document.body.innerText.includes('Model metrics') && "
+                            "document.body.innerText", "the run's page as a training run")
+    assert "Evaluation run" not in text
+
+
+def test_mlflow_ui_printed_links_open_the_suite_view_and_training_runs(
+        mlflow_store, mlflow_ui, wide_browser, shots):
+    _, uri, exp_id, names = mlflow_store
+    browser = wide_browser
+    # the link `make mlflow-ui` and `reproduce links` print: the suite's view of the runs table
     browser.goto(tracking.runs_table_url(exp_id, mlflow_ui))
     assert_runs_table(browser, exp_id, names)
     browser.screenshot(shots / "mlflow-runs-table-link.png")
+    # its chart view: the suite's section of charts
+    browser.click("label:has(input[value=CHART])", "", exact=False)   # the "Chart view" switch
+    # the suite's section first (the UI's generated ones, one per metric prefix, after it)
+    browser.wait_for(r"""(() => {
+        const t = document.body.innerText, ours = t.search(/Reproduction\s*\(5\)/),
+              generated = t.search(/blocks\s*\(\d+\)/);
+        return ours >= 0 && t.includes('channels/stage1 vs channels/stage2')
+            && (generated < 0 || ours < generated);
+        })()""", "the suite's chart section, first")
+    browser.screenshot(shots / "mlflow-runs-charts-link.png")
 
-    # from the home page, once the sidebar's switch says "Model training" (a new browser: GenAI)
-    browser.goto(f"{mlflow_ui}/")
-    browser.click("button, [role=button], [role=radio]", "Model training")
-    browser.wait_for("(localStorage.getItem('mlflow.workflowType_v1') || '')"
-                     ".includes('machine_learning')", "the Model training switch to be kept")
-    browser.click("a", tracking.experiment_name("smoke"))
-    assert_runs_table(browser, exp_id, names)
-    browser.screenshot(shots / "mlflow-runs-table.png")
+    # a run's printed link opens it as a training run
+    run = tracking.client(uri).search_runs([exp_id], filter_string="tags.variant = 'grow'")[0]
+    browser.goto(tracking.run_url(exp_id, run.info.run_id, mlflow_ui))
+    assert_training_run(browser)
 
 
 # -------------------------------------------------------------------- optuna-dashboard
@@ -430,18 +458,21 @@ def test_optuna_dashboard_study_page_shows_the_best_trial_under_the_constraint(
     study = constrained_study(tmp_path)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    args = [str(BIN / "optuna-dashboard"), search.storage_url(), "--host", "127.0.0.1",
-            "--port", str(port)]
-    with serve(args, f"{base}/api/studies", tmp_path / "optuna-dashboard.log", cwd=tmp_path):
+    # `make optuna-dashboard`: the suite's dashboard
+    args = [sys.executable, "-m", "reproduce", "optuna-dashboard", "--storage",
+            search.storage_url(), "--port", str(port)]
+    with serve(args, f"{base}/api/studies", tmp_path / "optuna-dashboard.log",
+               cwd=tracking.REPO_ROOT, env={"PYTHONPATH": str(tracking.REPO_ROOT)}):
         browser.goto(f"{base}/")
         browser.click("a", study.study_name, exact=False)     # the study in the home page's list
         browser.wait_for("location.pathname.startsWith('/dashboard/studies/')", "the study page")
         best = browser.wait_for(r"""(() => {
             const m = document.body.innerText.match(/Best Trial \(number=(\d+)\)/);
             return m ? m[1] : null; })()""", "the study page's Best Trial card")
-        # optuna-dashboard 0.21 marks the storage's unconstrained best (#0, infeasible) as best;
-        # the suite's choice under the constraint (#1) is in the study's attributes and note
-        assert int(best) in (0, 1)
+        # optuna-dashboard alone names the unconstrained best (#0, infeasible); the suite's
+        # dashboard names Optuna's choice under the constraint (#1), as the study's note does
+        assert int(best) == 1
+        browser.screenshot(shots / "optuna-study-landing.png")
         browser.click("button", "next page")                  # study user attributes, rows 6-10
         attrs = browser.wait_for("""(() => {
             const rows = [...document.querySelectorAll('tr')].map(r => r.innerText.split('\\t')
@@ -466,6 +497,58 @@ def test_optuna_dashboard_study_page_shows_the_best_trial_under_the_constraint(
                                 "document.body.innerText", "the study note")
         assert "budget/usage <= 0.9" in note
         assert re.search(r"Best feasible trial .*: #1\b", note), note
-        if int(best) != 1:
-            assert "best-trial marker ignores the constraints" in note
         browser.screenshot(shots / "optuna-study-note.png")
+
+
+# ------------------------------------------------------------------------- make report
+
+def test_report_renders_every_image_and_links_each_row_to_its_run(mlflow_store, browser, shots):
+    """`make report`: one self-contained page (no fetch outside it) whose every image loads,
+    the paper's number beside ours with the difference and the table's noise verdict, each
+    row linked to its MLflow run; and a PDF beside it."""
+    from reproduce import report
+    from reproduce.pipeline import make
+    from reproduce.store import Store
+
+    where, uri, exp_id, _ = mlflow_store
+    folder = where / "report-figures"
+    make("figure-4", "smoke", run_missing=False, overrides=TINY, out_dir=folder, progress=False,
+         uri=uri)
+    # a table as analysis writes it (markdown, CSV with paper and noise columns, sidecar)
+    side = json.loads((folder / "figure-4.runs.json").read_text())
+    ids = [r["run_id"] for r in side["runs"]]
+    (folder / "table-demo.md").write_text(
+        "# Table: demo\n\n- Profile `smoke`.\n\n| model | top-1 (%) | paper top-1 (%) | runs |\n"
+        "|---|---|---|---|\n| resnet20 | 91.00 ± 0.50 | 91.9 | [1] |\n\nRuns (MLflow run ids):\n\n"
+        f"- [1] resnet20 / grow: {ids[0]}\n")
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame([{"model": "resnet20", "variant": "grow", "top1_mean": 91.0, "top1_std": 0.5,
+                   "paper_top1": 91.9, "paper_source": "paper", "reference": "dense",
+                   "beyond_noise": "yes", "run_ids": ids[0]}]).to_csv(folder / "table-demo.csv",
+                                                                       index=False)
+    (folder / "table-demo.runs.json").write_text(json.dumps(
+        {"output": "table-demo", "profile": "smoke", "experiments": ["figure-4"],
+         "runs": side["runs"][:1], "drawn_at": "now"}))
+
+    page, pdf = report.write("smoke", folder, Store(uri))
+    text = page.read_text()
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 10_000
+    assert not re.search(r"""(src|href)=["']?(https?:)?//(?!127\.0\.0\.1)""", text)
+    assert "<link" not in text and "<script" not in text          # nothing fetched, nothing run
+    assert tracking.run_url(exp_id, ids[0]).replace("&", "&amp;") in text
+
+    browser.goto(page.as_uri())
+    n = browser.wait_for("document.readyState === 'complete' && "
+                         "[...document.images].every(i => i.complete) && document.images.length",
+                         "the report's images loaded")
+    assert n == len(list(folder.glob("figure-*.png")))
+    widths = browser.js("[...document.images].map(i => i.naturalWidth)")
+    assert all(w > 0 for w in widths), widths
+    row = browser.js("""[...document.querySelectorAll('tr')].map(r => r.innerText)
+                        .find(t => t.includes('91.9') && t.includes('n/a') === false
+                              && t.includes('top1'))""")
+    assert row and "-0.9" in row and "yes vs dense" in row, row
+    env = browser.js("document.querySelector('table.env').innerText")
+    for key in ("device", "torch", "mlflow", "optuna", "CPU-hours", "profile", "commit"):
+        assert key in env, key
+    browser.screenshot(shots / "report.png", whole_page=True)

@@ -141,15 +141,17 @@ def test_jobs_share_the_runs_of_several_experiments(tiny):
     """`--jobs 2`: two processes work through figure-4's and figure-7's runs; each config is
     trained by exactly one of them, and every planned run ends FINISHED."""
     from reproduce.experiments import plan
-    from reproduce.pipeline import train_all
+    from reproduce.pipeline import plan_all, train_all
 
-    train_all(["figure-4", "figure-7"], "smoke", overrides=tiny, jobs=2, progress=False)
+    summaries = train_all(plan_all(["figure-4", "figure-7"], "smoke", tiny), jobs=2,
+                          progress=False)
     c = tracking.client()
     runs = c.search_runs([tracking.experiment_id(c, "smoke", create=False)])
     planned = {p.hash for e in ("figure-4", "figure-7") for p in plan(e, "smoke", tiny)}
     hashes = [r.data.tags["config_hash"] for r in runs]
     assert sorted(hashes) == sorted(planned)                      # each once, none missing
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert sorted({s["run_id"] for s in summaries}) == sorted(r.info.run_id for r in runs)
 
 
 def test_a_full_disk_while_logging_artifacts_keeps_the_run_resumable(tiny, monkeypatch):
@@ -157,14 +159,14 @@ def test_a_full_disk_while_logging_artifacts_keeps_the_run_resumable(tiny, monke
     FAILED) with the reason, its checkpoint kept; the same command later finishes the same run."""
     import errno
 
-    from reproduce import runner
+    from reproduce.tracked_run import TrackedRun
 
-    real = runner._log_final_artifacts
+    real = TrackedRun.finish
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runner, "_log_final_artifacts", full_disk)
+    monkeypatch.setattr(TrackedRun, "finish", full_disk)
     with pytest.raises(tracking.StoreError, match="disk is full.*resume"):
         run_experiment("figure-7", "smoke", overrides=tiny, progress=False)
     c = tracking.client()
@@ -174,7 +176,7 @@ def test_a_full_disk_while_logging_artifacts_keeps_the_run_resumable(tiny, monke
     assert (tracking.state_dir() / f"{run.info.run_id}.pt").exists()
     steps = [m.step for m in c.get_metric_history(run.info.run_id, "val/acc")]
 
-    monkeypatch.setattr(runner, "_log_final_artifacts", real)
+    monkeypatch.setattr(TrackedRun, "finish", real)    # (not undo(): that restores the store too)
     summary = run_experiment("figure-7", "smoke", overrides=tiny, progress=False)[0]
     assert summary["run_id"] == run.info.run_id
     (run,) = c.search_runs([exp])
@@ -191,8 +193,9 @@ def test_a_dataset_that_disappears_mid_run_fails_the_run_with_the_reason(tmp_pat
     import numpy as np
     from PIL import Image
 
-    from reproduce import runner as runner_module
     from reproduce.experiments import plan
+    from reproduce.runner import train_tracked
+    from reproduce.tracked_run import TrackedRun
 
     rng = np.random.default_rng(0)
     root = tmp_path / "tree"
@@ -215,7 +218,7 @@ def test_a_dataset_that_disappears_mid_run_fails_the_run_with_the_reason(tmp_pat
     c = tracking.client()
     exp = tracking.experiment_id(c, "smoke")
     with pytest.raises(Exception) as info:
-        runner_module.train_tracked(c, exp, cfg_run, progress=False, epoch_hook=vanish)
+        train_tracked(TrackedRun.create(c, exp, cfg_run), progress=False, epoch_hook=vanish)
     assert "train" in str(info.value)
     runs = {r.info.run_id: r for r in c.search_runs([exp])}
     failed = [r for r in runs.values() if r.info.status == "FAILED"]

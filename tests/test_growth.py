@@ -17,6 +17,8 @@ from reproduce.method import (BudgetController, CostModel, GrowthController, Tem
 from reproduce.method.gates import BlockGate, ChannelGate, gates_of
 from reproduce.models import create_model
 
+from .test_layers import gated
+
 
 pytestmark = pytest.mark.usefixtures("fresh_seed")
 
@@ -281,9 +283,11 @@ def test_growth_push_uniform_vs_cost(make):
     logit = float(torch.empty(()).uniform_(-1.5, 1.5))
     beta = float(torch.empty(()).uniform_(0.5, 2.0))
     lam = -float(torch.empty(()).uniform_(0.01, 1.0))
+    # dense costs (small_resnet gates blocks too: its default is the current architecture's)
     uniform = GrowthController(make(), (1, 8, 8), epochs=3,
-                               budget=BudgetOptions(growth_push="uniform"))
-    cost = GrowthController(make(), (1, 8, 8), epochs=3, budget=BudgetOptions(growth_push="cost"))
+                               budget=BudgetOptions(growth_push="uniform", block_costs="dense"))
+    cost = GrowthController(make(), (1, 8, 8), epochs=3,
+                            budget=BudgetOptions(growth_push="cost", block_costs="dense"))
     p = 1 / (1 + math.exp(-beta * logit))
     marginal = _marginal_macs(cost.costs, cost)
     assert torch.all(marginal > 0)
@@ -437,14 +441,58 @@ def test_the_method_checks_its_own_options_for_users_of_their_own_loop():
         resolve({"budget": {"target": 0.0}})
 
 
+def test_block_costs_follow_the_current_architecture():
+    """budget.block_costs = current: a structure weighs what it costs in the hard architecture
+    (a closed block's inner channels nothing; an open block its layers at their current widths)
+    over the dense cost per channel, so a block-only model pushes a block as hard, per MAC, as a
+    model that also gates channels; dense keeps the weights of before."""
+    def weights(channels, block_costs):
+        model = gated("basic3resnet", channels=channels, shape=(1, 8, 8))
+        ctrl = GrowthController(model, (1, 8, 8), epochs=3,
+                                budget=BudgetOptions(block_costs=block_costs))
+        return ctrl, dict(zip((n for n, _ in ctrl.named_gates),
+                              ctrl.cost_weights.split([g.n for g in ctrl.gates])))
+    layers, w_layers = weights(False, "current")
+    joint, w_joint = weights(True, "current")
+    per_channel = 2 * joint.costs.dense_macs / sum(sh.cout for sh in joint.costs.shapes)
+    block = "layer1.1.block_gate"
+    dense_block = joint.costs.structure_costs("macs")[block]
+    # block-only: channels all on, so the current cost is the dense one
+    assert float(w_layers[block]) == pytest.approx(dense_block / per_channel, rel=1e-5)
+    # joint, at the seed (25 % of channels, closed blocks): the block's layers at seed width
+    state = joint.costs.hard_state()
+    opened = dict(state, **{block: torch.ones(1)})
+    cost_now = float(joint.costs.count(opened)[0] - joint.costs.count(state)[0])
+    assert float(w_joint[block]) == pytest.approx(cost_now / per_channel, rel=1e-5)
+    assert cost_now < dense_block / 8
+    assert torch.all(w_joint["layer1.1.gate1"] == 0)        # inside a closed block: free
+    # dense: the weights of before (block-only: a block over the mean block = 1)
+    _, w_dense = weights(False, "dense")
+    assert torch.allclose(w_dense[block], torch.ones(1))
+    # the weights follow the hard architecture as it changes
+    with torch.no_grad():
+        dict(joint.named_gates)[block].logits.fill_(1.0)
+    joint.after_step(1)
+    w_now = dict(zip((n for n, _ in joint.named_gates),
+                     joint.cost_weights.split([g.n for g in joint.gates])))
+    assert torch.all(w_now["layer1.1.gate1"] > 0)
+
+
 def test_spread_seed_logits_cross_zero_one_by_one(fresh_seed):
     spread = float(torch.empty(()).uniform_(0.2, 2.0))
     s_off = -float(torch.rand(())) * 0.3
     ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed,
                             gates=GateOptions(s_on=2.5, s_off=s_off, s_off_spread=spread))
+    unspread = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed,
+                                gates=GateOptions(s_on=2.5, s_off=s_off, s_off_spread=spread,
+                                                  spread_blocks=False))
+    blocks = [g.logits.item() for _, g in ctrl.named_gates if isinstance(g, BlockGate)]
+    assert len(blocks) > 1 and len(set(blocks)) == len(blocks)      # blocks spread as channels
+    assert all(s_off - spread <= b <= s_off for b in blocks)
+    assert all(g.logits.item() == pytest.approx(s_off)              # as before: one shared logit
+               for _, g in unspread.named_gates if isinstance(g, BlockGate))
     for name, g in ctrl.named_gates:
         if isinstance(g, BlockGate):
-            assert g.logits.item() == pytest.approx(s_off)       # blocks are not spread
             continue
         seed = g.logits.detach() == 2.5
         rest = g.logits.detach()[~seed]
@@ -510,3 +558,68 @@ def test_pruning_from_the_full_network_moves_with_the_default_options(fresh_seed
         opt.step()
         ctrl.after_step(8)
     assert ctrl.budget.usage < 0.7, (defaults, ctrl.budget.usage)
+
+
+def test_seed_spread_leaves_the_rest_of_the_start_alone(fresh_seed):
+    """`s_on_spread` spreads the seed channels over [s_on, s_on + spread] and draws after the
+    non-seed spread, so at 0 (its default) every run starts exactly as before it existed."""
+    spread = float(torch.empty(()).uniform_(0.2, 1.0))
+    plain = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed)
+    spread_ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=3, rng_seed=fresh_seed,
+                                   gates=GateOptions(s_on_spread=spread))
+    for (name, a), (_, b) in zip(plain.named_gates, spread_ctrl.named_gates):
+        a, b = a.logits.detach(), b.logits.detach()
+        if a.numel() == 1:                       # block gates are not spread
+            assert torch.equal(a, b), name
+            continue
+        seed = a == 0.5
+        assert torch.equal(a[~seed], b[~seed]), name               # the rest is untouched
+        assert torch.all(b[seed] >= 0.5) and torch.all(b[seed] <= 0.5 + spread)
+        if int(seed.sum()) > 1:
+            assert b[seed].unique().numel() == int(seed.sum())
+
+
+def test_pruning_from_full_with_a_seed_spread_closes_channels_a_few_at_a_time(fresh_seed):
+    """From the full network every channel of a gate starts at s_on: without a spread the
+    cost-weighted push closes a whole stage's stream in one iteration (ResNet-20 at τ = 0.3:
+    usage 1.0 → 0.64, then 0.55 → 0.33, before the task loss has shaped anything; the smoke
+    run then trained at chance). With `s_on_spread` the usage falls a few channels at a time,
+    so the budget controller sees it approach τ."""
+    def largest_step(spread: float) -> float:
+        model = create_model("resnet20", in_channels=1, gate_blocks=False)
+        ctrl = GrowthController(model, (1, 8, 8), epochs=20, rng_seed=fresh_seed,
+                                gates=GateOptions(seed_fraction=1.0, seed_blocks="all",
+                                                  s_on_spread=spread),
+                                budget=BudgetOptions(target=0.3))
+        opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
+        usage = [ctrl.budget.usage]
+        for _ in range(40):
+            ctrl.sample()
+            loss = ctrl.penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ctrl.after_step(8)
+            usage.append(ctrl.budget.usage)
+        assert usage[-1] < 0.35                                    # both prune to the budget
+        return max(a - b for a, b in zip(usage, usage[1:]))
+
+    assert largest_step(0.0) > 0.3                 # stage 1's whole stream (0.36 of the MACs)
+    assert largest_step(0.5) < 0.15
+
+
+@pytest.mark.slow
+def test_pruning_from_full_at_a_0_3_budget_trains_on_the_smoke_data(one_thread):
+    """Figure 1(c)'s pruning-from-full run at τ = 0.3 (experiments/figure-14.yaml, smoke profile,
+    20 epochs on digits) trains to a working network within its budget (97.5 % at 0.298 of the
+    dense MACs). Without `gates.s_on_spread` it closed stage 1's and stage 2's streams in the
+    first epoch and ended at chance (8.9 %)."""
+    from reproduce.experiments import plan
+    from reproduce.runner import execute
+
+    cfg = plan("figure-14", "smoke", only=["prune-macs0.3"])[0].cfg
+    assert cfg.gates.seed_fraction == 1.0 and cfg.gates.s_on_spread > 0
+    final = execute(cfg, progress=False).history[-1]
+    assert final["val/acc"] > 90.0, final["val/acc"]              # chance is 10 %
+    assert final["train/loss"] < 0.5, final["train/loss"]         # ln 10 = 2.30 when collapsed
+    assert final["budget/usage"] == pytest.approx(0.3, abs=0.02)

@@ -40,9 +40,9 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert set(tags["figures"].split(",")) == {"figure-7", "figure-9"}
     assert tags["config_hash"] == plan("figure-7", "smoke", tiny)[0].hash
     assert run.data.params["budget.target"] == "0.5"
-    # found under one name (experiment/model-variant-seed), described by its experiment file,
+    # found under one name (variant-seed first, then model and experiment), described by its experiment file,
     # in an experiment that MLflow's UI opens on the runs table
-    assert run.info.run_name == "figure-7/resnet20-grow-s0"
+    assert run.info.run_name == "grow-s0 · resnet20 · figure-7"
     assert tags["mlflow.note.content"].startswith("ResNet-20 channel growing")
     exp = c.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -55,14 +55,45 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     assert [m.step for m in acc] == list(range(1, epochs + 1))
     keys = set(run.data.metrics)
     for key in ("val/top5", "val/loss", "cost/macs", "cost/params", "cost/train_macs", "cost/train_macs_total",
-                "cost/dense_macs", "budget/lambda", "budget/usage", "lr", "train/loss",
-                "channels/layer1.0.conv1", "temperature/layer1.0.conv1", "blocks/stage2"):
+                "budget/lambda", "budget/usage", "lr", "train/loss",
+                "channels/layer1.0.conv1", "temperature/global"):
         assert key in keys, key
+    # only series that change: one temperature under the global schedule, and what cannot change
+    # (the dense model's costs, the depth of stages without block gates) once, as params
+    assert not [k for k in keys if k.startswith("temperature/") and k != "temperature/global"]
+    assert not [k for k in keys if k.startswith("blocks/") or k.startswith("cost/dense_m")
+                or k == "cost/dense_params"]
+    assert float(run.data.params["blocks/stage2"]) == 3
+    assert float(run.data.params["cost/dense_macs"]) > run.data.metrics["cost/macs"]
+    assert float(run.data.params["cost/dense_params"]) > 0
     total = sum(m.value for m in c.get_metric_history(run_id, "cost/train_macs"))
     assert run.data.metrics["cost/train_macs_total"] == pytest.approx(total, rel=1e-9)
-    beta = c.get_metric_history(run_id, "temperature/conv1")
+    beta = c.get_metric_history(run_id, "temperature/global")
     t = plan("figure-7", "smoke", tiny)[0].cfg.temperature
+    assert [m.step for m in beta] == list(range(epochs + 1))
     assert beta[0].value == pytest.approx(t.beta_0) and beta[-1].value == pytest.approx(t.beta_final)
+    # the readers see the constants as the run's final metrics
+    from reproduce.store import Store
+    frame = Store().runs("smoke")
+    assert frame.loc[0, "cost/dense_macs"] == float(run.data.params["cost/dense_macs"])
+    assert frame.loc[0, "blocks/stage2"] == 3
+
+    # the run's own Figure 7 panel, and a README whose Python lines load and run its model
+    from PIL import Image
+    with Image.open(c.download_artifacts(run_id, "channel_dynamics.png")) as img:
+        assert img.size[0] > 200 and img.size[1] > 100
+    readme = open(c.download_artifacts(run_id, "README.md")).read()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'run_id="{run_id}"' in code and "load_compact" in code
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code + "\nprint(tuple(out.shape))"], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "(1, 4)"     # 4 classes of the tiny data
 
     # artifacts: resolved config, architecture, traces, a compact model that reproduces val/acc
     arch = json.loads(open(c.download_artifacts(run_id, tracking.ARTIFACT_ARCH)).read())
@@ -262,10 +293,11 @@ def test_pruning_runs_share_their_pretraining_and_keep_its_numbers(tiny, tmp_pat
     # FORCE retrains from scratch: a pre-training left behind (here one that cannot load) is
     # not used, the forced runs pre-train again and share that
     from reproduce.checkpoint import SharedPretraining
-    from reproduce.runner import _pretraining_groups
-    exp_id = tracking.experiment_id(c, "tiny")
-    (name,) = set(_pretraining_groups(plan(str(path), "tiny"), exp_id).values())
-    SharedPretraining(tracking.state_dir() / "pretrained", name, "stale").save({"broken": True})
+    from reproduce.runner import pretraining_groups
+    planned = plan(str(path), "tiny")
+    (group,) = set(pretraining_groups(planned, c).values())
+    assert group.hashes == {planned[0].hash, planned[2].hash}    # the two pruning runs, not dense
+    SharedPretraining(tracking.state_dir() / "pretrained", group.name, "stale").save({"broken": True})
     forced = run_experiment(str(path), "tiny", force=True, progress=False)
     again = c.get_run(forced[2]["run_id"])
     assert again.data.tags["pretrained_in"] == forced[0]["run_id"]

@@ -185,6 +185,37 @@ def test_optuna_best_trial_is_the_suites_choice_under_constraints(tmp_path, tiny
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_the_suites_dashboard_names_the_feasible_best_trial(tmp_path, tiny):
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    from reproduce.dashboard import FeasibilityStorage, create_app, open_storage
+
+    _, study = scored_study(tmp_path, tiny, [(95.0, 0.95), (80.0, 0.5), (70.0, 0.4)])
+    storage = open_storage(search.storage_url())
+    shown = FeasibilityStorage(storage)
+    sid = study._study_id
+    assert storage.get_best_trial(sid).number == 0          # what optuna-dashboard alone shows
+    assert shown.get_best_trial(sid).number == 1            # the best feasible trial
+    # the constraint values also as the older list, which the dashboard greys out by
+    assert [t.system_attrs["constraints"] for t in shown.get_all_trials(sid)] == \
+        [list(t.constraints.values()) for t in study.trials]
+    assert "constraints" not in storage.get_trial(study.trials[0]._trial_id).system_attrs
+
+    env = {"PATH_INFO": f"/api/studies/{sid}", "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(env)
+    env["wsgi.input"] = io.BytesIO()
+    status = []
+    body = b"".join(create_app(storage)(env, lambda s, h, *a: status.append(s)))
+    assert status == ["200 OK"]
+    detail = json.loads(body)
+    assert [t["number"] for t in detail["best_trials"]] == [1]
+    assert [bool(t["constraints"]) and all(v <= 0 for v in t["constraints"])
+            for t in detail["trials"]] == [False, True, True]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_resumed_study_must_keep_its_constraints(tmp_path, tiny):
     spec, study = scored_study(tmp_path, tiny, [(80.0, 0.5)])
     path = write_spec(tmp_path, tiny, constraints=[{"metric": "budget/usage", "max": 0.5}])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis import reference, tables
+from analysis import reference, significance, tables
 from reproduce.pipeline import make
 
 PROFILES = {"tiny": {"seeds": [0], "config": {
@@ -97,6 +97,122 @@ def test_savings_are_against_the_dense_row_and_seeds_aggregate():
     assert math.isnan(rows.loc["l1-50", "top1_std"])
     assert tables.mean_std(91.0, 1.41421, "top1") == "91.00 ± 1.41"
     assert tables.mean_std(89.0, float("nan"), "top1") == "89.00"
+
+
+# -- which differences are real -----------------------------------------------------------------
+
+def _seed_runs(top1: dict[str, dict[int, float]]) -> pd.DataFrame:
+    """Tracked-run rows of one model: dense, growing at 0.5 and uniform width, {variant: {seed:
+    top-1}}."""
+    params = {"dense": {"param.method": "dense", "param.model.width_multiplier": "1.0"},
+              "grow-50": {"param.method": "grow", "param.model.width_multiplier": "1.0",
+                          "param.budget.target": "0.5"},
+              "uniform-50": {"param.method": "dense", "param.model.width_multiplier": "0.7"}}
+    macs = {"dense": 100e6, "grow-50": 50e6, "uniform-50": 49e6}
+    return pd.DataFrame([{"run_id": f"{v}-{seed}", "model": "m", "dataset": "d", "variant": v,
+                          "seed": seed, **params[v], "val/acc": acc, "cost/macs": macs[v],
+                          "cost/params": 1e6, "cost/dense_macs": 100e6,
+                          "cost/train_macs_total": 3 * macs[v],
+                          "cost/dense_train_macs_total": 300e6}
+                         for v, values in top1.items() for seed, acc in values.items()])
+
+
+def _comparison(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = tables.comparison_rows(tables.per_run(runs), "none")
+    return tables.growing_comparison(rows).frame.assign(variant=list(rows["variant"])) \
+        .set_index("variant")
+
+
+def test_a_large_difference_over_small_noise_is_beyond_noise():
+    rng = np.random.default_rng()
+    flagged = 0
+    for _ in range(200):
+        # a large seed effect shared by both rows: only pairing by seed sees through it
+        seed_effect = rng.normal(0.0, 5.0, 3)
+        a = dict(enumerate(90.0 + seed_effect + 3.0 + rng.normal(0.0, 0.3, 3)))
+        b = dict(enumerate(90.0 + seed_effect + rng.normal(0.0, 0.3, 3)))
+        p = significance.paired(a, b)
+        assert p.n == 3 and p.low <= p.mean <= p.high
+        flagged += p.verdict == significance.YES
+    assert flagged >= 190
+
+
+def test_identical_distributions_are_mostly_within_noise():
+    rng = np.random.default_rng()
+    trials = 400
+    flagged = sum(significance.paired(dict(enumerate(rng.normal(95.0, 1.0, 3))),
+                                      dict(enumerate(rng.normal(95.0, 1.0, 3)))).beyond_noise
+                  for _ in range(trials))
+    assert flagged <= 0.12 * trials          # 5 % expected at a 95 % interval
+
+
+def test_one_seed_cannot_tell_and_no_shared_seed_says_so():
+    rng = np.random.default_rng()
+    p = significance.paired({0: rng.normal(90, 1)}, {0: rng.normal(50, 1)})
+    assert p.verdict == "n=1: cannot tell" and p.beyond_noise is None and p.n == 1
+    assert math.isnan(p.low) and not math.isnan(p.mean)
+    # seeds only one row ran do not count
+    p = significance.paired({0: 90.0, 1: 91.0, 2: 92.0}, {2: 50.0, 3: 51.0})
+    assert p.n == 1 and p.mean == 42.0 and p.verdict == significance.ONE_SEED
+    assert significance.paired({0: 90.0}, {1: 90.0}).verdict == significance.NO_SHARED
+
+
+def test_rows_are_paired_by_seed_whatever_their_order():
+    rng = np.random.default_rng()
+    seeds = [0, 1, 2]
+    effect = dict(zip(seeds, rng.normal(0.0, 5.0, 3)))
+    top1 = {"dense": {s: 95.0 + effect[s] + rng.normal(0, 0.2) for s in seeds},
+            "grow-50": {s: 92.0 + effect[s] + rng.normal(0, 0.2) for s in seeds},
+            "uniform-50": {s: 92.0 + effect[s] + rng.normal(0, 0.2) for s in seeds}}
+    runs = _seed_runs(top1)
+    first = _comparison(runs)
+    shuffled = _comparison(runs.sample(frac=1.0, random_state=int(rng.integers(1 << 31))))
+    pd.testing.assert_frame_equal(first, shuffled.loc[first.index])
+    # growing against dense, uniform width against growing at its budget, dense against nothing
+    assert first.loc["grow-50", "reference"] == "dense"
+    assert first.loc["uniform-50", "reference"] == "growing MACs ≤ 0.50"
+    assert first.loc["dense", "reference"] == "" and first.loc["dense", "verdict"] == ""
+    # the paired mean is the mean of per-seed differences, which a seed effect does not blur
+    expected = np.mean([top1["grow-50"][s] - top1["dense"][s] for s in seeds])
+    assert first.loc["grow-50", "delta_mean"] == pytest.approx(expected)
+    assert first.loc["grow-50", "verdict"] == "yes"
+    assert first.loc["grow-50", "n_paired"] == 3
+    # one seed: a difference, but no verdict
+    one = _comparison(_seed_runs({v: {0: values[0]} for v, values in top1.items()}))
+    assert one.loc["grow-50", "verdict"] == "n=1: cannot tell"
+
+
+def test_comparisons_are_added_to_every_output(tmp_path):
+    rng = np.random.default_rng()
+    runs = _seed_runs({v: dict(enumerate(rng.normal(m, 0.5, 3)))
+                       for v, m in (("dense", 95.0), ("grow-50", 94.0), ("uniform-50", 93.0))})
+    rows = tables.comparison_rows(tables.per_run(runs), "none")
+    display = pd.DataFrame({"variant": list(rows["variant"]), "top-1 (%)": list(rows["top1_mean"])})
+    csv = tables.csv_frame(rows, ["model"])
+    md, csv_path, tex = tables.write_rows(tmp_path / "t", rows, display, csv, title="t",
+                                          profile="p", n_left=1,
+                                          comparisons=[tables.growing_comparison(rows)])
+    written = pd.read_csv(csv_path)
+    assert list(written.columns[:len(csv.columns)]) == list(csv.columns)     # only added after
+    for c in ("reference", "delta_top1_mean", "delta_top1_ci95_low", "delta_top1_ci95_high",
+              "n_paired_seeds", "beyond_noise"):
+        assert c in written.columns
+    text = md.read_text()
+    assert "| reference | Δ top-1 vs reference | 95% CI | beyond noise | runs |" in text
+    assert "paired by seed" in text
+    assert r"$\Delta$ top-1 vs reference & 95\% CI & beyond noise" in tex.read_text()
+
+
+def test_the_smoke_cifar_table_keeps_three_seeds_per_row():
+    """The comparison columns measure seed noise (on digits one validation image is 0.28
+    points): every row of the smoke CIFAR table is trained on seeds 0, 1 and 2."""
+    from analysis import table_cifar
+    from reproduce.experiments import plan
+    for name in table_cifar.EXPERIMENTS:
+        seeds: dict[str, set[int]] = {}
+        for r in plan(name, "smoke"):
+            seeds.setdefault(r.cfg.variant, set()).add(r.cfg.seed)
+        assert len(seeds) >= 5 and all(s == {0, 1, 2} for s in seeds.values()), (name, seeds)
 
 
 def test_latex_is_booktabs_and_escaped():
@@ -358,7 +474,9 @@ def test_table_imagenet_end_to_end(isolated_stores, imagenet_tiny):
     assert "Profile `smoke`; dataset: synthetic." in md and "16 px" in md
     assert "Yuan et al. 2021, abstract" in md and all(i in md for i in store)
     grow_line = next(line for line in md.splitlines() if line.startswith("| resnet50 | growing"))
+    header = next(line for line in md.splitlines() if line.startswith("| model | method"))
     cells = [c.strip() for c in grow_line.strip("|").split("|")]
-    assert cells[-8:-2] == ["75.2", "", "", "", "49.7", "47.4"]         # the paper's columns
+    first_paper = [c.strip() for c in header.strip("|").split("|")].index("paper top-1 (%)")
+    assert cells[first_paper:first_paper + 6] == ["75.2", "", "", "", "49.7", "47.4"]  # paper's
     assert cells[3] == tables.num(paper["top1_mean"], "top1")             # the reproduced one
     assert "Paper values without a reproduced row" not in md

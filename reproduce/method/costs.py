@@ -45,6 +45,7 @@ class CostModel:
 
     def __init__(self, model: GatedModel, input_shape: tuple[int, ...]):
         self.sites: list[Site] = list(model.sites())
+        self.input_shape = tuple(input_shape)         # one example, without the batch axis
         modules = dict(model.named_modules())
         self.gates: dict[str, Gate] = {n: m for n, m in modules.items() if isinstance(m, Gate)}
         self.shapes = _measure(model, self.sites, modules, input_shape)

@@ -49,14 +49,20 @@ from .temperature import TemperatureSchedule
 def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str = "one_per_stage",
               selection: str = "first", s_on: float = 0.5, s_off: float = -0.1,
               generator: torch.Generator | None = None, s_off_spread: float = 0.0,
-              stage_blocks: list[Block] | None = None) -> None:
+              stage_blocks: list[Block] | None = None, s_on_spread: float = 0.0,
+              on_generator: torch.Generator | None = None, spread_blocks: bool = False) -> None:
     """Seed architecture: a fraction of every channel group and n blocks per stage on.
 
     Seed channels start at logit s_on; the other channels at s_off − spread·u_i, u_i ~ U(0, 1)
     (from `generator`). With spread = 0 all non-seed channels of a gate share one logit, so a
     uniform push moves them across 0 together and the hard usage jumps by a whole gate at once;
     a spread makes them cross one after another, so growth is gradual and the budget controller
-    sees the usage rise.
+    sees the usage rise. `s_on_spread` does the same for the seed channels (s_on + spread·u_i):
+    starting from the full network every channel is a seed channel, and without it the pruning
+    push closes a whole gate at once. Its draws come from `on_generator` (default `generator`),
+    so a caller can leave the non-seed draws as they were without it. `spread_blocks`: closed
+    block gates start spread the same way (one draw each, in gate order); without it every block
+    shares s_off and all cross 0 together.
 
     Blocks without a block gate (the first of each stage) are always on, so `one_per_stage` closes
     every gated block and `<n>_per_stage` opens the first n − 1 gated blocks of each stage (in
@@ -80,7 +86,11 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
     with torch.no_grad():
         for name, g in gates:
             if isinstance(g, BlockGate):
-                g.logits.fill_(s_on if per_stage is None or name in seed_on else s_off)
+                on = per_stage is None or name in seed_on
+                g.logits.fill_(s_on if on else s_off)
+                if spread_blocks and s_off_spread and not on:
+                    u = torch.rand(1, generator=generator)
+                    g.logits.sub_(s_off_spread * u.to(g.logits.device))
                 continue
             k = min(g.n, max(1, round(fraction * g.n)))
             if selection == "random":
@@ -92,6 +102,9 @@ def init_seed(gates: list[tuple[str, Gate]], fraction: float = 0.25, blocks: str
                 u = torch.rand(g.n, generator=generator)
                 g.logits.sub_(s_off_spread * u.to(g.logits.device))
             g.logits[idx.to(g.logits.device)] = s_on
+            if s_on_spread:
+                u = torch.rand(k, generator=on_generator or generator)
+                g.logits[idx.to(g.logits.device)] += s_on_spread * u.to(g.logits.device)
 
 
 class GrowthController:
@@ -116,7 +129,9 @@ class GrowthController:
         self.generator = torch.Generator().manual_seed(rng_seed)   # same stream on every rank
         init_seed(self.named_gates, gates.seed_fraction, gates.seed_blocks, gates.seed_selection,
                   gates.s_on, gates.s_off, torch.Generator().manual_seed(rng_seed + 1),
-                  gates.s_off_spread, stage_blocks=model.blocks())
+                  gates.s_off_spread, stage_blocks=model.blocks(), s_on_spread=gates.s_on_spread,
+                  on_generator=torch.Generator().manual_seed(rng_seed + 2),
+                  spread_blocks=gates.spread_blocks)
         self.costs = CostModel(model, input_shape)
         self.temperature = TemperatureSchedule(self.gates, temperature, epochs)
         # a model without gates (the dense baseline) has nothing to push: λ stays 0
@@ -124,6 +139,11 @@ class GrowthController:
                                        replace(budget, metric="none", lambda_base=0.0))
         self.cost_weights, self.uniform_weights = self._penalty_weights(budget.cost,
                                                                         budget.normalize)
+        # layer growing: weights follow the current architecture (budget.block_costs)
+        self._current_costs = (budget.block_costs == "current" and budget.cost != "uniform"
+                               and any(isinstance(g, BlockGate) for g in self.gates))
+        self._weights_of: Tensor | None = None     # the hard state the weights were computed for
+        self._refresh_weights()
         self.train_macs_epoch = 0.0
         self.train_macs_total = 0.0
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
@@ -154,6 +174,7 @@ class GrowthController:
         self.train_macs_epoch = state["train_macs_epoch"]
         self.train_macs_total = state["train_macs_total"]
         self.dense_train_macs_total = state["dense_train_macs_total"]
+        self._refresh_weights()                # for the logits just loaded
 
     # -- parameters ---------------------------------------------------------------------------
     def mask_parameters(self) -> list[nn.Parameter]:
@@ -223,6 +244,7 @@ class GrowthController:
         self.execution.clear()
         self.train_macs_epoch += 3.0 * float(self.costs.count(sampled)[0]) * batch_size
         self.dense_train_macs_total += 3.0 * self.costs.dense_macs * batch_size
+        self._refresh_weights()
         self.budget.update(self.current_usage())
 
     @torch.no_grad()
@@ -314,6 +336,22 @@ class GrowthController:
             stats[f"temperature/{layer}"] = beta
         return stats
 
+    def constant_keys(self) -> set[str]:
+        """Keys of `architecture_stats` whose value cannot change while this controller trains:
+        the dense model's costs, the block count of a stage none of whose blocks is gated, and
+        every temperature when β is fixed (β_0 = β_T)."""
+        keys = {"cost/dense_macs", "cost/dense_params"}
+        gated = {b.stage for b in self.costs.blocks if b.gate is not None}
+        keys |= {f"blocks/stage{b.stage}" for b in self.costs.blocks if b.stage not in gated}
+        if self.temperature.beta_0 == self.temperature.beta_final:
+            keys |= {f"temperature/{layer}" for layer in self.layer_temperatures()}
+        return keys
+
+    def shared_temperature(self) -> bool:
+        """Whether one β holds for every structure (the global schedule): the per-layer
+        temperatures of `architecture_stats` then repeat one number."""
+        return self.temperature.schedule == "global"
+
     def layer_temperatures(self) -> dict[str, float]:
         return {s.name: float(self._gate(s.out_gate).beta.mean())
                 for s in self.costs.sites if s.out_gate is not None}
@@ -347,6 +385,36 @@ class GrowthController:
         w = c / scale
         uniform = torch.full_like(c, float(w.mean()) if c.numel() else 1.0)
         return w, uniform
+
+    def _refresh_weights(self) -> None:
+        """With `budget.block_costs = current` (block-gated models): w_i = what structure i costs
+        in the current hard architecture, ∂cost/∂state_i (a block: its layers at the current
+        widths; a channel: its layers' other sides, times their blocks' states), over the dense
+        network's cost per channel, 2·dense / Σ output channels (each conv counted on both its
+        sides, as a channel's dense cost is). So a block is pushed as the channels inside it,
+        whether or not the model also gates channels, and a block of a narrow seed weighs what it
+        costs at that width. `normalize = total`: over the dense total instead. Recomputed only
+        when the hard architecture changes."""
+        if not self._current_costs:
+            return
+        hard = self.costs.hard_state()
+        key = torch.cat([hard[n] for n, _ in self.named_gates])
+        if self._weights_of is not None and torch.equal(key, self._weights_of):
+            return
+        self._weights_of = key
+        state = {n: hard[n].double().requires_grad_() for n, _ in self.named_gates}
+        macs, params = self.costs.count(state)
+        use_params = self.budget_options.cost == "params"
+        (params if use_params else macs).backward()
+        c = torch.cat([state[n].grad.float() for n, _ in self.named_gates])
+        dense = self.costs.dense_params if use_params else self.costs.dense_macs
+        if self.budget_options.normalize == "total":
+            scale = dense
+        else:
+            scale = 2.0 * dense / max(1, sum(sh.cout * sh.rows for sh in self.costs.shapes))
+        w = c / scale
+        self.cost_weights = w
+        self.uniform_weights = torch.full_like(w, float(w.mean()) if w.numel() else 1.0)
 
     def _gate(self, name: str) -> Gate:
         return self._by_name[name]

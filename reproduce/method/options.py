@@ -28,6 +28,8 @@ A field's metadata is plain data, read by `check_fields` and by the suite:
     read_by        only runs of this method read the field (or a whole config section): other runs
                    leave it out of their identity, or, with `others_at`, hash it at that value
                    (the field existed when their runs were tracked, at that value)
+    read_with      only runs whose config has this (dotted) field true read it, e.g.
+                   "model.gate_blocks": other runs leave it out of their identity
 
 Defaults marked [ours] are this suite's choices where the paper's value is unknown
 (docs/METHOD.md); [ancestor] is Continuous Sparsification (Savarese et al. 2020).
@@ -135,6 +137,17 @@ class GateOptions:
     # non-seed logits start at s_off − spread·U(0,1): with 0 they cross 0 together and the usage
     # jumps by whole gates; a spread makes channels grow one after another [ours]
     s_off_spread: float = field(default=0.5, metadata=at_least(0))
+    # seed logits start at s_on + spread·U(0,1) [ours]. Pruning from the full network
+    # (seed_fraction 1) needs it: with 0 every channel of a gate shares one logit, the
+    # cost-weighted pruning push closes a whole stage's stream in one step within the first
+    # epoch, and ResNet-20 at a 0.3 MACs budget ended at chance (docs/METHOD.md). 0 for growing:
+    # its seed is not what the push moves first
+    s_on_spread: float = field(default=0.0, metadata=at_least(0, added_later=0.0))
+    # block gates start spread as channel gates do (s_off − spread·u): with one shared logit every
+    # block crossed 0 in the same epoch (Basic3ResNet-6-6-6: seed to 10 of 15 blocks in epoch 1).
+    # False: at s_off exactly, as runs tracked before it. Only layer growing reads it [ours]
+    spread_blocks: bool = field(default=True, metadata=choice(True, False, read_by="grow",
+                                                                read_with="model.gate_blocks"))
     # channels every channel gate keeps on (0 allows zero-width layers)
     min_channels: int = field(default=1, metadata=at_least(0))
     # bernoulli sampling: q is drawn at iterations 0, k, 2k, ... of the run and the same sampled
@@ -196,6 +209,17 @@ class BudgetOptions:
     # baselines' runs were tracked with `uniform`
     growth_push: str = field(default="cost", metadata=choice(*GROWTH_PUSHES, read_by="grow",
                                                               others_at="uniform"))
+
+    # Layer growing [ours]: where blocks are gated, `current` weighs every structure by what it
+    # costs in the current hard architecture (the gradient of the usage the controller measures)
+    # over the dense network's cost per channel, so a block is pushed as the channels it holds,
+    # whatever other gates the model has. `dense`: the dense costs over the mean structure cost
+    # (what channel-only models use, and layer growing before): a block-only model pushed a block
+    # as one channel (the task loss closed it against the push), and next to channel gates a
+    # block of the 25 % seed weighed 16× what it costs (every block opened in epoch 1).
+    # docs/METHOD.md, "Layer growing". Models without block gates never read it
+    block_costs: str = field(default="current", metadata=choice(
+        "current", "dense", read_by="grow", read_with="model.gate_blocks"))
 
     def __post_init__(self):
         check_fields(self, "budget")

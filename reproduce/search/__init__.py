@@ -37,7 +37,7 @@ trial and the Pareto front, are `reproduce.study_results`, shared with `analysis
     objective    what Optuna calls per trial (`suggest`, `TrialObjective`)
     worker       the worker loop and the coordinator (`work`, `run_search`)
     best         the chosen trial as an experiment file (`choose_trial`, `write_best`)
-The command-line commands (search, search-best, pareto) live in reproduce/cli.py.
+The command-line commands (search, search-best, pareto) live in reproduce/cli_search.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The objective Optuna calls once per trial: suggest values, resolve the run, train (or reuse) it.
 
 A trial is the base run resolved through `experiments.plan` with the suggested values as the
-highest-precedence overrides, trained and tracked by `runner.train_tracked` as a normal run,
-nested under the study's MLflow parent run.
+highest-precedence overrides, tracked as a normal run (`tracked_run.TrackedRun`) nested under the
+study's MLflow parent run, and trained by `runner.train_tracked`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from optuna.trial import TrialState
 
 from .. import tracking
 from ..config import ConfigError, flatten, to_dict, unflatten
-from ..contract import with_derived
+from ..contract import final_metrics, with_derived
 from ..experiments import PlannedRun, plan
-from ..runner import RunStopped, train_tracked
+from ..runner import train_tracked
 from ..study_results import summary_metrics
+from ..tracked_run import RunStopped, TrackedRun
 from .mlflow_side import marker_run
 from .spec import Param, SearchSpec, deep_merge, metric_value
 from .storage import redact
@@ -118,7 +119,7 @@ class TrialObjective:
         return tags
 
     def _run_name(self, trial) -> str:
-        return f"{self.spec.study_name}-trial-{trial.number}"
+        return f"trial-{trial.number} · {self.spec.study_name}"    # the trial first: names are cut short
 
     def _plan_or_fail(self, trial, params: dict, tags: dict) -> PlannedRun:
         """The trial's run, resolved; an invalid config fails the trial with a marker run."""
@@ -141,7 +142,7 @@ class TrialObjective:
         """An identical config was already trained: take its results, record a marker run."""
         spec, c = self.spec, self.c
         first = spec.objectives[0].metric
-        metrics = with_derived(existing.data.metrics)
+        metrics = with_derived(final_metrics(existing.data.metrics, existing.data.params))
         history = [(m.step, m.value) for m in sorted(
             c.get_metric_history(existing.info.run_id, first), key=lambda m: m.step)
             if m.step > 0] if not spec.multi_objective else []
@@ -170,11 +171,9 @@ class TrialObjective:
         spec, c = self.spec, self.c
         single, first = not spec.multi_objective, spec.objectives[0].metric
         last: dict = {}
-        run_ids: list[str] = []
-
-        def on_start(run_id: str) -> None:
-            run_ids.append(run_id)
-            trial.set_user_attr("mlflow_run_id", run_id)
+        run = TrackedRun.create(c, self.exp_id, pr, parent_run_id=self.parent_id, extra_tags=tags,
+                                run_name=self._run_name(trial))
+        trial.set_user_attr("mlflow_run_id", run.run_id)
 
         def epoch_hook(step: int, stats: dict) -> None:
             if step == 0:
@@ -185,19 +184,17 @@ class TrialObjective:
                 return
             value = last[first]
             trial.report(value, step)
-            c.log_metric(run_ids[0], "optuna/intermediate_value", value, step=step)
+            c.log_metric(run.run_id, "optuna/intermediate_value", value, step=step)
             if step < pr.cfg.train.epochs and trial.should_prune():    # never after the last epoch
                 raise RunStopped(f"pruned by the {spec.pruner['name']} pruner after epoch {step} "
                                  f"({first} = {value:.4g})")
 
         try:
-            train_tracked(c, self.exp_id, pr, self.progress, parent_run_id=self.parent_id,
-                          extra_tags=tags, epoch_hook=epoch_hook, on_start=on_start,
-                          run_name=self._run_name(trial))
+            train_tracked(run, self.progress, epoch_hook=epoch_hook)
         except RunStopped as e:
             self._record_stop(trial, e, last)
             raise optuna.TrialPruned(e.reason) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:          # Ctrl-C, or a preemption signal (tracked_run.Preempted)
             self._tag(trial, "optuna.state", "FAIL")
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
                                       skip_if_exists=False)
@@ -207,7 +204,7 @@ class TrialObjective:
         except Exception as e:
             self._record_failure(trial, e)
             raise
-        return self._finish(trial, run_ids[0], last, pr.cfg.train.epochs)
+        return self._finish(trial, run.run_id, last, pr.cfg.train.epochs)
 
     def _record_stop(self, trial, e: RunStopped, last: dict) -> None:
         if e.run_id:

@@ -136,7 +136,8 @@ def record_best(study, spec: SearchSpec) -> None:
         save_note(study, f"{NOTE_MARK}\n\n"
                          f"**Constraints**: {'; '.join(c.describe() for c in spec.constraints)}\n\n"
                          f"**{which}**: {', '.join(f'#{n}' for n in chosen) or 'none yet'}\n\n"
-                         f"The dashboard's own best-trial marker ignores the constraints; each "
-                         f"trial's user attribute `feasible` says whether it meets them.\n")
+                         f"`make optuna-dashboard` marks it as the best trial; optuna-dashboard "
+                         f"started on its own ignores the constraints there. Each trial's user "
+                         f"attribute `feasible` says whether it meets them.\n")
     except Exception as e:  # noqa: BLE001 - bookkeeping must not stop the search
         print(f"[search] could not record the best trial on the study: {e}", file=sys.stderr)

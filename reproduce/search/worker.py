@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import warnings
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -95,8 +96,11 @@ def _spawn(spec: SearchSpec, url: str, workers: int, worker_index: int,
 
 
 def run_search(spec: SearchSpec, url: str | None = None, worker_index: int = 0, force: bool = False,
-               progress: bool = True, workers: int = 1, extra_args: list[str] | None = None) -> dict:
-    """Create or resume the study and run trials (in this process, or in `workers` subprocesses)."""
+               progress: bool = True, workers: int = 1, extra_args: list[str] | None = None,
+               submit_workers: Callable | None = None) -> dict:
+    """Create or resume the study and run trials: in this process, in `workers` subprocesses, or
+    through `submit_workers(spec, url, workers, worker_index, force, tracking_uri)`, which runs
+    them elsewhere and returns once they ended (launch.slurm.run_search_workers: Slurm jobs)."""
     url = storage_url(url)
     holder: dict = {}
     storage = make_storage(url, spec.heartbeat, on_failed=mark_stale_run(holder))
@@ -112,7 +116,9 @@ def run_search(spec: SearchSpec, url: str | None = None, worker_index: int = 0, 
           f"finished{' (new study)' if created else ''}; MLflow parent run {parent_id}")
     if done < spec.trials:
         mark_parent_running(c, parent_id)
-    if workers > 1:
+    if submit_workers is not None:
+        submit_workers(spec, url, workers, worker_index, force, c.tracking_uri)
+    elif workers > 1:
         _spawn(spec, url, workers, worker_index, extra_args)
     else:
         objective = TrialObjective(spec, c, exp_id, parent_id, url, force, progress)

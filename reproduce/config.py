@@ -50,8 +50,12 @@ class DataConfig:
     eval_batch_size: int = field(default=512, metadata=at_least(1, identity=False))
     augment: bool = True            # random crop + horizontal flip (CIFAR); ±1 px shifts, no flip (digits)
     # image folders: smallest share of the image's area a RandomResizedCrop keeps (torchvision's
-    # and the reference recipe's 0.08); imagenet_smoke's small digits need larger crops
+    # and the reference recipe's 0.08); imagenet_smoke's profile keeps 0.5 (smaller crops cut
+    # the glyph)
     crop_scale: float = field(default=0.08, metadata=fraction(added_later=0.08))
+    # image folders: random horizontal flips in training (the reference recipe's); digits are not
+    # mirror-symmetric, so imagenet_smoke's profile turns them off
+    hflip: bool = field(default=True, metadata={"added_later": True})
     # digits, pydoc_text: held-out share of the data
     val_fraction: float = field(default=0.2, metadata=rule(lambda v: 0.0 < v < 1.0, "in (0, 1)"))
     # image folders only; tensor datasets live on the device
@@ -91,6 +95,10 @@ class ModelConfig:
     width_multiplier: float = field(default=1.0, metadata=positive())
     gate_channels: bool = True      # channel gates on every prunable conv output
     gate_blocks: bool = False       # block gates on residual blocks (layer growing)
+    # ResNet-50: the last BN of every residual branch starts at weight 0, so every block starts as
+    # the identity (torchvision's zero_init_residual, Goyal et al. 2017); off in torchvision's
+    # reference recipe and in every profile here (docs/METHOD.md, the ImageNet-style smoke tree)
+    zero_init_residual: bool = field(default=False, metadata={"added_later": False})
 
     def __post_init__(self):
         check_fields(self, "model")
@@ -167,6 +175,10 @@ class TrainConfig:
     lr_power: float = field(default=0.9, metadata=positive(added_later=0.9))
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of epochs
     lr_gamma: float = 0.1
+    # the classifier's (the model's "head" site) learning rate as a multiple of lr; 1 = one lr
+    # for every weight (every profile but smoke-imagenet's 0.03: docs/METHOD.md, the
+    # ImageNet-style smoke tree)
+    head_lr_scale: float = field(default=1.0, metadata=positive(added_later=1.0))
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     # auto = cuda when available, else cpu

@@ -156,7 +156,8 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     model = create_model(cfg.model.name, num_classes=data.num_classes, in_channels=data.in_channels,
                          width_multiplier=cfg.model.width_multiplier,
                          gate_channels=gated and cfg.model.gate_channels,
-                         gate_blocks=gated and cfg.model.gate_blocks)
+                         gate_blocks=gated and cfg.model.gate_blocks,
+                         **({"zero_init_residual": True} if cfg.model.zero_init_residual else {}))
     model.to(device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -229,8 +230,13 @@ def start_phase(state: TrainState, phase: Phase) -> None:
     """Optimizers for a phase: SGD on the weights, and on the mask logits unless frozen; fresh,
     or restored from the checkpoint being resumed."""
     tc = phase.schedule
+    weights: list = state.controller.weight_parameters()
+    if tc.head_lr_scale != 1.0:     # two groups: the classifier's lr is lr × head_lr_scale
+        head = {id(p) for p in head_parameters(state.model)}
+        weights = [{"params": [p for p in weights if id(p) not in head]},
+                   {"params": [p for p in weights if id(p) in head], "lr_scale": tc.head_lr_scale}]
     state.opt_weights = torch.optim.SGD(
-        state.controller.weight_parameters(), lr=tc.lr, momentum=tc.momentum,
+        weights, lr=tc.lr, momentum=tc.momentum,
         nesterov=tc.nesterov and tc.momentum > 0, weight_decay=tc.weight_decay)
     masks = state.controller.mask_parameters()
     state.opt_masks = torch.optim.SGD(masks, lr=phase.mask_lr, momentum=phase.mask_momentum) \
@@ -239,6 +245,14 @@ def start_phase(state: TrainState, phase: Phase) -> None:
     for key, opt in (("weights", state.opt_weights), ("masks", state.opt_masks)):
         if saved and opt is not None and key in saved:
             opt.load_state_dict(saved[key])
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of the model's classifier: the modules of its sites with role "head"."""
+    names = {site.name for site in model.sites() if site.role == "head"}
+    if not names:
+        raise ValueError(f"{type(model).__name__} declares no head site (train.head_lr_scale)")
+    return [p for name in sorted(names) for p in model.get_submodule(name).parameters()]
 
 
 def train_step(net: nn.Module, controller: GrowthController, optimizers, x: torch.Tensor,
@@ -317,7 +331,7 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
             for opt, base in ((opt_w, tc.lr), (opt_m, phase.mask_lr)):
                 if opt is not None:
                     for group in opt.param_groups:
-                        group["lr"] = base * factor
+                        group["lr"] = base * factor * group.get("lr_scale", 1.0)
             if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out, loss = train_step(net, controller, (opt_w, opt_m), x, y, task.loss,

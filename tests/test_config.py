@@ -311,7 +311,7 @@ def test_an_experiment_profile_can_start_from_another_shared_profile(tmp_path):
 def test_imagenet_experiments_share_their_mobilenet_runs_and_state_their_recipe(profile):
     """figure-3 and table-imagenet train MobileNetV1's dense and grow-50 runs once; the paper
     profile is ImageNet at the model's 224 px with the stated recipe, the smoke one the
-    generated tree at 32 px."""
+    generated tree at 48 px."""
     fig = {r.cfg.variant: r for r in plan("figure-3", profile)}
     table = {r.cfg.variant: r for r in plan("table-imagenet-mobilenet", profile)}
     for variant in ("dense", "grow-50"):
@@ -326,7 +326,7 @@ def test_imagenet_experiments_share_their_mobilenet_runs_and_state_their_recipe(
             assert cfg.train.amp and cfg.train.channels_last and not cfg.train.nesterov
             assert [round(m * 90) for m in cfg.train.milestones] == [30, 60]
         else:
-            assert (cfg.data.dataset, cfg.data.image_size) == ("imagenet_smoke", 32)
+            assert (cfg.data.dataset, cfg.data.image_size) == ("imagenet_smoke", 48)
     assert sorted(fig[v].cfg.model.width_multiplier for v in fig if v.startswith(("dense", "uni"))) \
         == [0.25, 0.5, 0.75, 1.0]
 

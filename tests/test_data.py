@@ -421,7 +421,9 @@ def test_smoke_imagenet_tree(tmp_path):
 
 def test_smoke_imagenet_digits_contrast_with_their_background(tmp_path):
     """Every generated image's digit differs from its background in luminance (the version-1
-    generator drew both colours at random, often nearly equal, and nothing could learn it)."""
+    generator drew both colours at random, often nearly equal, and nothing could learn it), and
+    in every channel the same way (version 2 drew independent hues: docs/METHOD.md), one near
+    black and the other near white."""
     from PIL import Image
     root = tmp_path / "smoke"
     IF.make_smoke_imagenet(str(root), size=32, per_class=3)
@@ -431,6 +433,15 @@ def test_smoke_imagenet_digits_contrast_with_their_background(tmp_path):
         # the brightest and darkest tenths: digit vs background, both sides past the noise
         lo, hi = np.percentile(img, [5, 95])
         assert hi - lo > 0.6 * IF.SMOKE_MIN_LUMA_GAP, path
+        # version 3: the digit is lighter (or darker) than the background in every channel, so
+        # the darkest pixels by luminance are the darkest in each channel too
+        rgb = np.asarray(Image.open(path), dtype=np.float64).reshape(-1, 3)
+        dark, light = rgb[img.ravel() <= lo].mean(0), rgb[img.ravel() >= hi].mean(0)
+        assert (light - dark > 0.3 * IF.SMOKE_MIN_LUMA_GAP).all(), path
+        # version 4: one level near black, the other near white (under the cast); version 3's
+        # levels anywhere in the range slowed learning (docs/METHOD.md)
+        assert img.min() < IF.SMOKE_LEVEL_SPREAD + 16, path
+        assert img.max() > (255 - IF.SMOKE_LEVEL_SPREAD) * (1 - IF.SMOKE_CAST) - 16, path
 
 
 def test_an_older_smoke_imagenet_tree_is_rewritten(tmp_path, capsys):

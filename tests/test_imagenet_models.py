@@ -70,3 +70,35 @@ def test_mobilenet_has_no_removable_blocks():
     model = create_model("mobilenet_v1", width_multiplier=0.25)
     assert len(model.blocks()) == 13 and not model.removable_blocks()
     assert sorted({b.stage for b in model.blocks()}) == [1, 2, 3, 4, 5]
+
+
+def test_zero_init_residual_is_torchvisions():
+    """model.zero_init_residual zeroes the same BN weights torchvision's option does (every
+    bottleneck's bn3), so each block starts as the identity; off by default."""
+    torchvision = pytest.importorskip("torchvision")
+    model = create_model("resnet50", gate_channels=False, zero_init_residual=True)
+    reference = torchvision.models.resnet50(zero_init_residual=True)
+    zeroed = {k for k, v in model.state_dict().items() if k.endswith(".weight") and not v.any()}
+    assert zeroed == {k for k, v in reference.state_dict().items()
+                      if k.endswith(".weight") and not v.any()}
+    assert len(zeroed) == 16 and all(k.endswith("bn3.weight") for k in zeroed)
+    assert all(v.any() for k, v in create_model("resnet50", gate_channels=False)
+               .state_dict().items() if k.endswith(".weight"))
+
+
+def test_head_lr_scale_scales_only_the_classifier():
+    """train.head_lr_scale gives the classifier (the head site) its own learning rate; every other
+    weight keeps train.lr, and at 1 the optimizer has one group, as before the option existed."""
+    from reproduce.config import TrainConfig
+    from reproduce.method import GrowthController
+    from reproduce.train import Phase, TrainState, head_parameters, start_phase
+    model = create_model("mobilenet_v1", num_classes=10, gate_channels=False)
+    state = TrainState(model, GrowthController(model, (3, 32, 32), epochs=1))
+    start_phase(state, Phase(TrainConfig(lr=0.02, head_lr_scale=0.05)))
+    body, head = state.opt_weights.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in head_parameters(model)} \
+        == {id(model.fc.weight), id(model.fc.bias)}
+    assert head["lr_scale"] == 0.05 and "lr_scale" not in body
+    assert len(body["params"]) + 2 == len(list(model.parameters()))
+    start_phase(state, Phase(TrainConfig(lr=0.02)))
+    assert len(state.opt_weights.param_groups) == 1

@@ -90,16 +90,21 @@ def describe_image_folder(root: str) -> dict:
 # Version of the generator below, written with the tree (SMOKE_VERSION_FILE): a tree written by
 # another version (or by one before the file existed) is rewritten on use. 2: foreground and
 # background differ by at least SMOKE_MIN_LUMA_GAP in luminance (version 1 drew both colours at
-# random, often nearly equal) and glyphs span 60-95 % of the side (35-90 % before).
-SMOKE_TREE_VERSION = 2
+# random, often nearly equal) and glyphs span 60-95 % of the side (35-90 % before). 3: the two
+# colours are grey levels (random, either polarity, the same gap) under one shared colour cast, so
+# the digit is lighter or darker than its background in every channel; version 2 drew each
+# colour's hue at random, and no dense network learned that tree in the smoke budget
+# (docs/METHOD.md, "The ImageNet-style smoke tree"). 4: one level dark (0 to SMOKE_LEVEL_SPREAD),
+# the other light (255 - SMOKE_LEVEL_SPREAD to 255), either polarity; version 3 drew both levels
+# anywhere in [0, 255] at least 96 apart, and the background's brightness, varying over the whole
+# range, slowed the ImageNet models' learning about fourfold (docs/METHOD.md).
+SMOKE_TREE_VERSION = 4
 SMOKE_VERSION_FILE = "VERSION"
-SMOKE_MIN_LUMA_GAP = 96.0        # of 255 (ITU-R BT.601 luma)
+SMOKE_LEVEL_SPREAD = 48.0        # of 255: how far each grey level may lie from its end of the range
+SMOKE_MIN_LUMA_GAP = 255.0 - 2 * SMOKE_LEVEL_SPREAD    # so the two levels differ by at least this
+SMOKE_CAST = 0.25                # each channel scaled by a factor in [1 - SMOKE_CAST, 1], per image
 SMOKE_GLYPH_SIDE = (0.6, 0.95)   # glyph side as a fraction of the image side
 SMOKE_CLASSES = [f"digit_{c}" for c in range(10)]
-
-
-def _luma(rgb: np.ndarray) -> float:
-    return float(rgb @ np.array([0.299, 0.587, 0.114]))
 
 
 def smoke_imagenet_version(root: str) -> int | None:
@@ -127,10 +132,13 @@ def make_smoke_imagenet(root: str, size: int = SMOKE_IMAGE_SIZE, val_fraction: f
     """An ImageNet-style ImageFolder tree from scikit-learn's digits (no download).
 
     Each 8×8 digit becomes a size×size RGB image: scaled to 60-95 % of the side, placed at a
-    random position on a random background colour, drawn in a random foreground colour at least
-    SMOKE_MIN_LUMA_GAP brighter or darker than the background, with pixel noise; so crops, flips
-    and resizing see varied, larger images, as on ImageNet, and the digit stays readable. The
-    split is the digits' fixed one (data.val_fraction's default) and the images are fixed by
+    random position, dark on light or light on dark (each grey level within SMOKE_LEVEL_SPREAD of
+    its end of the range, so at least SMOKE_MIN_LUMA_GAP apart), both under one random colour
+    cast (each channel scaled by up to SMOKE_CAST), with pixel noise; so crops and resizing see
+    varied, larger images, as on ImageNet, and the digit stays readable. The digit is lighter or
+    darker than its background in every channel: independent random hues (version 2) made the
+    tree far harder to learn than the digits are, and so did grey levels anywhere in the range
+    (version 3; docs/METHOD.md). The split is the digits' fixed one (data.val_fraction's default) and the images are fixed by
     SPLIT_SEED, so the tree is the same wherever it is made. `per_class` caps the images per
     class and split (tests). The tree holds a VERSION file with SMOKE_TREE_VERSION.
 
@@ -184,9 +192,11 @@ def _write_smoke_imagenet(root: str, size: int, val_fraction: float,
             side = int(rng.integers(int(lo * size), int(hi * size) + 1))
             glyph = np.asarray(Image.fromarray((ink * 255).astype(np.uint8)).resize(
                 (side, side), Image.BILINEAR), dtype=np.float32)[..., None] / 255.0
-            bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-            while abs(_luma(bg) - _luma(fg)) < SMOKE_MIN_LUMA_GAP:      # keep the digit visible
-                bg, fg = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+            dark = rng.uniform(0, SMOKE_LEVEL_SPREAD)
+            light = rng.uniform(255 - SMOKE_LEVEL_SPREAD, 255)
+            bg, fg = (dark, light) if rng.random() < 0.5 else (light, dark)
+            cast = 1 - SMOKE_CAST * rng.uniform(0, 1, 3)                # one hue for both
+            bg, fg = bg * cast, fg * cast
             img = np.broadcast_to(bg, (size, size, 3)).copy()
             y0, x0 = rng.integers(0, size - side + 1, 2)
             img[y0:y0 + side, x0:x0 + side] = glyph * fg + (1 - glyph) * bg
@@ -213,7 +223,9 @@ def build_image_folder(cfg: DataConfig, device: torch.device, seed: int) -> Data
     norm = T.Normalize(defaults.mean, defaults.std)
     # the reference recipe's resize 256 / crop 224, scaled with the image size
     val_tf = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
-    train_tf = (T.Compose([T.RandomResizedCrop(size, scale=(cfg.crop_scale, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    flip = [T.RandomHorizontalFlip()] if cfg.hflip else []
+    train_tf = (T.Compose([T.RandomResizedCrop(size, scale=(cfg.crop_scale, 1.0)), *flip,
+                           T.ToTensor(), norm])
                 if cfg.augment else val_tf)
     try:
         train = datasets.ImageFolder(os.path.join(root, "train"), train_tf)

@@ -70,7 +70,8 @@ class ResNetImageNet(StagedModel):
                  num_classes: int = 1000, in_channels: int = 3, width_multiplier: float = 1.0,
                  gate_channels: bool = True, gate_blocks: bool = False,
                  sizes: dict[str, int] | None = None, removed: set[str] | frozenset = frozenset(),
-                 replace_stride_with_dilation=(False, False, False)):
+                 replace_stride_with_dilation=(False, False, False),
+                 zero_init_residual: bool = False):
         super().__init__()
         dilate = tuple(bool(d) for d in replace_stride_with_dilation)
         if len(dilate) != len(depths) - 1:
@@ -109,6 +110,10 @@ class ResNetImageNet(StagedModel):
                    lambda n: maybe_gate(ChannelGate, n, gate_channels), block)
         self.fc = Linear(stream[-1], num_classes)
         initialise(self)
+        if zero_init_residual:      # torchvision's option: each residual branch starts at zero
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
 
     def features(self, x: Tensor) -> Tensor:
         """The last stage's output, before pooling (what a segmentation head reads)."""

@@ -234,7 +234,9 @@ def test_a_signal_after_the_last_batch_finishes_the_run_and_still_stops(tiny, mo
 OVERRIDES = {
     "data": {"dataset": "synthetic", "synthetic_train": 512, "synthetic_val": 64,
              "batch_size": 32, "image_size": 8, "num_classes": 4},
-    "train": {"epochs": 4, "lr": 0.05, "threads": 1, "checkpoint_minutes": 0},
+    # 12 epochs: the signal, sent after epoch 1, must find the run still training however long
+    # a loaded machine takes to deliver it
+    "train": {"epochs": 12, "lr": 0.05, "threads": 1, "checkpoint_minutes": 0},
     "model": {"width_multiplier": 0.5},
 }
 
@@ -254,7 +256,7 @@ def test_sigterm_preempts_a_training_process_and_the_same_command_resumes_it(tmp
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and \
-            not any(checkpoints.glob("*.pt")):            # epoch 1 of 4 is done
+            not any(checkpoints.glob("*.pt")):            # epoch 1 of 12 is done
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 0.3))
     proc.send_signal(signal.SIGTERM)

@@ -4,7 +4,7 @@ Rows per model: the dense network; the method (channel growing) at a MACs budget
 dense; a uniform-width baseline (a narrower dense net trained by this suite) at the same MACs.
 Columns: top-1 and top-5 (mean ± std over seeds), params, MACs per image at the runs' input
 size, inference and training savings against the dense row (counted in MACs, and realised in
-wall-clock time on the device named beside it), the paper's values from analysis/reference.csv
+CPU time or wall clock on the device named beside it), the paper's values from analysis/reference.csv
 (its ResNet-50 result sits beside the reproduced grow-50 row; blank where unknown) and the
 MLflow runs behind each row.
 """
@@ -54,10 +54,10 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
              "Budget: the method's MACs target τ (fraction of dense MACs); uniform width scales "
              "every layer's width by one multiplier chosen so its MACs match the target.",
              "Top-5 is over the dataset's classes (with 10 classes, chance is 50 %).",
-             "Realised training savings: 1 − the run's wall-clock training time / the dense "
-             "run's of the same model on the same device (in brackets); counted savings use "
-             "MACs (the paper's FLOPs savings are the same ratio). Blank without a dense run on "
-             "that device."]
+             "Realised training savings: 1 − the run's training time / the dense run's of the "
+             "same model on the same device (in brackets), as CPU time where the runs tracked it "
+             "(CPU runs), else wall clock (GPU: synchronised); counted savings use MACs (the "
+             "paper's FLOPs savings are the same ratio). Blank without a dense run on that device."]
     known = r[r["paper_source"] != ""]
     for _, row in known.iterrows():
         notes.append(f"Paper values beside {row['model']} / {row['variant']}: "

@@ -305,7 +305,7 @@ def row_labels(rows: pd.DataFrame) -> dict[str, list[str]]:
 def metric_columns(rows: pd.DataFrame, metrics: list[str] = METRICS,
                    headers: dict[str, str] = HEADERS, realised: bool = False) -> dict[str, list]:
     """The reproduced metrics (mean ± std) then the paper's, as display columns; with
-    `realised`, the wall-clock training savings follow the counted ones."""
+    `realised`, the realised training savings follow the counted ones."""
     cols = {}
     for m in metrics:
         cols[headers[m]] = [mean_std(a, b, m) for a, b in zip(rows[f"{m}_mean"], rows[f"{m}_std"])]

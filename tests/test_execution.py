@@ -52,20 +52,31 @@ def _data(n: int, size: int = SIZE, dtype: torch.dtype = torch.float64):
 def _randomise(models, closed_gates: int = 2, closed_blocks: bool = True):
     """Random logits (same in every copy); a few channel gates entirely closed (zero width):
     gates of a residual branch's inner channels, which leave the rest of the network training
-    (test_every_stream_channel_closed closes a stream)."""
+    (test_every_stream_channel_closed closes a stream); half the blocks, drawn at random,
+    removed. Streams keep a channel and the remaining blocks are mostly on, so that gradients
+    reach most of the network and the comparison proves something."""
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
     first = models[0]
     names = [n for n, m in first.named_modules() if isinstance(m, ChannelGate)]
     inner = [i for i, n in enumerate(names) if n.endswith((".gate1", ".gate2"))]
     shut = {inner[i] for i in torch.randperm(len(inner), generator=gen)[:closed_gates].tolist()}
+    blocks = [n for n, m in first.named_modules() if isinstance(m, BlockGate)]
+    removed = {blocks[i] for i in torch.randperm(len(blocks), generator=gen)[:len(blocks) // 2]
+               .tolist()} if closed_blocks else set()
     values = {}
-    for i, (n, m) in enumerate((n, m) for n, m in first.named_modules()
-                               if isinstance(m, (ChannelGate, BlockGate))):
+    for n, m in ((n, m) for n, m in first.named_modules()
+                 if isinstance(m, (ChannelGate, BlockGate))):
         v = torch.rand(m.n, generator=gen) * 2 - 1
         if isinstance(m, ChannelGate) and names.index(n) in shut:
             v.fill_(-50.0)                                   # zero width in every sample
-        if isinstance(m, BlockGate) and closed_blocks and i % 2:
-            v.fill_(-50.0)                                   # removed block
+        elif isinstance(m, ChannelGate) and names.index(n) not in inner:
+            # a stream keeps one channel in every sample: a stream sampled entirely off leaves
+            # nothing upstream with a gradient, and the comparison would prove little
+            v[int(torch.randint(0, m.n, (), generator=gen))] = 50.0
+        if n in removed:
+            v.fill_(-50.0)                                   # removed block (half of them)
+        elif isinstance(m, BlockGate):
+            v = v.abs() + 0.5                                # the other half: mostly sampled on
         values[n] = v
     for model in models:
         mods = dict(model.named_modules())

@@ -4,6 +4,7 @@ pipeline plans once; one planned run trains by itself with its claim held."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -234,8 +235,8 @@ def test_a_signal_after_the_last_batch_finishes_the_run_and_still_stops(tiny, mo
 OVERRIDES = {
     "data": {"dataset": "synthetic", "synthetic_train": 512, "synthetic_val": 64,
              "batch_size": 32, "image_size": 8, "num_classes": 4},
-    # 12 epochs: the signal, sent after epoch 1, must find the run still training however long
-    # a loaded machine takes to deliver it
+    # 12 epochs: the signal, sent in epoch 3, must find the run still training however long a
+    # loaded machine takes to deliver it
     "train": {"epochs": 12, "lr": 0.05, "threads": 1, "checkpoint_minutes": 0},
     "model": {"width_multiplier": 0.5},
 }
@@ -254,17 +255,25 @@ def test_sigterm_preempts_a_training_process_and_the_same_command_resumes_it(tmp
     checkpoints = tmp_path / "store" / "checkpoints"
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    # the checkpoint is rewritten after every epoch: the times of the first two say how long an
+    # epoch takes on this machine, and the signal lands at a random point of epoch 3 of 12
+    written, stamps = [], []
     deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline and \
-            not any(checkpoints.glob("*.pt")):            # epoch 1 of 12 is done
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.3))
+    while proc.poll() is None and time.monotonic() < deadline and len(written) < 2:
+        with contextlib.suppress(FileNotFoundError):
+            stamps = [f.stat().st_mtime_ns for f in checkpoints.glob("*.pt")]
+        if stamps and (not written or stamps[0] != written[-1][0]):
+            written.append((stamps[0], time.monotonic()))
+        time.sleep(0.01)
+    assert len(written) == 2, "the run wrote no checkpoint after its first two epochs"
+    epoch = written[1][1] - written[0][1]
+    time.sleep(random.uniform(0.0, epoch))
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "SIGTERM received" in out and "resume" in out, out
     c, run = the_run(uri)
-    assert run.info.status == "KILLED" and run.data.tags["state"] == "preempted"
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "preempted", out
     saved = torch.load(checkpoints / f"{run.info.run_id}.pt", weights_only=False)["train"]
     assert 1 <= saved["epoch"] < OVERRIDES["train"]["epochs"]
 

@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import analysis
@@ -92,7 +93,8 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
             helpers.append(h)
         _use_threads(slots[0].threads)
     try:
-        summaries = run_all(runs, force, progress, uri)
+        with _helpers_stop_with_this_process(helpers):
+            summaries = run_all(runs, force, progress, uri)
     finally:
         for h in helpers:
             h.join()
@@ -116,6 +118,32 @@ def finished_hashes(planned: list[PlannedRun], uri: str | None = None) -> set[st
         out |= {pr.hash for pr in planned if pr.profile == profile
                 and tracking.find_finished(c, exp_id, pr.hash) is not None}
     return out
+
+
+@contextlib.contextmanager
+def _helpers_stop_with_this_process(helpers: list) -> Iterator[None]:
+    """A preemption signal (SIGTERM, SIGUSR1, SIGUSR2) sent to this process stops its helpers
+    too: each gets the same signal, checkpoints the run it trains and stops, instead of going
+    on, or picking up the run this process just checkpointed, after the machine was asked to stop.
+    While this process trains, its run handles the signal (tracked_run.Preempted propagates);
+    while it waits for a helper's run, the handler installed here raises the same. (Ctrl-C
+    reaches every process of the terminal's group by itself.)"""
+    from .tracked_run import PREEMPTION_SIGNALS, Preempted, preemption_signals
+
+    def stop(signum, frame):
+        raise Preempted(signum, waiting=True)
+
+    with contextlib.ExitStack() as stack:
+        if helpers:
+            stack.enter_context(preemption_signals(stop))
+        try:
+            yield
+        except Preempted as e:
+            for h in helpers:
+                if h.is_alive() and e.signum in PREEMPTION_SIGNALS:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(h.pid, e.signum)
+            raise
 
 
 @contextlib.contextmanager

@@ -72,15 +72,17 @@ class Preempted(KeyboardInterrupt):
     checkpointed at a batch boundary and ended KILLED with `state=preempted` (ENDINGS,
     "preempted"); the same command resumes it. If the run finished before the next batch
     boundary came, it is FINISHED and this still propagates, so no further run starts.
+    `waiting`: the signal came while this process trained nothing, waiting for the runs of its
+    helper processes (pipeline.train_all), which get the same signal.
 
     A KeyboardInterrupt, as the suite treats SIGTERM elsewhere (`reproduce search`): code that
     stops politely on Ctrl-C (Optuna, the search's trial retry) stops on it too, and no
     `except Exception` swallows it. A cluster job catches it to requeue itself.
     """
 
-    def __init__(self, signum: int, finished: bool = False):
+    def __init__(self, signum: int, finished: bool = False, waiting: bool = False):
         super().__init__(signal.Signals(signum).name)
-        self.signum, self.finished = signum, finished
+        self.signum, self.finished, self.waiting = signum, finished, waiting
         self.run_id: str | None = None
 
     @property
@@ -89,6 +91,9 @@ class Preempted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         run = f"run {self.run_id}" if self.run_id else "the run"
+        if self.waiting:
+            return (f"{self.signal_name} received while this process waited for the others: "
+                    f"they checkpoint their runs and stop; run the same command again to resume")
         if self.finished:
             return f"{self.signal_name} received; {run} finished first, nothing is left to resume"
         return (f"{self.signal_name} received; {run} is checkpointed and marked preempted: run "

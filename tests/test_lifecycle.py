@@ -243,15 +243,18 @@ OVERRIDES = {
 
 
 @pytest.mark.slow
-def test_sigterm_preempts_a_training_process_and_the_same_command_resumes_it(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_preempts_a_training_process_and_the_same_command_resumes_it(tmp_path, jobs):
     """A cluster preempts the job: `reproduce run` gets SIGTERM mid-run, exits 128 + 15 with the
     run checkpointed, KILLED and tagged preempted; the same command resumes that run and ends
-    with the metrics of an uninterrupted one."""
+    with the metrics of an uninterrupted one. With two processes (`--jobs 2`) either may train
+    the one run while the other waits: the signal reaches the first only, and the helper stops
+    with it rather than resume the run just checkpointed."""
     (tmp_path / "store").mkdir()
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     command = [sys.executable, "-m", "reproduce", "run", "figure-7", "--quiet",
-               "--overrides-json", json.dumps(OVERRIDES)]
+               "--jobs", str(jobs), "--overrides-json", json.dumps(OVERRIDES)]
     checkpoints = tmp_path / "store" / "checkpoints"
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -195,6 +195,12 @@ class TrainConfig:
     # masked: closed channels/blocks are computed and multiplied by 0; restructured: only the
     # sampled sub-network is computed (same mathematics; method/execution.py)
     execution: str = field(default="masked", metadata=choice(*M.EXECUTION_MODES))
+    # restructured: each gate's active channels rounded up to a multiple of this (its closed
+    # channels computed and multiplied by 0, as masked): few layer shapes, whose CPU kernels are
+    # prepared once (method/execution.py); part of identity only where it is read (restructured
+    # runs tracked before it computed exact widths: they retrain)
+    channel_multiple: int = field(default=8, metadata=at_least(
+        1, read_with="train.execution=restructured"))
 
     def __post_init__(self):
         check_fields(self, "train")
@@ -341,9 +347,11 @@ SECTION_IDENTITY_KEYS = ("identity", "read_by", "others_at", "read_with")
 
 
 def _flag(cfg: Any, path: str) -> bool:
+    """Whether the field at `path` is set (`path=value`: whether it has that value)."""
+    path, _, wanted = path.partition("=")
     for name in path.split("."):
         cfg = getattr(cfg, name)
-    return bool(cfg)
+    return str(cfg) == wanted if wanted else bool(cfg)
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:

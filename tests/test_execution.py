@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.method import GrowthController
+from reproduce.method.execution import Execution
 from reproduce.method.gates import BlockGate, ChannelGate
 from reproduce.method.options import BudgetOptions, GateOptions, OptionError
 from reproduce.method.structure import GatedModel, Site
@@ -23,7 +24,8 @@ SIZE = 8
 
 
 def _pair(name: str, sampling: str = "bernoulli", size: int = SIZE, resample_every: int = 1,
-          dtype: torch.dtype = torch.float64, min_channels: int | None = 0, **model_kwargs):
+          dtype: torch.dtype = torch.float64, min_channels: int | None = 0, multiple: int = 1,
+          **model_kwargs):
     """The same gated model and controller twice: masked and restructured. `min_channels`
     None: 0 where residual branches have inner channels to close (_randomise closes some), else
     1, since a network without identity shortcuts computes nothing past a gate sampled entirely
@@ -37,7 +39,8 @@ def _pair(name: str, sampling: str = "bernoulli", size: int = SIZE, resample_eve
         c = GrowthController(m, (3, size, size), epochs=4, rng_seed=7,
                              gates=GateOptions(min_channels=min_channels, sampling=sampling,
                                                resample_every=resample_every),
-                             budget=BudgetOptions(target=0.5), execution=execution)
+                             budget=BudgetOptions(target=0.5), execution=execution,
+                             channel_multiple=multiple)
         out.append((m, c))
     return out
 
@@ -131,11 +134,14 @@ def _check_equal(pair, x, y, steps: int = 2, flowing: bool = True):
                 torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("multiple", [1, 4])
 @pytest.mark.parametrize("name", IMAGE_MODELS)
-def test_loss_and_gradients_equal_masked(name, fresh_seed):
-    """Every image model (block gates where it has blocks), at its smallest input."""
+def test_loss_and_gradients_equal_masked(name, multiple, fresh_seed):
+    """Every image model (block gates where it has blocks), at its smallest input; with exact
+    widths and with widths rounded up to a multiple of 4 (the added channels closed)."""
     size = default_cfg(name).min_size
-    pair = _pair(name, size=size, min_channels=None, width_multiplier=0.25, gate_blocks=True)
+    pair = _pair(name, size=size, min_channels=None, width_multiplier=0.25, gate_blocks=True,
+                 multiple=multiple)
     _randomise([m for m, _ in pair])
     for m, _ in pair:              # dropout draws different masks for different widths
         for d in m.modules():
@@ -146,6 +152,32 @@ def test_loss_and_gradients_equal_masked(name, fresh_seed):
         out = pair[0][0].eval()(x)
     y = torch.randint(0, 4, out.shape[:1] + out.shape[2:])
     _check_equal(pair, x, y)
+
+
+@pytest.mark.parametrize("multiple", [2, 8])
+def test_channel_multiple_rounds_each_gate_up_with_closed_channels(multiple, fresh_seed):
+    """Each gate computes its open channels plus its first closed ones, as many as round the
+    count up to the multiple (or to all of them); a gate with nothing open stays at zero width."""
+    model = build("resnet20", num_classes=4, gate_blocks=True)
+    ex = Execution(model, "restructured", multiple=multiple)
+    q = (torch.rand(sum(g.n for _, g in ex.gates)) < torch.rand(())).float()
+    q[: ex.gates[0][1].n] = 0.0                                   # one gate entirely closed
+    idx, counts = ex._indices(q)
+    start = 0
+    for s, (name, gate) in enumerate(ex.gates):
+        opened = (q[start:start + gate.n] > 0).nonzero().flatten()
+        start += gate.n
+        want = min(gate.n, -(-len(opened) // multiple) * multiple)
+        assert counts[s] == want, name
+        if isinstance(gate, BlockGate):
+            continue
+        computed = torch.arange(gate.n) if idx[s] is None else idx[s]
+        assert len(computed) == want and set(opened.tolist()) <= set(computed.tolist())
+        extra = sorted(set(computed.tolist()) - set(opened.tolist()))
+        closed = [i for i in range(gate.n) if i not in set(opened.tolist())]
+        assert extra == closed[:len(extra)], name                 # the first closed ones
+    with pytest.raises(OptionError, match="channel_multiple"):
+        Execution(model, "restructured", multiple=0)
 
 
 def test_every_stream_channel_closed(fresh_seed):

@@ -19,8 +19,9 @@ normalised by the mean structure cost (or by the dense total). While pruning (λ
 are always cost-proportional; while growing (λ < 0) too by default (`growth_push = cost`), or
 uniform (`growth_push = uniform`: every structure pushed alike).
 
-`execution="restructured"` computes only the sampled sub-network in training (execution.py);
-`after_backward` then gives the parameters it skipped their (zero) gradient.
+`execution="restructured"` computes only the sampled sub-network in training (execution.py),
+each gate's channels rounded up to a multiple of `channel_multiple`; `after_backward` then gives
+the parameters it skipped their (zero) gradient.
 
 Host synchronisations per iteration (on an accelerator): `sample` copies every gate's p to the
 host and the samples back, once each for all gates; `after_step` copies the hard architecture to
@@ -114,7 +115,7 @@ class GrowthController:
                  gates: GateOptions = GateOptions(),
                  temperature: TemperatureOptions = TemperatureOptions(),
                  budget: BudgetOptions = BudgetOptions(), rng_seed: int = 0,
-                 execution: str = "masked"):
+                 execution: str = "masked", channel_multiple: int = 1):
         self.model = model
         self.gate_options, self.budget_options = gates, budget
         self.named_gates = gates_of(model)
@@ -148,7 +149,7 @@ class GrowthController:
         self.train_macs_total = 0.0
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
         self.budget.update(self.current_usage())
-        self.execution = Execution(model, execution, gates.sampling)
+        self.execution = Execution(model, execution, gates.sampling, channel_multiple)
         self._sampled: _Sample | None = None    # host copy of this iteration's q
         self._held: _Sample | None = None       # host copy of the period's q
 

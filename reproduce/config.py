@@ -193,14 +193,18 @@ class TrainConfig:
     # recipe clips at 5 [Zaremba et al. 2014]
     grad_clip: float = field(default=0.0, metadata=at_least(0))
     # masked: closed channels/blocks are computed and multiplied by 0; restructured: only the
-    # sampled sub-network is computed (same mathematics; method/execution.py)
-    execution: str = field(default="masked", metadata=choice(*M.EXECUTION_MODES))
-    # restructured: each gate's active channels rounded up to a multiple of this (its closed
-    # channels computed and multiplied by 0, as masked): few layer shapes, whose CPU kernels are
-    # prepared once (method/execution.py); part of identity only where it is read (restructured
-    # runs tracked before it computed exact widths: they retrain)
+    # sampled sub-network is computed (same mathematics; method/execution.py); auto:
+    # restructured where the model and sampling allow it, else masked. Read by growing runs
+    # (the other methods train masked, and keep the identity they had when masked was the
+    # default); growing runs tracked with the old default (masked) retrain: the two executions
+    # agree per step to float rounding, not over a whole run (docs/METHOD.md)
+    execution: str = field(default="auto", metadata=choice(*M.EXECUTION_MODES, read_by="grow",
+                                                          others_at="masked"))
+    # restructured (and auto): each gate's active channels rounded up to a multiple of this (its
+    # closed channels computed and multiplied by 0, as masked): few layer shapes, whose CPU
+    # kernels are prepared once (method/execution.py); part of identity only where it is read
     channel_multiple: int = field(default=8, metadata=at_least(
-        1, read_with="train.execution=restructured"))
+        1, read_by="grow", read_with="train.execution!=masked"))
 
     def __post_init__(self):
         check_fields(self, "train")
@@ -347,11 +351,15 @@ SECTION_IDENTITY_KEYS = ("identity", "read_by", "others_at", "read_with")
 
 
 def _flag(cfg: Any, path: str) -> bool:
-    """Whether the field at `path` is set (`path=value`: whether it has that value)."""
-    path, _, wanted = path.partition("=")
-    for name in path.split("."):
+    """Whether the field at `path` is set (`path=value`, `path!=value`: whether it has, or has
+    not, that value)."""
+    path, sep, wanted = path.partition("=")
+    negated = path.endswith("!")
+    for name in path.removesuffix("!").split("."):
         cfg = getattr(cfg, name)
-    return str(cfg) == wanted if wanted else bool(cfg)
+    if not sep:
+        return bool(cfg)
+    return (str(cfg) == wanted) != negated
 
 
 def identity(cfg: RunConfig) -> dict[str, Any]:

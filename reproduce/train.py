@@ -164,7 +164,8 @@ def build(cfg: RunConfig, data: DataBundle, device: torch.device) -> TrainState:
     controller = GrowthController(model, (data.in_channels, data.image_size, data.image_size),
                                   epochs=cfg.train.epochs, gates=cfg.gates,
                                   temperature=cfg.temperature, budget=cfg.budget, rng_seed=cfg.seed,
-                                  execution=cfg.train.execution if gated else "masked",
+                                  execution=cfg.train.execution if cfg.method == "grow"
+                                  else "masked",
                                   channel_multiple=cfg.train.channel_multiple)
     return TrainState(model, controller)
 

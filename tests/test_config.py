@@ -237,7 +237,7 @@ def test_fields_added_later_leave_earlier_identities_alone():
     cfg = resolve({"data": {"dataset": "voc"}, "train": {"lr": random.uniform(0.01, 1)}})
     flat = {k: v for k, v in flatten(to_dict(cfg)).items()
             if meta[k].get("identity", True) and k not in later and not k.startswith("autogrow.")
-            and "read_with" not in meta[k]}              # (model.gate_blocks is false here)
+            and ("read_with" not in meta[k] or config._flag(cfg, meta[k]["read_with"]))}
     before = hashlib.sha256(json.dumps(flat, sort_keys=True, separators=(",", ":")).encode())
     assert config_hash(cfg) == before.hexdigest()[:16]
     for key, old in later.items():
@@ -341,10 +341,17 @@ def test_fields_only_growing_reads_leave_baseline_identities_alone():
         base = resolve({"method": method, "train": {"lr": lr}})
         flat = flatten(to_dict(base))
         for key, meta in grow_only.items():
-            value = random.choice([c for c in meta["choices"] if c != flat[key]])
+            value = random.choice([c for c in meta["choices"] if c != flat[key]]) \
+                if "choices" in meta else another_value(flat[key])
             flipped = resolve(to_dict(base), unflatten({key: value}))
             assert flatten(to_dict(flipped))[key] == value
             assert config_hash(flipped) == config_hash(base), (method, key)
     grow = resolve({"method": "grow", "train": {"lr": lr}})
     assert config_hash(resolve(to_dict(grow), unflatten({"budget.growth_push": "uniform"}))) != \
         config_hash(resolve(to_dict(grow), unflatten({"budget.growth_push": "cost"})))
+    # the channel multiple is part of a growing run's identity unless it trains masked
+    multiple = random.choice([m for m in range(1, 33) if m != grow.train.channel_multiple])
+    for execution, counts in (("masked", False), ("auto", True), ("restructured", True)):
+        run = resolve(to_dict(grow), unflatten({"train.execution": execution}))
+        other = resolve(to_dict(run), unflatten({"train.channel_multiple": multiple}))
+        assert (config_hash(other) != config_hash(run)) == counts, execution

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from reproduce.method import GrowthController
-from reproduce.method.execution import Execution
+from reproduce.method.execution import SKIPPING_SAMPLING, Execution
 from reproduce.method.gates import BlockGate, ChannelGate
 from reproduce.method.options import BudgetOptions, GateOptions, OptionError
 from reproduce.method.structure import GatedModel, Site
@@ -411,6 +412,25 @@ def test_fallback_for_straight_through_and_deterministic():
             c = GrowthController(model, (3, SIZE, SIZE), epochs=2, execution="restructured",
                                  gates=GateOptions(sampling=sampling))
         assert not c.execution.restructures
+
+
+def test_auto_restructures_where_it_can_and_masks_quietly_elsewhere(recwarn):
+    """auto (the default of growing runs): restructured for a sliceable model with skipping
+    sampling; masked, without a warning, for a model whose layers cannot be sliced (the LSTM)
+    or a sampling that skips nothing; an explicit restructured on that model is an error."""
+    sampling = random.choice(SKIPPING_SAMPLING)
+    model = create_model("resnet20", num_classes=4)
+    c = GrowthController(model, (3, SIZE, SIZE), epochs=2, execution="auto",
+                         gates=GateOptions(sampling=sampling))
+    assert c.execution.restructures
+    c = GrowthController(create_model("resnet20", num_classes=4), (3, SIZE, SIZE), epochs=2,
+                         execution="auto", gates=GateOptions(sampling="deterministic"))
+    assert not c.execution.restructures
+    lstm = build("lstm_lm", num_classes=50)
+    assert not Execution(lstm, "auto", sampling).restructures
+    assert not [w for w in recwarn if "masked" in str(w.message)]
+    with pytest.raises(TypeError, match="cannot run on its active channels"):
+        Execution(lstm, "restructured", sampling)
 
 
 @pytest.mark.slow

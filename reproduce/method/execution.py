@@ -3,6 +3,8 @@
     masked        every channel and block is computed; a closed one is multiplied by zero (its gate)
     restructured  only what is on is computed: every conv, BN and linear layer runs on its active
                   input and output channels, and closed blocks are skipped
+    auto          restructured where the model and the sampling allow it (below), else masked:
+                  the default of growing runs (docs/METHOD.md has the measurements)
 
 Restructured execution is re-planned every iteration, right after the gates are sampled: the
 active structures of a sampled gate are those with q = 1 (`hard` sampling: 1[s > 0]). The plan
@@ -76,6 +78,9 @@ class Execution:
         modules = dict(model.named_modules())
         self.gates: list[tuple[str, Gate]] = [(n, m) for n, m in modules.items()
                                               if isinstance(m, Gate)]
+        if mode == "auto":
+            mode = "restructured" if sampling in SKIPPING_SAMPLING and \
+                _can_restructure(model, modules) else "masked"
         self.restructures = mode == "restructured" and bool(self.gates)
         if self.restructures and sampling not in SKIPPING_SAMPLING:
             warnings.warn(f"train.execution: restructured computes every channel with "
@@ -223,6 +228,18 @@ class Execution:
     def _check_folds(self) -> None:
         for name, fold in self._folds.items():
             fold.check(name)
+
+
+def _can_restructure(model: GatedModel, modules: dict[str, nn.Module]) -> bool:
+    """Whether every site can run on its active channels (what `Execution` requires)."""
+    for site in model.sites():
+        layer = modules[site.name]
+        if not hasattr(type(layer), "active") or (
+                site.bn is not None and not hasattr(type(modules[site.bn]), "active")):
+            return False
+        if isinstance(layer, nn.Conv2d) and layer.groups > 1 and not site.depthwise:
+            return False
+    return True
 
 
 def _require(module: nn.Module, name: str) -> None:

@@ -29,8 +29,8 @@ A field's metadata is plain data, read by `check_fields` and by the suite:
                    leave it out of their identity, or, with `others_at`, hash it at that value
                    (the field existed when their runs were tracked, at that value)
     read_with      only runs whose config has this (dotted) field true read it, e.g.
-                   "model.gate_blocks", or that value ("train.execution=restructured"): other
-                   runs leave it out of their identity
+                   "model.gate_blocks", or that value, or any other ("train.execution=auto",
+                   "train.execution!=masked"): other runs leave it out of their identity
 
 Defaults marked [ours] are this suite's choices where the paper's value is unknown
 (docs/METHOD.md); [ancestor] is Continuous Sparsification (Savarese et al. 2020).
@@ -49,7 +49,9 @@ USAGES = ("hard", "expected")
 COSTS = ("macs", "params", "uniform")
 NORMALIZATIONS = ("mean", "total")
 GROWTH_PUSHES = ("uniform", "cost")
-EXECUTION_MODES = ("masked", "restructured")   # execution.py: same mathematics, different speed
+# execution.py: same mathematics, different speed; auto = restructured where the model and the
+# sampling allow it, else masked
+EXECUTION_MODES = ("auto", "masked", "restructured")
 
 
 class OptionError(ValueError):

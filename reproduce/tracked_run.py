@@ -42,7 +42,7 @@ from . import contract, distributed, tracking
 from .checkpoint import RunCheckpoints, compact_checkpoint
 from .config import RunConfig, flatten, to_dict
 from .experiments import PlannedRun
-from .train import device_label, pick_device
+from .train import device_label, pick_device, threads_label
 
 # What a cluster sends before it stops a job: SIGTERM on preemption (then SIGKILL after Slurm's
 # KillWait); SIGUSR2 ahead of the time limit or a preemption in a job submitted through submitit
@@ -215,7 +215,7 @@ def device_tag(cfg: RunConfig) -> str:
     """The `device` tag: what the run trains on, with the CPU threads `runner.execute` sets."""
     device = pick_device(cfg.train.device)
     if device.type == "cpu" and cfg.train.threads:
-        return f"cpu ({cfg.train.threads} threads)"
+        return f"cpu ({threads_label(cfg.train.threads)})"
     return device_label(device)
 
 

@@ -136,7 +136,11 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":        # the machine's GPU number, as nvidia-smi shows it
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"{torch.cuda.get_device_name(device)} (GPU {physical_gpu(index)})"
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    return f"{device.type} ({threads_label(torch.get_num_threads())})"
+
+
+def threads_label(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
 
 
 def use_amp(tc: TrainConfig, device: torch.device) -> bool:

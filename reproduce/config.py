@@ -192,6 +192,13 @@ class TrainConfig:
     # clip the weights' gradient to this global L2 norm before each step (0: off); the LSTM
     # recipe clips at 5 [Zaremba et al. 2014]
     grad_clip: float = field(default=0.0, metadata=at_least(0))
+    # dense runs (and uniform-width baselines): batches of training data run forward before each
+    # evaluation to re-estimate BN statistics, as gates.bn_recalibrate does for growing runs;
+    # 0 = off. In a short run BN's running averages (momentum 0.1) lag weights that still move
+    # fast, and the evaluated network is far worse than the trained one (smoke-imagenet sets it:
+    # docs/METHOD.md, the ImageNet-style smoke tree). Counted in the training cost [ours]
+    dense_bn_recalibrate: int = field(default=0, metadata=at_least(0, added_later=0,
+                                                                   read_by="dense"))
     # masked: closed channels/blocks are computed and multiplied by 0; restructured: only the
     # sampled sub-network is computed (same mathematics; method/execution.py); auto:
     # restructured where the model and sampling allow it, else masked. Read by growing runs

@@ -226,7 +226,8 @@ def train(cfg: RunConfig, data: DataBundle, device: torch.device, task: Task,
     elif on_epoch is not None:     # step 0: the seed architecture, before any training
         on_epoch(0, state.controller.architecture_stats(), state.controller)
     phase = Phase(cfg.train, mask_lr=cfg.gates.mask_lr, mask_momentum=cfg.gates.mask_momentum,
-                  recalibrate_bn=cfg.gates.bn_recalibrate if cfg.method == "grow" else 0)
+                  recalibrate_bn=cfg.gates.bn_recalibrate if cfg.method == "grow" else
+                  cfg.train.dense_bn_recalibrate if cfg.method == "dense" else 0)
     run_epochs(state, phase, data, task, device, on_epoch, progress, label=_label(cfg),
                checkpoints=checkpoints)
     return state

@@ -268,9 +268,10 @@ class GrowthController:
         `num_batches` training batches, forward only, in train mode with hard gates (as
         slimmable networks do). Weights and logits are untouched. The forward MACs of these
         passes (hard architecture × batch size, no backward) are counted in the epoch's training
-        cost; the dense reference does not do them, so the savings stay honest.
+        cost; the dense reference does not do them, so the savings stay honest. A model without
+        gates (a dense baseline) re-estimates its statistics the same way, when asked to.
         """
-        if num_batches <= 0 or not self.gates:
+        if num_batches <= 0:
             return
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns:                             # nothing to re-estimate (e.g. an LSTM)

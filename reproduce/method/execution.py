@@ -78,9 +78,10 @@ class Execution:
         modules = dict(model.named_modules())
         self.gates: list[tuple[str, Gate]] = [(n, m) for n, m in modules.items()
                                               if isinstance(m, Gate)]
+        problem = _why_not_restructurable(model, modules)
         if mode == "auto":
-            mode = "restructured" if sampling in SKIPPING_SAMPLING and \
-                _can_restructure(model, modules) else "masked"
+            mode = "restructured" if sampling in SKIPPING_SAMPLING and problem is None \
+                else "masked"
         self.restructures = mode == "restructured" and bool(self.gates)
         if self.restructures and sampling not in SKIPPING_SAMPLING:
             warnings.warn(f"train.execution: restructured computes every channel with "
@@ -96,15 +97,12 @@ class Execution:
         # (module, input gate, output gate) of every layer, and (module, gate) of every BN
         self._layers: list[tuple[nn.Module, str | None, str | None]] = []
         self._bns: list[tuple[nn.Module, str]] = []
+        if problem is not None:
+            raise TypeError(f"restructured execution: {problem}")
         for site in model.sites():
             layer = modules[site.name]
-            _require(layer, site.name)
-            if isinstance(layer, nn.Conv2d) and layer.groups > 1 and not site.depthwise:
-                raise TypeError(f"restructured execution: grouped conv {site.name} is not "
-                                f"depthwise; only depthwise grouping can be sliced")
             self._layers.append((layer, None if site.depthwise else site.in_gate, site.out_gate))
             if site.bn is not None and site.out_gate is not None:
-                _require(modules[site.bn], site.bn)
                 self._bns.append((modules[site.bn], site.out_gate))
         # gates folded into the BN before them (gates.Fold), where the model declares it
         self._folds: dict[str, Fold] = {}
@@ -230,23 +228,17 @@ class Execution:
             fold.check(name)
 
 
-def _can_restructure(model: GatedModel, modules: dict[str, nn.Module]) -> bool:
-    """Whether every site can run on its active channels (what `Execution` requires)."""
+def _why_not_restructurable(model: GatedModel, modules: dict[str, nn.Module]) -> str | None:
+    """What keeps a site from running on its active channels (None: nothing)."""
     for site in model.sites():
         layer = modules[site.name]
-        if not hasattr(type(layer), "active") or (
-                site.bn is not None and not hasattr(type(modules[site.bn]), "active")):
-            return False
+        for name in (site.name, site.bn if site.out_gate is not None else None):
+            if name is not None and not hasattr(type(modules[name]), "active"):
+                return (f"{name} ({type(modules[name]).__name__}) cannot run on its active "
+                        f"channels; build it from models/layers.py (Conv2d, Linear, BatchNorm2d)")
         if isinstance(layer, nn.Conv2d) and layer.groups > 1 and not site.depthwise:
-            return False
-    return True
-
-
-def _require(module: nn.Module, name: str) -> None:
-    if not hasattr(type(module), "active"):
-        raise TypeError(f"restructured execution: {name} ({type(module).__name__}) cannot run on "
-                        f"its active channels; build it from models/layers.py "
-                        f"(Conv2d, Linear, BatchNorm2d)")
+            return f"grouped conv {site.name} is not depthwise; only depthwise grouping can be sliced"
+    return None
 
 
 __all__ = ["Execution", "SKIPPING_SAMPLING"]

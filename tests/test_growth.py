@@ -42,6 +42,22 @@ def rand_gates(k=3):
 
 # --- temperature --------------------------------------------------------------------------------
 
+
+def budget_only_steps(ctrl: GrowthController, steps: int) -> list[float]:
+    """`steps` iterations that train the logits on the budget penalty alone (SGD, lr 0.1,
+    momentum 0.9, 8 samples each); the budget's usage after each."""
+    opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
+    usage = []
+    for _ in range(steps):
+        ctrl.sample()
+        loss = ctrl.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ctrl.after_step(8)
+        usage.append(ctrl.budget.usage)
+    return usage
+
 def test_global_schedule_is_geometric_and_ends_at_beta_final():
     epochs = int(torch.randint(2, 40, ()))
     beta_0 = float(torch.empty(()).uniform_(0.5, 3.0))
@@ -179,16 +195,7 @@ def test_budget_closed_loop_reaches_the_target(name, target, seed_fraction, seed
     ctrl.budget.update(ctrl.current_usage())
     start = ctrl.budget.usage
     assert abs(start - target) > 0.1
-    opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
-    usage = []
-    for _ in range(300):
-        ctrl.sample()
-        loss = ctrl.penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ctrl.after_step(8)
-        usage.append(ctrl.budget.usage)
+    usage = budget_only_steps(ctrl, 300)
     hard = ctrl.costs.hard()[0] / ctrl.costs.dense_macs
     assert usage[-1] == pytest.approx(hard)
     tail = usage[-50:]
@@ -549,14 +556,7 @@ def test_pruning_from_the_full_network_moves_with_the_default_options(fresh_seed
                             gates=GateOptions(seed_fraction=1.0, seed_blocks="all"),
                             budget=BudgetOptions(target=0.5))
     assert ctrl.budget.usage == pytest.approx(1.0)
-    opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
-    for _ in range(150):
-        ctrl.sample()
-        loss = ctrl.penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ctrl.after_step(8)
+    budget_only_steps(ctrl, 150)
     assert ctrl.budget.usage < 0.7, (defaults, ctrl.budget.usage)
 
 
@@ -591,16 +591,7 @@ def test_pruning_from_full_with_a_seed_spread_closes_channels_a_few_at_a_time(fr
                                 gates=GateOptions(seed_fraction=1.0, seed_blocks="all",
                                                   s_on_spread=spread),
                                 budget=BudgetOptions(target=0.3))
-        opt = torch.optim.SGD(ctrl.mask_parameters(), lr=0.1, momentum=0.9)
-        usage = [ctrl.budget.usage]
-        for _ in range(40):
-            ctrl.sample()
-            loss = ctrl.penalty()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ctrl.after_step(8)
-            usage.append(ctrl.budget.usage)
+        usage = [ctrl.budget.usage] + budget_only_steps(ctrl, 40)
         assert usage[-1] < 0.35                                    # both prune to the budget
         return max(a - b for a, b in zip(usage, usage[1:]))
 

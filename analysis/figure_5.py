@@ -19,7 +19,7 @@ from . import style
 from .variants import gates
 
 EXPERIMENTS = ["figure-5"]
-KEYS = r"val/acc|cost/(params|macs)|blocks/stage\d+"
+KEYS = r"val/acc|cost/(params|macs)|blocks/stage\d+|budget/target"
 DENSE = [contract.DENSE_PARAMS, contract.DENSE_MACS]     # constants: one value per run
 
 
@@ -72,6 +72,10 @@ def draw(runs, stem: Path, profile: str, store) -> list[Path]:
             target = float(r["param.budget.target"])
             ax_cost.axhline(target, color="0.5", lw=0.8, ls=":",
                             label=f"{r['param.budget.metric']} budget {target:g}")
+            if contract.TARGET in d and d[contract.TARGET].notna().any():   # a ramped target
+                ramp = d.dropna(subset=[contract.TARGET])
+                band(ax_cost, ramp, contract.TARGET, color="0.4", lw=1, drawstyle="steps-pre",
+                     label="target of the epoch (budget.target_ramp)")
         final = d[d["epoch"] == d["epoch"].max()]
         ax_cost.set(ylabel="complexity relative to max depth", ylim=(0, 1.05))
         ax_cost.legend(fontsize=7, loc="lower right", title=(

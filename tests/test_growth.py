@@ -204,6 +204,65 @@ def test_budget_closed_loop_reaches_the_target(name, target, seed_fraction, seed
     assert stats["budget/usage"] == pytest.approx(stats["cost/macs"] / stats["cost/dense_macs"])
 
 
+
+@pytest.mark.parametrize("seed_fraction,seed_blocks", [(0.25, "one_per_stage"), (1.0, "all")])
+def test_target_ramp_moves_the_target_from_the_seed_to_tau(seed_fraction, seed_blocks):
+    """budget.target_ramp r: epoch e of T aims at u_0 + (τ − u_0)·min(1, e/(r·T)), from the seed's
+    usage u_0 (below τ when growing, above when pruning from full); λ follows the epoch's target,
+    the target is logged, it survives a checkpoint, and the budget alone follows it."""
+    epochs, target = random.randint(6, 12), random.uniform(0.3, 0.7)
+    ramp = random.uniform(0.3, 0.8)
+    ctrl = GrowthController(create_model("resnet20", in_channels=1, gate_blocks=False), (1, 8, 8),
+                            epochs=epochs,
+                            temperature=TemperatureOptions(beta_0=1.0, beta_final=1.0),
+                            gates=GateOptions(seed_fraction=seed_fraction, seed_blocks=seed_blocks,
+                                              s_on=0.5, s_off_spread=0.0),
+                            budget=BudgetOptions(target=target, target_ramp=ramp),
+                            rng_seed=random.randint(0, 1000))
+    u0 = ctrl.budget.ramp_from
+    assert u0 == pytest.approx(ctrl.current_usage()) and abs(u0 - target) > 0.1
+    with torch.no_grad():                  # the symmetry a task loss would break
+        for p in ctrl.mask_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+
+    def expected(e):
+        return u0 + (target - u0) * min(1.0, e / (ramp * epochs))
+
+    assert ctrl.budget.target == pytest.approx(expected(1))
+    targets, final_usage = [], []
+    for e in range(1, epochs + 1):
+        ctrl.start_epoch()
+        assert ctrl.budget.target == pytest.approx(expected(e))
+        usage = budget_only_steps(ctrl, 40)
+        assert ctrl.budget.lam == pytest.approx(
+            ctrl.budget.lambda_base * (usage[-1] - ctrl.budget.target) / ctrl.budget.target)
+        stats = ctrl.end_epoch()
+        targets.append(stats["budget/target"])
+        final_usage.append(usage[-1])
+        if e == epochs // 2:               # a checkpoint mid-ramp restores the same targets
+            again = GrowthController(create_model("resnet20", in_channels=1, gate_blocks=False),
+                                     (1, 8, 8), epochs=epochs,
+                                     budget=BudgetOptions(target=target, target_ramp=ramp))
+            again.load_state_dict(ctrl.state_dict())
+            assert again.budget.target == pytest.approx(ctrl.budget.target)
+            again.start_epoch()
+            assert again.budget.target == pytest.approx(expected(e + 1))
+    assert targets == pytest.approx([expected(e) for e in range(1, epochs + 1)])
+    assert targets[-1] == pytest.approx(target)
+    # the usage follows the moving target instead of reaching τ in the first epoch
+    assert abs(final_usage[0] - targets[0]) < abs(final_usage[0] - target), (targets, final_usage)
+    assert abs(final_usage[-1] - target) < 0.05, (u0, targets, final_usage)
+
+
+def test_no_ramp_logs_no_target_and_keeps_tau():
+    ctrl = GrowthController(small_resnet(), (1, 8, 8), epochs=5,
+                            budget=BudgetOptions(target=0.4))
+    ctrl.start_epoch()
+    assert ctrl.budget.target == 0.4 and "budget/target" not in ctrl.end_epoch()
+    with pytest.raises(OptionError, match=r"budget.target_ramp = .*in \[0, 1\]"):
+        BudgetOptions(target_ramp=1 + random.random())
+
+
 # --- seed ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("blocks", ["one_per_stage", "all"])

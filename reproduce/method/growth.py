@@ -148,6 +148,9 @@ class GrowthController:
         self.train_macs_epoch = 0.0
         self.train_macs_total = 0.0
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
+        self.epochs = epochs
+        self.budget.start_ramp(self.current_usage())
+        self.budget.set_epoch(1, epochs)
         self.budget.update(self.current_usage())
         self.execution = Execution(model, execution, gates.sampling, channel_multiple)
         self._sampled: _Sample | None = None    # host copy of this iteration's q
@@ -160,6 +163,7 @@ class GrowthController:
         return {"generator": self.generator.get_state(), "epochs_started": self.epochs_started,
                 "draws": self.draws,
                 "lambda": self.budget.lam, "usage": self.budget.usage,
+                "ramp_from": self.budget.ramp_from,
                 "temperature": self.temperature.state_dict(),
                 "train_macs_epoch": self.train_macs_epoch,
                 "train_macs_total": self.train_macs_total,
@@ -171,6 +175,8 @@ class GrowthController:
         self.draws = state.get("draws", 0)     # checkpoints from before periodic sampling: 0
         self._held = None                      # the held q is read back from the gates
         self.budget.lam, self.budget.usage = state["lambda"], state["usage"]
+        self.budget.ramp_from = state.get("ramp_from", self.budget.ramp_from)
+        self.budget.set_epoch(max(1, self.epochs_started), self.epochs)
         self.temperature.load_state_dict(state["temperature"])
         self.train_macs_epoch = state["train_macs_epoch"]
         self.train_macs_total = state["train_macs_total"]
@@ -320,6 +326,7 @@ class GrowthController:
         if self.epochs_started:
             self.temperature.step()
         self.epochs_started += 1
+        self.budget.set_epoch(self.epochs_started, self.epochs)
 
     def end_epoch(self) -> dict[str, float]:
         """Close the epoch: the hard architecture, its costs and the β it trained with."""
@@ -341,6 +348,8 @@ class GrowthController:
             "cost/train_savings": 1.0 - self.train_macs_total / max(1.0, self.dense_train_macs_total),
             "budget/lambda": self.budget.lam, "budget/usage": self.budget.usage,
         }
+        if self.budget.ramp > 0:                # the target moves: log where it stood
+            stats["budget/target"] = self.budget.target
         stats.update(self.costs.stage_summary())
         for layer, ratio in self.costs.layer_ratios().items():
             stats[f"channels/{layer}"] = ratio

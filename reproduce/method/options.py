@@ -223,6 +223,11 @@ class BudgetOptions:
     # docs/METHOD.md, "Layer growing". Models without block gates never read it
     block_costs: str = field(default="current", metadata=choice(
         "current", "dense", read_by="grow", read_with="model.gate_blocks"))
+    # [ours] The fraction of the training epochs over which the target rises linearly from the
+    # seed's usage to τ (0: τ from the start). Layer growing (Figure 5) uses 0.5: at τ from the
+    # start every block opened in the first one or two epochs; docs/METHOD.md, "Layer growing"
+    target_ramp: float = field(default=0.0, metadata=rule(
+        lambda v: 0.0 <= v <= 1.0, "in [0, 1]", added_later=0.0, read_by="grow"))
 
     def __post_init__(self):
         check_fields(self, "budget")

@@ -123,6 +123,18 @@ def run_planned(pr: PlannedRun, *, uri: str | None = None, force: bool = False,
     return _on_every_rank([pr], lead)
 
 
+def run_planned_in_turn(runs: list[PlannedRun], *, pretraining: Pretraining | None = None,
+                        uri: str | None = None, force: bool = False,
+                        progress: bool = True) -> list[str]:
+    """`run_planned` for each of `runs`, one after another; their run ids. What one cluster job
+    does for the pruning runs that share a pre-training (`pretraining`): the first trains and
+    saves it, the others load it, as one local process does. `force` pre-trains afresh too."""
+    if force and pretraining is not None:
+        _shared(uri, pretraining.name).delete()
+    return [run_planned(pr, uri=uri, force=force, progress=progress, pretraining=pretraining)
+            for pr in runs]
+
+
 def _on_every_rank(runs: list[PlannedRun], lead: Callable):
     """`lead()` here; under torchrun on rank 0 only, while the other ranks follow and then
     return what it returned (None when it raised)."""

@@ -103,3 +103,37 @@ def test_a_run_of_k_tasks_without_gpus_is_a_cpu_ddp_job():
 def test_defaults_are_a_cpu_job():
     assert slurm_settings() == SlurmSettings()
     assert "gpus_per_node" not in executor_parameters(SlurmSettings(), "x")
+
+
+def test_pruning_runs_sharing_a_pretraining_are_one_job(tmp_path, tiny):
+    """The pruning runs of one seed that prune one pre-trained network go to one job, in their
+    order, with that pre-training; every other run (and every other seed) has a job of its own."""
+    import yaml
+
+    from reproduce import tracking
+    from reproduce.launch.slurm import _job_units
+    from reproduce.runner import pretraining_groups
+
+    seeds = random.sample(range(100), 2)
+    (tmp_path / "profiles.yaml").write_text(yaml.safe_dump({"tiny": {"seeds": seeds,
+                                                                     "config": tiny}}))
+    targets = random.sample([0.3, 0.4, 0.5, 0.6, 0.7], 3)
+    runs = [{"variant": f"l1-{t}", "config": {"method": "prune",
+                                               "baseline": {"prune_target": t}}} for t in targets]
+    runs.insert(random.randrange(4), {"variant": "dense", "config": {"method": "dense"}})
+    path = tmp_path / "prune-set.yaml"
+    path.write_text(yaml.safe_dump({"name": "prune-set", "figures": [],
+                                    "base": {"model": {"name": "resnet20"}}, "runs": runs}))
+    planned = plan(str(path), "tiny")
+    c = tracking.client()
+    units = _job_units(planned, c)
+    groups = pretraining_groups(planned, c)
+    assert sorted(len(u) for u, _ in units) == [1, 1, 3, 3]
+    for unit, sharing in units:
+        if len(unit) == 1:
+            assert unit[0].cfg.method == "dense" and sharing is None
+            continue
+        assert {pr.cfg.seed for pr in unit} == {unit[0].cfg.seed}
+        assert [pr.cfg.baseline.prune_target for pr in unit] == targets      # in plan order
+        assert all(groups[pr.hash] == sharing for pr in unit)
+        assert sharing.hashes == frozenset(pr.hash for pr in unit)

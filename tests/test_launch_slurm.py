@@ -214,6 +214,40 @@ def test_a_cancelled_job_leaves_a_checkpoint_the_next_command_resumes(cluster):
     assert done.info.run_id == run.info.run_id and done.info.status == "FINISHED"
 
 
+def test_pruning_runs_that_share_a_pretraining_pre_train_once_in_one_job(cluster):
+    """Two pruning runs of one seed that prune one pre-trained network go to one job, which
+    pre-trains once: the second run loads the first's pre-training (tag `pretrained_in`), the
+    shared file is gone after, and every number equals the local launcher's, which shares it
+    the same way."""
+    path = cluster / "prune-pair.yaml"
+    path.write_text(yaml.safe_dump({"name": "prune-pair", "figures": [],
+                                    "base": {"model": {"name": "resnet20"}, "method": "prune",
+                                             "baseline": {"pretrain_epochs": 2,
+                                                          "finetune_epochs": 1}},
+                                    "runs": [{"variant": f"l1-{t}", "config": {
+                                        "baseline": {"prune_target": t}}} for t in (0.6, 0.3)]}))
+    short = ["--profile", "smoke", *sets({k: v for k, v in LONG.items()
+                                          if not k.startswith("train.epochs")}), "--quiet"]
+    slurm = store(cluster, "slurm")
+    out = reproduce("run", str(path), *short, "--launcher", "slurm", env=slurm).stdout
+    assert "submitted 2 runs as job array" in out and "pre-trained once" in out, out
+    ids = job_ids(out)
+    assert len(ids) == 2 and len(set(ids)) == 1, out                  # both runs, one job
+    runs = {r.data.tags["variant"]: r for r in runs_of(slurm)}
+    assert set(runs) == {"l1-0.6", "l1-0.3"}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert "pretrained_in" not in runs["l1-0.6"].data.tags
+    assert runs["l1-0.3"].data.tags["pretrained_in"] == runs["l1-0.6"].info.run_id
+    assert not list((cluster / "slurm" / "checkpoints" / "pretrained").glob("*.pt"))
+
+    local = store(cluster, "local")
+    reproduce("run", str(path), *short, "--jobs", "1", env=local)
+    twins = {r.data.tags["variant"]: r for r in runs_of(local)}
+    for variant, r in runs.items():
+        assert r.data.tags["config_hash"] == twins[variant].data.tags["config_hash"]
+        assert histories(slurm, r.info.run_id) == histories(local, twins[variant].info.run_id)
+
+
 def test_a_run_of_two_tasks_trains_under_ddp_and_rank_0_tracks(cluster):
     slurm = store(cluster, "slurm")
     out = reproduce("run", "figure-7", "--profile", "smoke", *sets({**LONG, "train.epochs": 2}),

@@ -1,8 +1,10 @@
-"""What a Slurm job runs: one planned run (`RunJob`) or one search worker (`SearchWorkerJob`).
+"""What a Slurm job runs: planned runs (`RunJob`) or one search worker (`SearchWorkerJob`).
 
-submitit pickles the object, and the job calls it on the node. A RunJob trains exactly one run
-through `runner.run_planned`, the call a local process makes, so it reuses, resumes or trains that
-run exactly as `make` would, under the same claim (two jobs never train one run).
+submitit pickles the object, and the job calls it on the node. A RunJob trains one run, or the
+pruning runs that share one pre-training one after another (the first pre-trains and saves, the
+others load it), through `runner.run_planned`, the call a local process makes, so it reuses,
+resumes or trains each run exactly as `make` would, under the same claim (two jobs never train
+one run).
 
 How a job ends, and what it leaves:
   - finished: the run is FINISHED in the store; the job's result is the run's summary.
@@ -66,24 +68,28 @@ class _Job(submitit.helpers.Checkpointable):
 
 
 class RunJob(_Job):
-    """Train one planned run (`experiments.PlannedRun`) to the store named in `env`."""
+    """Train planned runs (`experiments.PlannedRun`) in turn to the store named in `env`: one
+    run, or the pruning runs that share the pre-training `pretraining` (runner.Pretraining)."""
 
-    def __init__(self, planned, env: dict[str, str], force: bool = False):
+    def __init__(self, planned: list, env: dict[str, str], force: bool = False,
+                 pretraining=None):
         super().__init__(env)
-        self.planned, self.force = planned, force
+        self.planned, self.force, self.pretraining = list(planned), force, pretraining
 
-    def __call__(self) -> dict:
-        from ..runner import run_planned
+    def __call__(self) -> list[dict]:
+        from ..runner import run_planned_in_turn
         from ..tracked_run import Preempted
 
         self._setup()
-        # FORCE retrains once: a requeued job resumes what its first run started
+        # FORCE retrains once: a requeued job resumes what its first run started (the runs it
+        # finished before are reused)
         force = self.force and "SLURM_RESTART_COUNT" not in os.environ
         try:
-            run_id = run_planned(self.planned, force=force, progress=False)
+            run_ids = run_planned_in_turn(self.planned, pretraining=self.pretraining,
+                                          force=force, progress=False)
         except Preempted as e:
             self._preempted(e)
-        return {"run_id": run_id, "config_hash": self.planned.hash}
+        return [{"run_id": r, "config_hash": pr.hash} for r, pr in zip(run_ids, self.planned)]
 
 
 class SearchWorkerJob(_Job):

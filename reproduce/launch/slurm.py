@@ -1,4 +1,5 @@
-"""Slurm as the engine that trains a command's runs: one job per run, through submitit.
+"""Slurm as the engine that trains a command's runs: one job per run, through submitit (pruning
+runs that share a pre-training: one job for them all, which pre-trains once).
 
     make figure-7 LAUNCHER=slurm [PARTITION=gpu TIME=720 GPUS=1 ...] [NO_WAIT=1]
 
@@ -7,7 +8,10 @@
   2. a run that a live job of this suite (any user's: the job book lives in the shared state
      folder) or any process holding its claim is training is left to it and waited for;
   3. every other run is submitted: one job array per command and per resource request
-     (`settings.SlurmSettings`, from the profile's `launcher:` section and `--set launcher.*`);
+     (`settings.SlurmSettings`, from the profile's `launcher:` section and `--set launcher.*`),
+     one job per run, except that the pruning runs submitted together that prune one
+     pre-trained network (runner.pretraining_groups: the same seed and pre-training, different
+     pruning targets) are one job, which trains them in turn and pre-trains once;
   4. it prints the job ids and each run's MLflow link, then waits with a progress bar over
      finished runs (or returns at once with `wait=False`), and reports every job that ended
      without finishing its run, with the error the job raised or the tail of its log.
@@ -199,24 +203,30 @@ def _submit(runs: list, settings: dict, uri: str, exp_ids: dict, book: JobBook, 
 
     state = tracking.state_dir(uri)
     env = job_env(uri)
-    groups: dict[SlurmSettings, list] = {}
-    for pr in runs:
-        groups.setdefault(settings[pr.hash], []).append(pr)
+    groups: dict[SlurmSettings, list[tuple]] = {}
+    for unit, sharing in _job_units(runs, tracking.client(uri)):
+        groups.setdefault(settings[unit[0].hash], []).append((unit, sharing))
     out = {}
-    for s, prs in groups.items():
+    for s, units in groups.items():
         folder = Path(s.folder or state / "slurm") / "%j"
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
                                          slurm_max_num_timeout=s.max_requeues)
         executor.update_parameters(**executor_parameters(s, label))
         try:
             with executor.batch():
-                jobs = [executor.submit(RunJob(pr, env, force)) for pr in prs]
+                jobs = [executor.submit(RunJob(unit, env, force, sharing))
+                        for unit, sharing in units]
         except Exception as e:  # noqa: BLE001 - sbatch refused: say what Slurm said
             raise SlurmError(f"Slurm refused the jobs ({s.describe()}): {e}") from None
         array = jobs[0].job_id.split("_")[0]
-        print(f"[slurm] submitted {len(jobs)} runs as job array {array} ({s.describe()}); "
+        count = sum(len(unit) for unit, _ in units)
+        print(f"[slurm] submitted {count} runs as job array {array} ({s.describe()}); "
               f"logs in {folder.parent / array}")
-        for pr, job in zip(prs, jobs):
+        for (unit, _), job in zip(units, jobs):
+            if len(unit) > 1:
+                print(f"  job {job.job_id} trains {', '.join(run_name_of(pr) for pr in unit)} "
+                      f"in turn: they prune one pre-trained network, pre-trained once")
+        for pr, job in ((pr, job) for (unit, _), job in zip(units, jobs) for pr in unit):
             log_dir = str(Path(str(folder).replace("%j", array)))
             book.write({"hash": pr.hash, "job_id": job.job_id, "run_name": run_name_of(pr),
                         "experiment": pr.experiment, "profile": pr.profile, "label": label,
@@ -227,6 +237,19 @@ def _submit(runs: list, settings: dict, uri: str, exp_ids: dict, book: JobBook, 
                   f"{run_link(uri, exp_ids[pr.profile], pr.hash)}")
             out[pr.hash] = Pending(pr, job.job_id, log_dir)
     return out
+
+
+def _job_units(runs: list, c) -> list[tuple[list, object]]:
+    """The runs one job trains, in the order given, with the pre-training they share (None
+    for a run alone): a job per run, and one for the runs of each shared pre-training."""
+    from ..runner import pretraining_groups
+
+    sharing = pretraining_groups(runs, c)
+    units: dict[object, list] = {}
+    for pr in runs:
+        group = sharing.get(pr.hash)
+        units.setdefault(group if group is not None else pr.hash, []).append(pr)
+    return [(unit, sharing.get(unit[0].hash)) for unit in units.values()]
 
 
 def _wait(pending: dict[str, Pending], finished: list, uri: str, exp_ids: dict,
@@ -273,8 +296,8 @@ def _wait(pending: dict[str, Pending], finished: list, uri: str, exp_ids: dict,
                 time.sleep(POLL_S)
     except KeyboardInterrupt:
         bar.close()
-        print(f"\n[slurm] stopped waiting; the jobs go on. `make jobs` lists them; the same "
-              f"command draws from what finished", file=sys.stderr)
+        print("\n[slurm] stopped waiting; the jobs go on. `make jobs` lists them; the same "
+              "command draws from what finished", file=sys.stderr)
         raise
     bar.close()
     if failed:

@@ -1,10 +1,10 @@
 """Training cost, counted and realised: per epoch for Figures 4 and 14, per run for the tables.
 
 Realised cost is measured the way that is comparable across runs on their device: the process's
-CPU time on a CPU (`time/train_cpu_s_total`: it does not count the time other processes held the
-cores, though it is not immune to them: bench/README.md), else the wall clock (`time/train_s_total`; on a GPU
-read with the device synchronised). Stores tracked before CPU time was logged have the wall
-clock only. A run is compared with the dense runs of its model on the same device in the same
+CPU time on a CPU (`time/train_cpu_s_total`: it does not count the time other processes held
+the cores, though it is not immune to them: bench/README.md), else the wall clock
+(`time/train_s_total`; on a GPU read with the device synchronised). Stores tracked before CPU
+time was logged have the wall clock only. A run is compared with the dense runs of its model on the same device in the same
 measure, so the runs compared should have trained under the same load (e.g. `JOBS=1`).
 """
 

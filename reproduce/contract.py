@@ -50,7 +50,7 @@ INFERENCE_SAVINGS = "cost/inference_savings"
 TRAIN_SAVINGS = "cost/train_savings"
 LAMBDA = "budget/lambda"
 USAGE = "budget/usage"
-TARGET = "budget/target"                        # growing runs whose target ramps (budget.target_ramp)
+TARGET = "budget/target"                          # a ramped target's value (budget.target_ramp)
 PHASE = "phase"                                   # pruning baselines: 0 pre-training, 1 fine-tuning;
                                                   # autogrow: 0 growing, 1 training on
 GROWTH_STEP = "autogrow/step"                     # autogrow: growth steps taken so far

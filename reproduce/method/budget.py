@@ -7,9 +7,9 @@ expected usage under the gate probabilities) and τ the target fraction. Over bu
 penalty prunes; under budget λ < 0 and it grows. `metric = none` keeps λ = λ_base fixed
 (the "w/o budget" ablation: plain Continuous Sparsification).
 
-With `target_ramp` = r > 0 the target of epoch e (1, 2, ... of T) is u_0 + (τ − u_0)·min(1, e/(r·T)),
-u_0 the seed's usage: the network may grow (or, from above τ, must shrink) only as fast as the
-target moves, and τ holds from epoch r·T on.
+With `target_ramp` = r > 0 the target of epoch e (1, 2, ... of T) is
+u_0 + (τ − u_0)·min(1, e/(r·T)), u_0 the seed's usage: the network may grow (or, from above τ,
+must shrink) only as fast as the target moves, and τ holds from epoch r·T on.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from analysis.index import write_index
 
 from .errors import ConfigError
 from .experiments import PlannedRun, plan
-from .launch.devices import process_slots
+from .launch.devices import PROCESSES_ENV, process_slots
 from .runner import run_all
 from .store import Store
 from .tracking import tracking_uri
@@ -93,7 +93,8 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
             helpers.append(h)
         _use_threads(slots[0].threads)
     try:
-        with _helpers_stop_with_this_process(helpers):
+        with _helpers_stop_with_this_process(helpers), \
+                _environment({PROCESSES_ENV: str(len(slots))}):
             summaries = run_all(runs, force, progress, uri)
     finally:
         for h in helpers:

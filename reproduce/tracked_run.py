@@ -42,6 +42,7 @@ from . import contract, distributed, tracking
 from .checkpoint import RunCheckpoints, compact_checkpoint
 from .config import RunConfig, flatten, to_dict
 from .experiments import PlannedRun
+from .launch.devices import processes_at_once
 from .train import device_label, pick_device, threads_label
 
 # What a cluster sends before it stops a job: SIGTERM on preemption (then SIGKILL after Slurm's
@@ -212,11 +213,16 @@ def run_name_of(pr: PlannedRun) -> str:
 
 
 def device_tag(cfg: RunConfig) -> str:
-    """The `device` tag: what the run trains on, with the CPU threads `runner.execute` sets."""
+    """The `device` tag: what the run trains on, with the CPU threads `runner.execute` sets, and
+    how many runs its command trains at once on the machine when more than one (`JOBS=N`): a
+    run's times are comparable with those of runs tagged alike (analysis/costs.py)."""
     device = pick_device(cfg.train.device)
     if device.type == "cpu" and cfg.train.threads:
-        return f"cpu ({threads_label(cfg.train.threads)})"
-    return device_label(device)
+        tag = f"cpu ({threads_label(cfg.train.threads)})"
+    else:
+        tag = device_label(device)
+    at_once = processes_at_once()
+    return tag if at_once == 1 else f"{tag}, {at_once} runs at once"
 
 
 class _Checkpoints(RunCheckpoints):

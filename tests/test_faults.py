@@ -139,7 +139,8 @@ def test_two_processes_on_a_new_store_train_each_config_once(tmp_path, tiny):
 @pytest.mark.slow
 def test_jobs_share_the_runs_of_several_experiments(tiny):
     """`--jobs 2`: two processes work through figure-4's and figure-7's runs; each config is
-    trained by exactly one of them, and every planned run ends FINISHED."""
+    trained by exactly one of them, every planned run ends FINISHED, and each run's `device`
+    tag says it trained beside another (its times are not those of a run alone)."""
     from reproduce.experiments import plan
     from reproduce.pipeline import plan_all, train_all
 
@@ -152,6 +153,9 @@ def test_jobs_share_the_runs_of_several_experiments(tiny):
     assert sorted(hashes) == sorted(planned)                      # each once, none missing
     assert all(r.info.status == "FINISHED" for r in runs)
     assert sorted({s["run_id"] for s in summaries}) == sorted(r.info.run_id for r in runs)
+    assert all(r.data.tags["device"].endswith(", 2 runs at once") for r in runs), \
+        [r.data.tags["device"] for r in runs]
+    assert os.environ.get("REPRODUCE_PROCESSES") is None          # this process is alone again
 
 
 def test_a_full_disk_while_logging_artifacts_keeps_the_run_resumable(tiny, monkeypatch):

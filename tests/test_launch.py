@@ -137,3 +137,19 @@ def test_pruning_runs_sharing_a_pretraining_are_one_job(tmp_path, tiny):
         assert [pr.cfg.baseline.prune_target for pr in unit] == targets      # in plan order
         assert all(groups[pr.hash] == sharing for pr in unit)
         assert sharing.hashes == frozenset(pr.hash for pr in unit)
+
+
+def test_every_process_of_a_command_knows_how_many_run_at_once(monkeypatch):
+    """Each slot's environment names the command's number of processes, which a run's `device`
+    tag then carries; a process alone has a plain tag."""
+    from reproduce.config import resolve
+    from reproduce.tracked_run import device_tag
+
+    jobs = random.randint(2, 6)
+    slots = process_slots(jobs, gpus=[], cpus=8)
+    assert {s.env()["REPRODUCE_PROCESSES"] for s in slots} == {str(jobs)}
+    cfg = resolve({"train": {"device": "cpu", "threads": 1}})
+    monkeypatch.delenv("REPRODUCE_PROCESSES", raising=False)
+    assert device_tag(cfg) == "cpu (1 thread)"
+    monkeypatch.setenv("REPRODUCE_PROCESSES", str(jobs))
+    assert device_tag(cfg) == f"cpu (1 thread), {jobs} runs at once"

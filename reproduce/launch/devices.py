@@ -21,18 +21,33 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 
 
+# the number of training processes a command runs at once on this machine (its runs' `device`
+# tag says it: times measured beside other runs are not those of a run alone)
+PROCESSES_ENV = "REPRODUCE_PROCESSES"
+
+
 @dataclass(frozen=True)
 class Slot:
     index: int              # 0: the process that spawns the others
     gpu: str | None         # the machine's GPU id (CUDA_VISIBLE_DEVICES entry), None on CPU
     threads: int            # CPU threads for this process
+    processes: int = 1      # how many slots the command runs at once
 
     def env(self) -> dict[str, str]:
         """Environment variables that pin a helper process to this slot."""
-        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               PROCESSES_ENV: str(self.processes)}
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         return env
+
+
+def processes_at_once() -> int:
+    """How many training processes the command that started this one runs at once (1: alone)."""
+    try:
+        return max(1, int(os.environ.get(PROCESSES_ENV, "1")))
+    except ValueError:
+        return 1
 
 
 def visible_gpus() -> list[str]:
@@ -68,7 +83,7 @@ def process_slots(jobs: int, gpus: list[str] | None = None, runs_per_gpu: int | 
                 f"runs on one GPU; set JOBS={len(gpus) * runs_per_gpu} (or leave JOBS out), or "
                 f"raise RUNS_PER_GPU")
     threads = max(1, cpus // jobs)
-    return [Slot(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(jobs)]
+    return [Slot(i, gpus[i % len(gpus)] if gpus else None, threads, jobs) for i in range(jobs)]
 
 
 def physical_gpu(index: int) -> str:

@@ -20,6 +20,7 @@ import importlib
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from analysis.index import write_index
 from .errors import ConfigError
 from .experiments import PlannedRun, plan
 from .launch.devices import PROCESSES_ENV, process_slots
+from .launch.settings import rank_mismatches
 from .runner import run_all
 from .store import Store
 from .tracking import tracking_uri
@@ -82,6 +84,10 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
         return []
     if launcher != "local":
         raise ConfigError(f"LAUNCHER={launcher}: choose local (this machine) or slurm")
+    from . import distributed
+
+    for line in rank_mismatches(runs, lambda pr: distributed.world_size()):
+        print(f"[warning] {line}", file=sys.stderr)
     slots = process_slots(jobs if not force else 1, runs_per_gpu=runs_per_gpu)
     helpers = []
     if len(slots) > 1:

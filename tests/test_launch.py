@@ -153,3 +153,22 @@ def test_every_process_of_a_command_knows_how_many_run_at_once(monkeypatch):
     assert device_tag(cfg) == "cpu (1 thread)"
     monkeypatch.setenv("REPRODUCE_PROCESSES", str(jobs))
     assert device_tag(cfg) == f"cpu (1 thread), {jobs} runs at once"
+
+
+def test_a_profile_trained_on_other_ranks_than_it_plans_is_named_with_the_batch_that_keeps_it():
+    """paper-imagenet is torchvision's 8 GPUs x 32: its launcher section plans 8 DDP ranks at a
+    per-rank batch of 32. Trained on k other ranks the command says which per-rank batch keeps
+    the global 256; on the planned ranks, or for a profile of one rank, it says nothing."""
+    from reproduce.launch.settings import rank_mismatches
+
+    runs = plan("table-imagenet-resnet50", "paper")
+    assert {(r.cfg.data.batch_size, slurm_settings(r.launch).ranks) for r in runs} == {(32, 8)}
+    assert rank_mismatches(runs, lambda pr: 8) == []
+    k = random.choice([1, 2, 4, 16])
+    [line] = rank_mismatches(runs, lambda pr: k)
+    assert f"global batch of 256; these runs train on {k} rank(s)" in line
+    assert f"--set data.batch_size={256 // k} keeps it" in line
+    [odd] = rank_mismatches(runs, lambda pr: 3)
+    assert "no whole per-rank batch keeps it" in odd
+    smoke = plan("figure-7", "smoke") + plan("figure-7", "paper")
+    assert rank_mismatches(smoke, lambda pr: 1) == []

@@ -127,3 +127,24 @@ def executor_parameters(s: SlurmSettings, name: str) -> dict:
         params["slurm_setup"] = list(s.setup)
     return params
 
+
+def rank_mismatches(planned: list, ranks_of) -> list[str]:
+    """One line per profile whose runs train on another number of DDP ranks than its `launcher:`
+    section plans (`ranks_of(pr)`: the ranks a run trains on here). data.batch_size is per rank,
+    so the global batch is then not the profile's; the line says which value keeps it."""
+    out, seen = [], set()
+    for pr in planned:
+        plan_ranks = slurm_settings(getattr(pr, "launch", None)).ranks
+        ranks, batch = ranks_of(pr), pr.cfg.data.batch_size
+        key = (pr.profile, plan_ranks, ranks, batch)
+        if plan_ranks == ranks or key in seen:
+            continue
+        seen.add(key)
+        keep = batch * plan_ranks / ranks
+        fix = (f"--set data.batch_size={int(keep)} keeps it" if keep == int(keep) else
+               f"no whole per-rank batch keeps it on {ranks} rank(s)")
+        out.append(f"profile {pr.profile}: data.batch_size {batch} is per rank and the profile "
+                   f"plans {plan_ranks} rank(s), a global batch of {batch * plan_ranks}; these "
+                   f"runs train on {ranks} rank(s), a global batch of {batch * ranks} ({fix})")
+    return out
+

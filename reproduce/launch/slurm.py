@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import ConfigError
-from .settings import SlurmSettings, executor_parameters, slurm_settings
+from .settings import SlurmSettings, executor_parameters, rank_mismatches, slurm_settings
 
 POLL_S = float(os.environ.get("REPRODUCE_SLURM_POLL_S", "5"))
 # what a job needs from the submitting shell besides what sbatch exports anyway
@@ -152,6 +152,8 @@ def train(planned: list, *, uri: str, launcher_overrides: dict | None = None, fo
     settings = {pr.hash: settings_of(pr, launcher_overrides or {}) for pr in unique}
     for pr in unique:
         check_available(pr.cfg.data)
+    for line in rank_mismatches(unique, lambda pr: settings[pr.hash].ranks):
+        print(f"[slurm] warning: {line}", file=sys.stderr)
     c = tracking.client(uri)
     exp_ids = {p: tracking.experiment_id(c, p) for p in dict.fromkeys(pr.profile for pr in unique)}
     book = JobBook(tracking.state_dir(uri))

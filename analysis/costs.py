@@ -4,8 +4,9 @@ Realised cost is measured the way that is comparable across runs on their device
 CPU time on a CPU (`time/train_cpu_s_total`: it does not count the time other processes held
 the cores, though it is not immune to them: bench/README.md), else the wall clock
 (`time/train_s_total`; on a GPU read with the device synchronised). Stores tracked before CPU
-time was logged have the wall clock only. A run is compared with the dense runs of its model on the same device in the same
-measure, so the runs compared should have trained under the same load (e.g. `JOBS=1`).
+time was logged have the wall clock only. A run is compared with the dense runs of its model
+with the same `device` tag (the device, its threads, and how many runs its command trained at
+once) in the same measure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CPU, WALL = "CPU time", "wall clock"
 def realised_savings(out: pd.DataFrame) -> pd.Series:
     """Per run (columns model, kind, device, wall_time_s, cpu_time_s): sets train_time_s and
     time_measure, and returns 100 × (1 − its time / the mean of the dense runs' in that measure
-    on that device); NaN without such a dense run."""
+    with that device tag); NaN without such a dense run."""
     cpu = out["cpu_time_s"].notna()
     out["train_time_s"] = np.where(cpu, out["cpu_time_s"], out["wall_time_s"])
     out["time_measure"] = np.where(cpu, CPU, WALL)

@@ -40,9 +40,10 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
              "that fraction of dense MACs (per-layer ratio or global threshold found by bisection); "
              "uniform width scales every layer's width so its MACs match the nearest target.",
              "Realised training savings: 1 − the run's training time / the dense run's of the "
-             "same model on the same device (in brackets), as CPU time where the runs tracked it "
-             "(CPU runs), else wall clock (GPU: synchronised); counted savings use MACs. Blank "
-             "without a dense run on that device."]
+             "same model timed alike (in brackets: the device, its threads and how many runs "
+             "trained at once), as CPU time where the runs tracked it (CPU runs), else wall "
+             "clock (GPU: synchronised); counted savings use MACs. Blank without a dense run "
+             "timed alike."]
     if (r["train_reference"] != "dense run").any():
         notes.append("Rows without a dense run of their model measure training savings against "
                      "the dense model over the run's own schedule.")

@@ -55,9 +55,10 @@ def draw(runs, stem: Path, profile: str, store=None, reference_path=None) -> lis
              "every layer's width by one multiplier chosen so its MACs match the target.",
              "Top-5 is over the dataset's classes (with 10 classes, chance is 50 %).",
              "Realised training savings: 1 − the run's training time / the dense run's of the "
-             "same model on the same device (in brackets), as CPU time where the runs tracked it "
-             "(CPU runs), else wall clock (GPU: synchronised); counted savings use MACs (the "
-             "paper's FLOPs savings are the same ratio). Blank without a dense run on that device."]
+             "same model timed alike (in brackets: the device, its threads and how many runs "
+             "trained at once), as CPU time where the runs tracked it (CPU runs), else wall "
+             "clock (GPU: synchronised); counted savings use MACs (the paper's FLOPs savings are "
+             "the same ratio). Blank without a dense run timed alike."]
     known = r[r["paper_source"] != ""]
     for _, row in known.iterrows():
         notes.append(f"Paper values beside {row['model']} / {row['variant']}: "

@@ -10,9 +10,10 @@ Numbers, all read from the tracking store (the last value of each metric):
                      baselines count their pre-training and fine-tuning; without a dense run the
                      run's own cost/dense_train_macs_total (dense over the run's schedule) is used
                      and the row says so.
-  realised training savings  1 - training time / the mean of the dense runs of that model on the
-                     same device (tag `device`): CPU time where tracked, else wall clock; blank
-                     without a dense run on that device. Labelled with the device.
+  realised training savings  1 - training time / the mean of the dense runs of that model with
+                     the same `device` tag (the device, its threads, how many runs trained at
+                     once): CPU time where tracked, else wall clock; blank without such a dense
+                     run. Labelled with the tag.
 Rows aggregate seeds: mean ± sample std (ddof = 1; one seed: its value), with the run ids and
 each metric's value per seed (`by_seed`). Comparisons (analysis/significance.py): a row against
 its reference (growing against dense, a baseline against growing at its budget), paired by seed,

@@ -28,6 +28,7 @@ from pathlib import Path
 import analysis
 from analysis.index import write_index
 
+from . import distributed
 from .errors import ConfigError
 from .experiments import PlannedRun, plan
 from .launch.devices import PROCESSES_ENV, process_slots
@@ -84,8 +85,6 @@ def train_all(runs: list[PlannedRun], force: bool = False, jobs: int = 1, progre
         return []
     if launcher != "local":
         raise ConfigError(f"LAUNCHER={launcher}: choose local (this machine) or slurm")
-    from . import distributed
-
     for line in rank_mismatches(runs, lambda pr: distributed.world_size()):
         print(f"[warning] {line}", file=sys.stderr)
     slots = process_slots(jobs if not force else 1, runs_per_gpu=runs_per_gpu)

@@ -147,4 +147,3 @@ def rank_mismatches(planned: list, ranks_of) -> list[str]:
                    f"plans {plan_ranks} rank(s), a global batch of {batch * plan_ranks}; these "
                    f"runs train on {ranks} rank(s), a global batch of {batch * ranks} ({fix})")
     return out
-

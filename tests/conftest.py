@@ -22,8 +22,10 @@ def isolated_stores(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path}/optuna.db")
     monkeypatch.setenv("FIGURES_DIR", str(tmp_path / "figures"))
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    # what `make` exports for the commands it runs: a test passes them itself where it needs them
-    for name in ("JOBS", "RUNS_PER_GPU", "PROFILE", "FORCE", "LAUNCHER", "NO_WAIT"):
+    # what `make` exports for the commands it runs, and a command for its training processes: a
+    # test passes them itself where it needs them
+    for name in ("JOBS", "RUNS_PER_GPU", "PROFILE", "FORCE", "LAUNCHER", "NO_WAIT",
+                 "REPRODUCE_PROCESSES"):
         monkeypatch.delenv(name, raising=False)
     return uri
 

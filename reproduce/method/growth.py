@@ -149,9 +149,10 @@ class GrowthController:
         self.train_macs_total = 0.0
         self.dense_train_macs_total = 0.0   # the dense model over the same schedule
         self.epochs = epochs
-        self.budget.start_ramp(self.current_usage())
+        seed_usage = self.current_usage()
+        self.budget.start_ramp(seed_usage)
         self.budget.set_epoch(1, epochs)
-        self.budget.update(self.current_usage())
+        self.budget.update(seed_usage)
         self.execution = Execution(model, execution, gates.sampling, channel_multiple)
         self._sampled: _Sample | None = None    # host copy of this iteration's q
         self._held: _Sample | None = None       # host copy of the period's q

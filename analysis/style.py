@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,7 +27,10 @@ def subtitle(runs) -> str:
     r = runs.iloc[0]
     seeds = sorted(runs["seed"].unique())
     seed_txt = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(map(str, seeds))}"
-    return f"{r['model']} on {r['dataset']} ({r['profile']} profile, {seed_txt})"
+    sizes = pd.to_numeric(runs.get("param.data.image_size", pd.Series(dtype=float)),
+                          errors="coerce").dropna().unique()
+    data = r["dataset"] + (f" at {int(sizes[0])} px" if len(sizes) == 1 and sizes[0] > 0 else "")
+    return f"{r['model']} on {data} ({r['profile']} profile, {seed_txt})"
 
 
 def save(fig, stem: Path) -> list[Path]:

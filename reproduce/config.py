@@ -63,10 +63,11 @@ class DataConfig:
     # synthetic, digit_scenes: generated training and validation images
     synthetic_train: int = field(default=512, metadata=at_least(1))
     synthetic_val: int = field(default=128, metadata=at_least(1))
-    # synthetic, image folders, digit_scenes, voc (crop and evaluation size); 0 = the dataset's
-    # own (image folders: the model's input size, imagenet_smoke 64, digit_scenes 32, voc 512),
-    # filled in for image folders when the config is resolved so the tracked config states it
-    image_size: int = 0
+    # synthetic, image folders, digit_scenes, voc (crop and evaluation size), digits (resampled
+    # to this side); 0 = the dataset's own (image folders: the model's input size,
+    # imagenet_smoke 64, digit_scenes 32, voc 512, digits 8), filled in for image folders when
+    # the config is resolved so the tracked config states it
+    image_size: int = field(default=0, metadata=at_least(0))
     # voc training: the random resize draws the image's shorter side from [0.5, 2.0] × base_size
     # before the crop of image_size (torchvision's segmentation reference: 520, crop 480);
     # 0 = image_size

@@ -61,6 +61,27 @@ def test_digits_shapes_split_and_normalisation(rng):
     assert abs(xt.mean().item()) < 0.05 and abs(xt.std().item() - 1) < 0.05
 
 
+
+def test_digits_resampled_to_another_side_are_the_same_images(rng):
+    side = 8 * int(rng.integers(2, 5))          # 16, 24, 32: whole 8-pixel blocks
+    frac = float(rng.uniform(0.1, 0.4))
+    base = DataConfig(dataset="digits", val_fraction=frac, augment=False, batch_size=64)
+    small = D.build_data(base, seed=0)
+    large = D.build_data(dataclasses.replace(base, image_size=side), seed=0)
+    assert large.image_size == side and (large.num_train, large.num_val) == (small.num_train,
+                                                                              small.num_val)
+    xs, ys = epoch(small.val)
+    xl, yl = epoch(large.val)
+    assert xl.shape == (small.num_val, 1, side, side) and torch.equal(ys, yl)
+    # area-averaging the resampled images back to 8×8 gives the originals, up to interpolation
+    back = F.adaptive_avg_pool2d(xl, 8)
+    err = (back - xs).abs().mean().item()
+    other = (back - xs[torch.randperm(len(xs))]).abs().mean().item()
+    assert err < 0.35 * other
+    assert D.build_data(dataclasses.replace(base, image_size=8), seed=0).image_size == 8
+    with pytest.raises(Exception, match="image_size"):
+        DataConfig(dataset="digits", image_size=-int(rng.integers(1, 32)))
+
 # --- epochs: coverage, reshuffling, reproducibility ---------------------------------------------
 
 def synthetic(n_train: int, batch_size: int, **kw) -> DataConfig:

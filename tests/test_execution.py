@@ -155,6 +155,55 @@ def test_loss_and_gradients_equal_masked(name, multiple, fresh_seed):
     _check_equal(pair, x, y)
 
 
+@pytest.mark.parametrize("multiple", [1, 4])
+@pytest.mark.parametrize("name", IMAGE_MODELS)
+def test_evaluation_of_the_hard_architecture_equals_masked(name, multiple, fresh_seed):
+    """Evaluation inside `controller.evaluating()` runs only the hard architecture's channels and
+    blocks (restructured) and gives the masked evaluation's outputs; afterwards every layer
+    computes everything again."""
+    size = default_cfg(name).min_size
+    pair = _pair(name, size=size, min_channels=None, width_multiplier=0.25, gate_blocks=True,
+                 multiple=multiple)
+    _randomise([m for m, _ in pair])
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    stats = {}                     # BN statistics and affine parameters: random, the same in both
+    for n, m in pair[0][0].named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d) and m.num_features:
+            stats[n] = (torch.randn(m.num_features, generator=gen, dtype=torch.float64),
+                        torch.rand(m.num_features, generator=gen, dtype=torch.float64) + 0.5,
+                        torch.randn(m.num_features, generator=gen, dtype=torch.float64))
+    for model, _ in pair:
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for n, (mean, var, weight) in stats.items():
+                mods[n].running_mean.copy_(mean)
+                mods[n].running_var.copy_(var)
+                mods[n].weight.copy_(weight)
+    (masked, cm), (restructured, cr) = pair
+    assert cr.execution.restructures and not cm.execution.restructures
+    x, _ = _data(5, size)
+    narrower = []                  # convs that ran on fewer input or output channels
+
+    def record(conv, inputs, out):
+        narrower.append(inputs[0].shape[1] < conv.in_channels or out.shape[1] < conv.out_channels)
+    hooks = [m.register_forward_hook(record) for m in restructured.modules()
+             if isinstance(m, Conv2d)]
+    with torch.no_grad():
+        expected = masked.eval()(x)
+        restructured.eval()
+        with cm.evaluating():      # masked execution: nothing changes
+            torch.testing.assert_close(masked(x), expected, rtol=0, atol=0)
+        with cr.evaluating():
+            got = restructured(x)
+        assert any(narrower)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+        narrower.clear()
+        torch.testing.assert_close(restructured(x), expected, rtol=1e-9, atol=1e-10)
+        assert narrower and not any(narrower)     # planned no more: everything computed
+    for h in hooks:
+        h.remove()
+
+
 @pytest.mark.parametrize("multiple", [2, 8])
 def test_channel_multiple_rounds_each_gate_up_with_closed_channels(multiple, fresh_seed):
     """Each gate computes its open channels plus its first closed ones, as many as round the

@@ -10,7 +10,11 @@ Restructured execution is re-planned every iteration, right after the gates are 
 active structures of a sampled gate are those with q = 1 (`hard` sampling: 1[s > 0]). The plan
 is made on the host from the samples the controller already holds, so it costs no device sync;
 its channel indices go to the device in one transfer (with `gates.resample_every` = k the
-controller holds q for k iterations, and the plan of a held q is reused). Parameters, BN
+controller holds q for k iterations, and the plan of a held q is reused). The hard architecture
+g = 1[s > 0] is planned the same way for the forwards that re-estimate BN statistics and for
+evaluation (`GrowthController.evaluating`): layers in evaluation mode run on their active
+channels with their running statistics, closed blocks are skipped, and the outputs are the
+masked evaluation's. Parameters, BN
 statistics and optimizer state stay full size: a layer slices its weights with `index_select`
 inside the forward, so each parameter's gradient is the slice's gradient scattered back, zero for
 closed channels, as in masked execution. Gate values are still applied on the active channels
@@ -64,7 +68,7 @@ SKIPPING_SAMPLING = ("bernoulli", "hard")
 
 
 class Execution:
-    """Plans and installs, once per iteration, what a restructured training forward computes."""
+    """Plans and installs, once per iteration, what a restructured forward computes."""
 
     def __init__(self, model: GatedModel, mode: str = "masked", sampling: str = "bernoulli",
                  multiple: int = 1):

@@ -84,12 +84,12 @@ class ChannelGate(Gate):
     fold: "Fold | None" = None
 
     def active_values(self) -> Tensor:
-        """g on the channels that are computed (all of them outside restructured training)."""
+        """g on the channels that are computed (all of them outside restructured execution)."""
         g = self.value()
-        return g.index_select(0, self.active) if self.active is not None and self.training else g
+        return g.index_select(0, self.active) if self.active is not None else g
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fold is not None and self.training and self.fold.take(x):
+        if self.fold is not None and self.fold.take(x):
             return x                                # its BN has already multiplied g in
         g = self.active_values().to(x.dtype)
         return x * g.view(1, -1, *([1] * (x.dim() - 2)))
@@ -163,9 +163,9 @@ class PassThroughGate(BlockGate):
 
 
 def skipped(block_gate: nn.Module) -> bool:
-    """Whether a block's branch is closed and need not be computed (restructured training only).
-    `block_gate` may be an nn.Identity (the block is never removed)."""
-    return block_gate.training and getattr(block_gate, "skip", False)
+    """Whether a block's branch is closed and need not be computed (restructured execution
+    only). `block_gate` may be an nn.Identity (the block is never removed)."""
+    return getattr(block_gate, "skip", False)
 
 
 def gates_of(model: nn.Module) -> list[tuple[str, Gate]]:

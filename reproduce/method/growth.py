@@ -31,6 +31,7 @@ cost and the restructured plan are computed from the host copy of the samples, w
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -264,6 +265,22 @@ class GrowthController:
         self.dense_train_macs_total += 3.0 * self.costs.dense_macs * batch_size
         self._refresh_weights()
         self.budget.update(self.current_usage())
+
+    @contextmanager
+    def evaluating(self):
+        """Evaluate the hard architecture g = 1[s > 0] inside this block computing only what is
+        on, in restructured execution: its layers run on their active channels with their running
+        statistics and closed blocks are skipped, which gives the masked evaluation's outputs (up
+        to floating-point summation order) at the sub-network's cost. A no-op in masked
+        execution and without gates."""
+        if not self.execution.restructures:
+            yield
+            return
+        self.execution.plan(self.costs.hard_state())
+        try:
+            yield
+        finally:
+            self.execution.clear()
 
     @torch.no_grad()
     def recalibrate_bn(self, batches, num_batches: int) -> None:

@@ -6,11 +6,12 @@ drop-in subclasses: a zero-width layer costs nothing and behaves exactly as the 
 replaces (a conv reading no channels outputs zeros, then BN adds its shift).
 
 Restructured execution (method/execution.py) sets `active` on Conv2d, Linear and BatchNorm2d for
-one training forward: the indices of the input and output channels that are on (None: all). The
-layer then computes on those channels only, with its full-size parameters sliced inside the
-forward, so each parameter's gradient is the slice's gradient scattered back (zero for the closed
-channels), exactly what masked execution gives. `active` is ignored in evaluation mode. A
-BatchNorm2d may also carry the channel gate that follows it (`fold`, see gates.Fold).
+one forward: the indices of the input and output channels that are on (None: all). The layer then
+computes on those channels only, with its full-size parameters sliced inside the forward, so in
+training each parameter's gradient is the slice's gradient scattered back (zero for the closed
+channels), exactly what masked execution gives; in evaluation (the hard architecture) a
+BatchNorm2d normalises the active channels with their running statistics. A BatchNorm2d may also
+carry the channel gate that follows it (`fold`, see gates.Fold).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Conv2d(nn.Conv2d):
     active: tuple[Tensor | None, Tensor | None] | None = None   # (input, output) channel indices
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.active is not None and self.training:
+        if self.active is not None:
             return self._forward_active(x, *self.active)
         if self.out_channels and self.in_channels:
             return super().forward(x)
@@ -75,7 +76,7 @@ class Linear(nn.Linear):
     active: tuple[Tensor | None, Tensor | None] | None = None   # (input, output) feature indices
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.active is None or not self.training:
+        if self.active is None:
             return super().forward(x)
         cin, cout = self.active
         return F.linear(x, _take_weight(self.weight, cout, cin), _take(self.bias, 0, cout))
@@ -86,19 +87,21 @@ class BatchNorm2d(nn.BatchNorm2d):
     fold = None                           # the gate after this BN, folded into its affine (Fold)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and (self.active is not None or self.fold is not None):
+        if self.active is not None or self.fold is not None:
             return self._forward_active(x, self.active)
         return super().forward(x) if self.num_features else x
 
     def _forward_active(self, x: Tensor, idx: Tensor | None) -> Tensor:
-        """BN on the active channels; only their running statistics move (as in _BatchNorm).
-        With a folded gate, weight and bias are scaled by the gate's values (gates.Fold)."""
+        """BN on the active channels; in training only their running statistics move (as in
+        _BatchNorm), in evaluation they normalise. With a folded gate, weight and bias are scaled
+        by the gate's values (gates.Fold)."""
         fold = self.fold
         if idx is not None and idx.numel() == 0:
             return x if fold is None else fold.done(x)
         factor = 0.0 if self.momentum is None else self.momentum
         track = self.track_running_stats and self.running_mean is not None
-        if track and self.num_batches_tracked is not None:
+        training = self.training or not track          # batch statistics (as in _BatchNorm)
+        if self.training and track and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:          # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked)
@@ -110,8 +113,8 @@ class BatchNorm2d(nn.BatchNorm2d):
         weight, bias = _take(self.weight, 0, idx), _take(self.bias, 0, idx)
         if fold is not None:
             weight, bias = fold.scale(weight, bias)
-        y = F.batch_norm(x, mean, var, weight, bias, True, factor, self.eps)
-        if sliced:
+        y = F.batch_norm(x, mean, var, weight, bias, training, factor, self.eps)
+        if sliced and self.training:
             with torch.no_grad():
                 self.running_mean.index_copy_(0, idx, mean)
                 self.running_var.index_copy_(0, idx, var)

@@ -38,7 +38,7 @@ class PlainBlock(nn.Module):
 
     def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
         if self.block_gate is not None and skipped(self.block_gate):
-            return x                     # restructured training: g = 0 passes x through exactly
+            return x                     # restructured execution: g = 0 passes x through exactly
         out = F.relu(stream_gate(self.bn(self.conv(x))))
         return out if self.block_gate is None else self.block_gate(out, x)
 

@@ -44,7 +44,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(Conv2d(cin, cout, 1, stride, bias=False), BatchNorm2d(cout))
 
     def forward(self, x: Tensor, stream_gate: nn.Module) -> Tensor:
-        if skipped(self.block_gate):     # restructured training: a closed block is not computed
+        if skipped(self.block_gate):     # restructured execution: a closed block is not computed
             return x                     # (x is post-ReLU, so this is relu(x + 0·F(x)))
         out = F.relu(self.gate1(self.bn1(self.conv1(x))))
         out = self.block_gate(stream_gate(self.bn2(self.conv2(out))))

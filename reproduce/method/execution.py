@@ -14,16 +14,16 @@ controller holds q for k iterations, and the plan of a held q is reused). The ha
 g = 1[s > 0] is planned the same way for the forwards that re-estimate BN statistics and for
 evaluation (`GrowthController.evaluating`): layers in evaluation mode run on their active
 channels with their running statistics, closed blocks are skipped, and the outputs are the
-masked evaluation's. Parameters, BN
-statistics and optimizer state stay full size: a layer slices its weights with `index_select`
-inside the forward, so each parameter's gradient is the slice's gradient scattered back, zero for
-closed channels, as in masked execution. Gate values are still applied on the active channels
-(g = q·p = p there), so the logits' gradients are the masked ones too. Where the model declares
-`gates_follow_bn` (every channel gate multiplies its site's BN output and nothing else reads that
-output), a gate is folded into that BN: the BN computes with weight g·γ and bias g·β and the gate
-passes its output through (gates.Fold), one pass over the activations less forward and two less
-backward. A step's loss and gradients therefore equal the masked step's for the same samples (up
-to floating-point summation order), with two differences that do not reach any evaluated number:
+masked evaluation's. Parameters, BN statistics and optimizer state stay full size: a layer
+slices its weights with `index_select` inside the forward, so each parameter's gradient is the
+slice's gradient scattered back, zero for closed channels, as in masked execution. Gate values
+are still applied on the active channels (g = q·p = p there), so the logits' gradients are the
+masked ones too. Where the model declares `gates_follow_bn` (every channel gate multiplies its
+site's BN output and nothing else reads that output), a gate is folded into that BN: the BN
+computes with weight g·γ and bias g·β and the gate passes its output through (gates.Fold), one
+pass over the activations less forward and two less backward. A step's loss and gradients
+therefore equal the masked step's for the same samples (up to floating-point summation order),
+with two differences that do not reach any evaluated number:
   - BN running statistics of closed channels do not move (masked execution updates them with
     activations that are then multiplied by zero). Evaluation multiplies closed channels by zero,
     and `gates.bn_recalibrate` re-estimates the statistics of the hard architecture before every

@@ -47,6 +47,8 @@ CPUS ?=
 MEM ?=
 LAUNCH_SET := $(foreach v,partition=$(PARTITION) account=$(ACCOUNT) qos=$(QOS) time_min=$(TIME) \
   gpus=$(GPUS) cpus=$(CPUS) mem_gb=$(MEM),$(if $(word 2,$(subst =, ,$(v))),--set launcher.$(v)))
+# SET="key=value ...": config overrides for every run of the target (make figure-4 SET="data.image_size=32")
+CONFIG_SET := $(foreach s,$(SET),--set $(s))
 
 export PROFILE DATA_DIR MLFLOW_TRACKING_URI OPTUNA_STORAGE FORCE JOBS RUNS_PER_GPU LAUNCHER NO_WAIT
 export PYTHONUNBUFFERED := 1
@@ -87,7 +89,8 @@ help: ## Show this help
 	@echo "  DATA_DIR=$(DATA_DIR)"
 	@echo "  MLFLOW_TRACKING_URI=$(MLFLOW_TRACKING_URI)"
 	@echo "  OPTUNA_STORAGE=$(OPTUNA_STORAGE)"
-	@echo "  EXP=$(EXP)  SET=\"$(SET)\"   for make run;  MODEL=$(MODEL)   for make flops"
+	@echo "  SET=\"$(SET)\"   config overrides for every run of a figure, table or make run"
+	@echo "  EXP=$(EXP)   for make run;  MODEL=$(MODEL)   for make flops"
 	@echo "  SEARCH=$(SEARCH)  TRIALS=$(TRIALS)  WORKERS=$(WORKERS)  PARETO_INDEX=$(PARETO_INDEX)"
 	@echo "  PORT=$(PORT)  DASHBOARD_PORT=$(DASHBOARD_PORT)  MLFLOW_UI_WORKERS=$(MLFLOW_UI_WORKERS)  MLFLOW_UI_JOBS=$(MLFLOW_UI_JOBS)"
 	@echo "  PYTEST_ARGS=$(PYTEST_ARGS)   extra pytest arguments for make test"
@@ -112,19 +115,19 @@ test-fast: $(STAMP) ## Unit tests only (skips end-to-end runs)
 	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 figure-%: $(STAMP) ## Train what figure N needs (PROFILE), then draw figures/figure-N.{png,pdf}
-	@$(RUN) figure $* --profile $(PROFILE) $(LAUNCH_SET)
+	@$(RUN) figure $* --profile $(PROFILE) $(CONFIG_SET) $(LAUNCH_SET)
 
 table-%: $(STAMP) ## Train what a table needs, then write figures/table-NAME.{md,csv,tex}
-	@$(RUN) table $* --profile $(PROFILE) $(LAUNCH_SET)
+	@$(RUN) table $* --profile $(PROFILE) $(CONFIG_SET) $(LAUNCH_SET)
 
 figures: $(STAMP) ## Every figure for PROFILE
-	@$(RUN) figure $(FIGURES) --profile $(PROFILE) $(LAUNCH_SET)
+	@$(RUN) figure $(FIGURES) --profile $(PROFILE) $(CONFIG_SET) $(LAUNCH_SET)
 
 tables: $(STAMP) ## Every table of the paper for PROFILE
-	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE) $(LAUNCH_SET),echo "no tables yet")
+	@$(if $(TABLES),$(RUN) table $(TABLES) --profile $(PROFILE) $(CONFIG_SET) $(LAUNCH_SET),echo "no tables yet")
 
 studies: $(STAMP) ## The study tables behind the method's defaults (table-study, table-schedule)
-	@$(RUN) table $(STUDIES) --profile $(PROFILE) $(LAUNCH_SET)
+	@$(RUN) table $(STUDIES) --profile $(PROFILE) $(CONFIG_SET) $(LAUNCH_SET)
 
 report: $(STAMP) ## One shareable page of PROFILE's figures and tables: figures/report-PROFILE.{html,pdf}
 	@$(RUN) report --profile $(PROFILE)
@@ -143,7 +146,7 @@ figure-pareto: $(STAMP) ## Accuracy vs MACs of every trial of SEARCH, Pareto fro
 
 run: $(STAMP) ## Train one experiment file: make run EXP=figure-7 [SET="budget.target=0.3"]
 	@test -n "$(EXP)" || { echo "make run needs EXP=<experiment>, e.g. make run EXP=figure-7 (make list-experiments lists them)"; exit 2; }
-	@$(RUN) run $(EXP) --profile $(PROFILE) $(foreach s,$(SET),--set $(s)) $(LAUNCH_SET)
+	@$(RUN) run $(EXP) --profile $(PROFILE) $(CONFIG_SET) $(LAUNCH_SET)
 
 flops: $(STAMP) ## Params and MACs of a dense model: make flops MODEL=vgg16
 	@$(RUN) flops --model $(MODEL)

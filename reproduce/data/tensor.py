@@ -2,8 +2,8 @@
 
   digits     scikit-learn's bundled handwritten digits (8×8, 10 classes, no download); a fixed
              stratified split holds out data.val_fraction. data.image_size resamples them
-             (bilinear) to another side, e.g. 32: CIFAR's, where a convolution's time follows its
-             MACs on a CPU as on the paper's data (at 8×8 a step is mostly per-op overhead).
+             (bilinear) to another side, e.g. 32, CIFAR's: to time runs at the paper's input size
+             (at 8×8 a CPU step is mostly per-op overhead; bench/README.md).
   synthetic  generated: one smooth template per class plus pixel noise (data.image_size 8,
              data.num_classes 4 unless set); for tests and timing.
   cifar10,   the python-format batches of CIFAR-10/100 (`make data-cifar10`, `make data-cifar100`),

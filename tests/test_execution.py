@@ -158,7 +158,7 @@ def test_loss_and_gradients_equal_masked(name, multiple, fresh_seed):
 @pytest.mark.parametrize("multiple", [1, 4])
 @pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_evaluation_of_the_hard_architecture_equals_masked(name, multiple, fresh_seed):
-    """Evaluation inside `controller.evaluating()` runs only the hard architecture's channels and
+    """Evaluation inside `controller.hard_architecture()` runs only the hard architecture's channels and
     blocks (restructured) and gives the masked evaluation's outputs; afterwards every layer
     computes everything again."""
     size = default_cfg(name).min_size
@@ -191,9 +191,9 @@ def test_evaluation_of_the_hard_architecture_equals_masked(name, multiple, fresh
     with torch.no_grad():
         expected = masked.eval()(x)
         restructured.eval()
-        with cm.evaluating():      # masked execution: nothing changes
+        with cm.hard_architecture():      # masked execution: nothing changes
             torch.testing.assert_close(masked(x), expected, rtol=0, atol=0)
-        with cr.evaluating():
+        with cr.hard_architecture():
             got = restructured(x)
         assert any(narrower)
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)

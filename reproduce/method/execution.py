@@ -12,7 +12,7 @@ is made on the host from the samples the controller already holds, so it costs n
 its channel indices go to the device in one transfer (with `gates.resample_every` = k the
 controller holds q for k iterations, and the plan of a held q is reused). The hard architecture
 g = 1[s > 0] is planned the same way for the forwards that re-estimate BN statistics and for
-evaluation (`GrowthController.evaluating`): layers in evaluation mode run on their active
+evaluation (`GrowthController.hard_architecture`): layers in evaluation mode run on their active
 channels with their running statistics, closed blocks are skipped, and the outputs are the
 masked evaluation's. Parameters, BN statistics and optimizer state stay full size: a layer
 slices its weights with `index_select` inside the forward, so each parameter's gradient is the

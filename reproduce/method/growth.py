@@ -267,18 +267,17 @@ class GrowthController:
         self.budget.update(self.current_usage())
 
     @contextmanager
-    def evaluating(self):
-        """Evaluate the hard architecture g = 1[s > 0] inside this block computing only what is
-        on, in restructured execution: its layers run on their active channels with their running
-        statistics and closed blocks are skipped, which gives the masked evaluation's outputs (up
-        to floating-point summation order) at the sub-network's cost. A no-op in masked
-        execution and without gates."""
-        if not self.execution.restructures:
-            yield
-            return
-        self.execution.plan(self.costs.hard_state())
+    def hard_architecture(self):
+        """Forwards inside this block run the hard architecture g = 1[s > 0] (yielded: per gate,
+        0/1, on the host). In restructured execution only what is on is computed: layers run on
+        their active channels (in evaluation mode with their running statistics) and closed
+        blocks are skipped, which gives the masked forward's outputs (up to floating-point
+        summation order) at the sub-network's cost. Evaluation runs in it, and the BN
+        re-estimation before it; in masked execution and without gates it plans nothing."""
+        state = self.costs.hard_state()
+        self.execution.plan(state)
         try:
-            yield
+            yield state
         finally:
             self.execution.clear()
 
@@ -307,20 +306,18 @@ class GrowthController:
         was_training = self.model.training
         self.model.train()
         set_sampling(self.model, "hard")
-        hard_state = self.costs.hard_state()
-        hard_macs = float(self.costs.count(hard_state)[0])
-        self.execution.plan(hard_state)          # restructured: only the hard architecture runs
         epoch = getattr(batches, "epoch", None)  # do not advance a loader's epoch counter
         try:
-            for i, (x, _) in enumerate(batches):
-                if i >= num_batches:
-                    break
-                self.model(x)
-                self.train_macs_epoch += float(hard_macs) * x.shape[0]
+            with self.hard_architecture() as hard_state:
+                hard_macs = float(self.costs.count(hard_state)[0])
+                for i, (x, _) in enumerate(batches):
+                    if i >= num_batches:
+                        break
+                    self.model(x)
+                    self.train_macs_epoch += hard_macs * x.shape[0]
         finally:
             if epoch is not None:
                 batches.epoch = epoch
-            self.execution.clear()
             set_sampling(self.model, self.gate_options.sampling)
             for m, mom in zip(bns, momenta):
                 m.momentum = mom

@@ -100,7 +100,7 @@ class BatchNorm2d(nn.BatchNorm2d):
             return x if fold is None else fold.done(x)
         factor = 0.0 if self.momentum is None else self.momentum
         track = self.track_running_stats and self.running_mean is not None
-        training = self.training or not track          # batch statistics (as in _BatchNorm)
+        batch_stats = self.training or not track       # (as in _BatchNorm)
         if self.training and track and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:          # cumulative moving average
@@ -113,7 +113,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         weight, bias = _take(self.weight, 0, idx), _take(self.bias, 0, idx)
         if fold is not None:
             weight, bias = fold.scale(weight, bias)
-        y = F.batch_norm(x, mean, var, weight, bias, training, factor, self.eps)
+        y = F.batch_norm(x, mean, var, weight, bias, batch_stats, factor, self.eps)
         if sliced and self.training:
             with torch.no_grad():
                 self.running_mean.index_copy_(0, idx, mean)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -65,9 +66,10 @@ def one_thread():
 
 @pytest.fixture
 def fresh_seed():
-    """Fresh random inputs every run; the seed is printed so a failure can be replayed."""
+    """Fresh random inputs every run. The seed is printed so a failure can be replayed:
+    TEST_SEED=<seed> make test PYTEST_ARGS="-k <test>"."""
     import torch
-    seed = random.SystemRandom().randrange(2**31)
+    seed = int(os.environ.get("TEST_SEED") or random.SystemRandom().randrange(2**31))
     print(f"torch seed {seed}")
     torch.manual_seed(seed)
     return seed

@@ -643,19 +643,20 @@ def test_pruning_from_full_with_a_seed_spread_closes_channels_a_few_at_a_time(fr
     cost-weighted push closes a whole stage's stream in one iteration (ResNet-20 at τ = 0.3:
     usage 1.0 → 0.64, then 0.55 → 0.33, before the task loss has shaped anything; the smoke
     run then trained at chance). With `s_on_spread` the usage falls a few channels at a time,
-    so the budget controller sees it approach τ."""
+    so the budget controller sees it approach τ. (Over 1000 seeds with the spread: the largest
+    drop 0.05-0.150, the usage after 60 steps at most 0.329; after 40 it was still up to 0.40.)"""
     def largest_step(spread: float) -> float:
         model = create_model("resnet20", in_channels=1, gate_blocks=False)
         ctrl = GrowthController(model, (1, 8, 8), epochs=20, rng_seed=fresh_seed,
                                 gates=GateOptions(seed_fraction=1.0, seed_blocks="all",
                                                   s_on_spread=spread),
                                 budget=BudgetOptions(target=0.3))
-        usage = [ctrl.budget.usage] + budget_only_steps(ctrl, 40)
+        usage = [ctrl.budget.usage] + budget_only_steps(ctrl, 60)
         assert usage[-1] < 0.35                                    # both prune to the budget
         return max(a - b for a, b in zip(usage, usage[1:]))
 
     assert largest_step(0.0) > 0.3                 # stage 1's whole stream (0.36 of the MACs)
-    assert largest_step(0.5) < 0.15
+    assert largest_step(0.5) < 0.2                 # a few channels at a time
 
 
 @pytest.mark.slow

@@ -45,6 +45,13 @@ def histories(uri: str | None = None) -> dict[str, list[tuple[int, float]]]:
             for k in run.data.metrics if not k.startswith("time/")}
 
 
+def traces(uri: str | None = None):
+    """The store's one run's logged structure traces."""
+    import pandas as pd
+    c, run = the_run(uri)
+    return pd.read_csv(c.download_artifacts(run.info.run_id, tracking.ARTIFACT_TRACES))
+
+
 def checkpoint_of(run_id: str) -> Path:
     return tracking.state_dir() / f"{run_id}.pt"
 
@@ -170,6 +177,7 @@ def test_a_preemption_signal_checkpoints_at_the_next_batch_and_the_same_call_res
     batch: the run checkpoints right after that batch, ends KILLED and preempted, the handlers
     are restored, and the one-run call resumes the same run to exactly the numbers of an
     uninterrupted run."""
+    import pandas as pd
     signum = signal.SIGUSR2
     before = signal.getsignal(signum)
     pr = plan("figure-7", "smoke", tiny)[0]
@@ -207,8 +215,45 @@ def test_a_preemption_signal_checkpoints_at_the_next_batch_and_the_same_call_res
     (tmp_path / "clean").mkdir()
     run_experiment("figure-7", "smoke", overrides=tiny, progress=False, uri=clean)
     assert histories() == histories(clean)
+    pd.testing.assert_frame_equal(traces(), traces(clean))        # the checkpoint carried them
     assert run_planned(pr, progress=False) == run.info.run_id     # finished: nothing trains
     assert the_run()[1].info.end_time == run.info.end_time
+
+
+def test_trace_records_name_structures_once_and_log_as_the_plain_columns():
+    """Every epoch's checkpoint pickles the traces so far: the columns that name structures are
+    one object across epochs (pickled once, and still one after a checkpoint's round trip), the
+    values are arrays, and the logged frame is the one the plain per-epoch lists make. A
+    structure added mid-run (a grown layer) starts new name columns."""
+    import numpy as np
+    import pandas as pd
+    from reproduce.tracked_run import _trace_record
+
+    gen = random.Random()
+
+    def states(n: int, epochs: int, prefix: str = "g") -> list[dict]:
+        names = {"gate": [f"{prefix}{gen.randrange(4)}" for _ in range(n)],
+                 "index": list(range(n)), "kind": gen.choices(["channel", "block"], k=n)}
+        return [{**{k: list(v) for k, v in names.items()},
+                 "beta": [gen.uniform(0.5, 300.0) for _ in range(n)],
+                 "logit": [gen.gauss(0.0, 2.0) for _ in range(n)],
+                 "active": [gen.random() < 0.5 for _ in range(n)]} for _ in range(epochs)]
+
+    n, first = gen.randrange(1, 60), gen.randrange(2, 8)
+    plain = states(n, first) + states(n + gen.randrange(1, 5), gen.randrange(2, 5), "grown")
+    records = []
+    for step, state in enumerate(plain):
+        records.append(_trace_record({k: list(v) for k, v in state.items()}, step,
+                                     records[-1] if records else None))
+    for saved in (records, pickle.loads(pickle.dumps(records))):
+        assert all(r[k] is saved[0][k] for r in saved[:first] for k in ("gate", "index", "kind"))
+        assert saved[first]["gate"] is not saved[0]["gate"]
+        assert all(r[k] is saved[first][k] for r in saved[first:] for k in ("gate", "kind"))
+        assert all(isinstance(r[k], np.ndarray) for r in saved for k in ("beta", "logit", "active"))
+        expected = pd.concat([pd.DataFrame({**state, "epoch": [step] * len(state["gate"])})
+                              for step, state in enumerate(plain)], ignore_index=True)
+        logged = pd.concat([pd.DataFrame(r) for r in saved], ignore_index=True)
+        pd.testing.assert_frame_equal(logged, expected)
 
 
 def test_a_signal_after_the_last_batch_finishes_the_run_and_still_stops(tiny, monkeypatch):

@@ -21,9 +21,10 @@ EXPERIMENTS = ["figure-7"]
 STREAM_ROLES = ("stream", "shortcut")     # layers writing a stage's shared residual stream
 
 
-def draw(runs, stem: Path, profile: str, store, title: str | None = None) -> list[Path]:
+def draw(runs, stem: Path, profile: str, store, title: str | None = None,
+         formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
     """Figure 7 of `runs`; with `title`, one run's panel under its own title (a run logs its
-    own, `reproduce.run_artifacts`)."""
+    own PNG, `reproduce.run_artifacts`)."""
     style.setup()
     runs = runs[runs["variant"] == runs["variant"].iloc[0]]      # one variant: the method
     layers = store.layers(runs["run_id"].iloc[0]).set_index("layer")
@@ -57,4 +58,4 @@ def draw(runs, stem: Path, profile: str, store, title: str | None = None) -> lis
     axes[0][0].set_ylabel("retained channel ratio")
     fig.suptitle((title or "Figure 7 - retained channels per layer during growth (epoch 0 = seed)")
                  + "\n" + style.subtitle(runs), fontsize=11)
-    return style.save(fig, stem)
+    return style.save(fig, stem, formats)

@@ -33,10 +33,11 @@ def subtitle(runs) -> str:
     return f"{r['model']} on {data} ({r['profile']} profile, {seed_txt})"
 
 
-def save(fig, stem: Path) -> list[Path]:
+def save(fig, stem: Path, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Write `fig` as `stem`.png (160 dpi) and .pdf, or only the `formats` asked for."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=160, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    paths = [stem.with_suffix(f".{f}") for f in formats]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", **({"dpi": 160} if path.suffix == ".png" else {}))
     plt.close(fig)
     return paths

@@ -57,13 +57,9 @@ def draw_dynamics(c, run, path: Path) -> None:
     staged = store.layers(run.info.run_id)["stage"].dropna()
     if staged.empty or not any(k.startswith(contract.CHANNELS) for k in run.data.metrics):
         return                                  # no layer in a stage: nothing to draw
-    stem = path.with_suffix("")
-    written = figure_7.draw(frame, stem, tags.get("profile", ""), store,
-                            title=f"{run.info.run_name} - retained channels per layer "
-                                  f"(epoch 0 = seed)")
-    for extra in written:
-        if extra != path:
-            extra.unlink(missing_ok=True)
+    figure_7.draw(frame, path.with_suffix(""), tags.get("profile", ""), store,
+                  title=f"{run.info.run_name} - retained channels per layer (epoch 0 = seed)",
+                  formats=(path.suffix.lstrip("."),))
 
 
 def example_input(model: torch.nn.Module, input_shape: tuple) -> tuple[str, torch.Tensor]:

@@ -69,9 +69,9 @@ def drawn(monkeypatch):
     figures = {}
     save = style.save
 
-    def capture(fig, stem):
+    def capture(fig, stem, *args, **kwargs):
         figures[stem.name] = fig
-        return save(fig, stem)
+        return save(fig, stem, *args, **kwargs)
     monkeypatch.setattr(style, "save", capture)
     return figures
 

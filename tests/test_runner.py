@@ -82,6 +82,7 @@ def test_run_track_reuse_and_draw(tiny, tmp_path):
     from PIL import Image
     with Image.open(c.download_artifacts(run_id, "channel_dynamics.png")) as img:
         assert img.size[0] > 200 and img.size[1] > 100
+    assert not [a.path for a in c.list_artifacts(run_id) if a.path.endswith(".pdf")]
     readme = open(c.download_artifacts(run_id, "README.md")).read()
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     assert f'run_id="{run_id}"' in code and "load_compact" in code

@@ -355,8 +355,8 @@ def run_epochs(state: TrainState, phase: Phase, data: DataBundle, task: Task,
         controller.recalibrate_bn(data.train, phase.recalibrate_bn)   # BN of the evaluated net
         distributed.average_batchnorm_stats(model)       # (on every rank the same)
         with controller.hard_architecture():   # restructured: only what is on is computed
-            stats = {**evaluate(model, data.val, task, amp), **train_stats,
-                     contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9)}
+            val_stats = evaluate(model, data.val, task, amp)
+        stats = {**val_stats, **train_stats, contract.LR: tc.lr * lr_factor(tc, epoch + 1 - 1e-9)}
         stats.update(epoch_times(device, start, cpu_start, state.history))
         stats.update(controller.end_epoch())
         stats.update(phase.extra_stats)
